@@ -1,0 +1,31 @@
+"""`model-expert <capability> ...`: the same CLIs as scripts/<capability>.py."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# capability name -> module holding CAPABILITY (or a main(argv) function for non-model tools)
+CAPABILITIES = {
+    "params": "model_expert.params",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: model-expert CAPABILITY [options]\n\ncapabilities: " + ", ".join(CAPABILITIES))
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in CAPABILITIES:
+        sys.stderr.write(f"model-expert: error: unknown capability '{name}'; expected one of {', '.join(CAPABILITIES)}\n")
+        return 2
+    module = importlib.import_module(CAPABILITIES[name])
+    if hasattr(module, "CAPABILITY"):
+        from .cli import main as run
+        return run(module.CAPABILITY, rest, prog=f"model-expert {name}")
+    return module.main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

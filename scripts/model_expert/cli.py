@@ -1,0 +1,215 @@
+"""The command-line contract shared by every script (DESIGN.md): options, output, errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from .errors import UserError  # noqa: F401  (re-exported for capabilities)
+from .inputs import InputSource, ModelInputs, SpecInputs, FactoryInputs
+from .runner import LossFunction
+from .target import DEVICES, LoadedModel, default_input_source, load_function, load_model, parse_kwargs_json
+
+OPTIMIZERS = ("adamw", "adam", "sgd", "sgd-momentum", "none")
+PRECISIONS = ("fp32", "bf16", "fp16", "bf16-autocast", "fp16-autocast")
+TARGET_DEVICES = ("cuda", "cpu")
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit 2), not the whole usage block."""
+
+    def error(self, message: str):  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message}; see {self.prog} --help\n")
+        sys.exit(2)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("target", metavar="TARGET",
+                       help="path/to/file.py:NAME or package.module:NAME (a Module class, a factory, or an instance)")
+    group.add_argument("--kwargs", metavar="JSON", help="constructor/factory keyword arguments as a JSON object")
+    group.add_argument("--config", metavar="FILE.ini:SECTION", help="constructor arguments from an INI section")
+    group.add_argument("--checkpoint", metavar="FILE", help="state dict to load (always weights_only=True)")
+    group.add_argument("--device", choices=DEVICES, default="cpu",
+                       help="where the model is built and run; meta allocates nothing (default: cpu)")
+
+
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("inputs")
+    group.add_argument("--input", action="append", default=[], metavar="SPEC",
+                       help="a forward input, in order; name=SPEC for keywords. SPEC: dtype[dims][<high], "
+                            "e.g. float32[B=32,T=200,512], mask=bool[B,T], int64[8,512]<50257")
+    group.add_argument("--inputs", metavar="FILE.py:FN",
+                       help="FN() returns the inputs: tensor, tuple, dict or (tuple, dict); a batch_size keyword makes the batch resizable")
+    group.add_argument("--batch-size", type=int, metavar="N", help="set the batch dim (the dim named B) to N")
+    group.add_argument("--dim", action="append", default=[], metavar="NAME=N",
+                       help="set a named input dim, e.g. --dim T=1024")
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("training step")
+    group.add_argument("--loss", metavar="FILE.py:FN",
+                       help="FN(output) returns the scalar to backpropagate (default: output.loss, else the mean of floating outputs)")
+    group.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw", help="torch.optim class, default settings (default: adamw)")
+    group.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                       help="bf16/fp16: parameters and floating inputs cast; *-autocast: fp32 parameters under torch.autocast")
+    group.add_argument("--target-device", choices=TARGET_DEVICES, default="cuda",
+                       help="whose kernels and allocator the estimate models (default: cuda)")
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, markdown: bool = True) -> None:
+    group = parser.add_argument_group("output")
+    group.add_argument("--json", action="store_true", help="print one JSON object with a 'schema' key")
+    if markdown:
+        group.add_argument("--markdown", action="store_true", help="print Markdown (for PR descriptions)")
+    group.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+
+
+def parse_dim_overrides(args: argparse.Namespace) -> dict[str, int]:
+    overrides: dict[str, int] = {}
+    for text in getattr(args, "dim", []) or []:
+        name, sep, value = text.partition("=")
+        if not sep or not name.isidentifier() or not value.strip().lstrip("-").isdigit():
+            raise UserError(f"bad --dim '{text}'; write NAME=N, e.g. --dim T=1024")
+        if int(value) < 0:
+            raise UserError(f"bad --dim '{text}': a size cannot be negative")
+        overrides[name] = int(value)
+    batch = getattr(args, "batch_size", None)
+    if batch is not None:
+        if batch <= 0:
+            raise UserError(f"--batch-size must be a positive whole number, not {batch}")
+        overrides["B"] = batch
+    return overrides
+
+
+@dataclass
+class Session:
+    """What every model-running capability starts from."""
+
+    loaded: LoadedModel
+    input_source: InputSource
+    dim_overrides: dict[str, int] = field(default_factory=dict)
+    loss_fn: LossFunction | None = None
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.loaded.module
+
+    def build_inputs(self, device: str | None = None, extra_overrides: dict[str, int] | None = None,
+                     seed: int = 0) -> ModelInputs:
+        overrides = {**self.dim_overrides, **(extra_overrides or {})}
+        return self.input_source.build(device or self.loaded.device, overrides, seed=seed)
+
+
+def open_session(args: argparse.Namespace) -> Session:
+    """Load the model, the inputs and the loss from the parsed common options."""
+    loaded = load_model(args.target, kwargs=parse_kwargs_json(args.kwargs), config=args.config,
+                        checkpoint=args.checkpoint, device=args.device)
+    if getattr(args, "input", None) and getattr(args, "inputs", None):
+        raise UserError("give either --input specs or --inputs FILE.py:FN, not both")
+    if getattr(args, "input", None):
+        source: InputSource = SpecInputs(args.input)
+    elif getattr(args, "inputs", None):
+        source = FactoryInputs(load_function(args.inputs, "--inputs"), f"--inputs {args.inputs}")
+    else:
+        source = default_input_source(loaded)
+    loss_fn = load_function(args.loss, "--loss") if getattr(args, "loss", None) else None
+    return Session(loaded=loaded, input_source=source, dim_overrides=parse_dim_overrides(args), loss_fn=loss_fn)
+
+
+def json_safe(value: Any) -> Any:
+    """Non-finite floats become the strings 'nan', 'inf', '-inf' so the JSON stays valid."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def to_json(data: dict[str, Any]) -> str:
+    return json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n"
+
+
+@dataclass
+class Capability:
+    """One script: its options, the analysis returning plain data, and its renderers."""
+
+    name: str
+    version: int
+    description: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    analyse: Callable[[argparse.Namespace], dict[str, Any]]
+    render_table: Callable[[dict[str, Any], argparse.Namespace], str]
+    render_markdown: Callable[[dict[str, Any], argparse.Namespace], str] | None = None
+
+    @property
+    def schema(self) -> str:
+        return f"model-expert/{self.name}/{self.version}"
+
+    def parser(self, prog: str | None = None) -> argparse.ArgumentParser:
+        parser = OneLineArgumentParser(prog=prog or f"{self.name}.py", description=self.description)
+        self.add_arguments(parser)
+        return parser
+
+
+def write_atomically(path: str, text: str) -> None:
+    """Write to a temp file beside PATH, then rename: a reader never sees half a file."""
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    handle, temp = tempfile.mkstemp(dir=directory, prefix=".model-expert-", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(temp, path)
+    except BaseException:
+        if os.path.exists(temp):
+            os.unlink(temp)
+        raise
+
+
+def main(capability: Capability, argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = capability.parser(prog)
+    args = parser.parse_args(argv)
+    debug = getattr(args, "debug", False)
+    try:
+        data = {"schema": capability.schema, **capability.analyse(args)}
+        if getattr(args, "json", False):
+            text = to_json(data)
+        elif getattr(args, "markdown", False) and capability.render_markdown is not None:
+            text = capability.render_markdown(data, args)
+        else:
+            text = capability.render_table(data, args)
+    except UserError as error:
+        if debug:
+            traceback.print_exc()
+        sys.stderr.write(f"{parser.prog}: error: {error}\n")
+        return error.exit_code
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        sys.stderr.write(f"{parser.prog}: interrupted; the model was restored and nothing was written\n")
+        return 130
+    except MemoryError:
+        if debug:
+            traceback.print_exc()
+        sys.stderr.write(f"{parser.prog}: error: out of memory; use smaller inputs or --device meta\n")
+        return 2
+    except Exception as error:  # a failure nobody turned into a UserError: still one line, exit 2
+        if debug:
+            traceback.print_exc()
+        first = (str(error).strip().splitlines() or ["(no message)"])[0]
+        sys.stderr.write(f"{parser.prog}: error: {type(error).__name__}: {first} (rerun with --debug for the traceback)\n")
+        return 2
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    sys.stdout.flush()
+    return 0

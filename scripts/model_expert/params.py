@@ -1,0 +1,151 @@
+"""Parameter counts: per-module tree, total/trainable/frozen, shared weights once, buffers, bytes by dtype."""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+from typing import Any
+
+from torch import nn
+
+from . import cli, render
+from .guard import preserved
+from .inputs import DTYPE_NAMES
+
+
+def _dtype_name(dtype) -> str:
+    return DTYPE_NAMES.get(dtype, str(dtype).replace("torch.", ""))
+
+
+def count_parameters(model: nn.Module, depth: int = 2, top_k: int = 10) -> dict[str, Any]:
+    """Counts with every tensor counted once, however many modules or names share it."""
+    # All names of every parameter (tied weights have several), first name = owner.
+    names_by_id: dict[int, list[str]] = defaultdict(list)
+    tensor_by_id: dict[int, nn.Parameter] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        names_by_id[id(parameter)].append(name)
+        tensor_by_id[id(parameter)] = parameter
+    owner_name = {pid: names[0] for pid, names in names_by_id.items()}
+
+    total = trainable = 0
+    bytes_by_dtype: dict[str, int] = defaultdict(int)
+    for pid, parameter in tensor_by_id.items():
+        total += parameter.numel()
+        trainable += parameter.numel() if parameter.requires_grad else 0
+        bytes_by_dtype[_dtype_name(parameter.dtype)] += parameter.numel() * parameter.element_size()
+
+    shared = [{"parameter": names[0], "shape": list(tensor_by_id[pid].shape), "count": tensor_by_id[pid].numel(),
+               "shared_with": names[1:]} for pid, names in names_by_id.items() if len(names) > 1]
+
+    buffers_seen: dict[int, Any] = {}
+    for name, buffer in model.named_buffers(remove_duplicate=False):
+        buffers_seen.setdefault(id(buffer), (name, buffer))
+    buffer_rows = [{"name": name, "shape": list(b.shape), "dtype": _dtype_name(b.dtype), "count": b.numel(),
+                    "bytes": b.numel() * b.element_size()} for name, b in buffers_seen.values()]
+
+    modules = []
+    for path, module in model.named_modules():
+        level = 0 if path == "" else path.count(".") + 1
+        if level > depth:
+            continue
+        subtree_ids = {id(p) for p in module.parameters()}
+        own = [p for n, p in module.named_parameters(recurse=False)]
+        modules.append({
+            "name": path or "(root)",
+            "type": type(module).__name__,
+            "depth": level,
+            "parameters": sum(tensor_by_id[i].numel() for i in subtree_ids),
+            "trainable": sum(tensor_by_id[i].numel() for i in subtree_ids if tensor_by_id[i].requires_grad),
+            "own_parameters": sum(p.numel() for p in own),
+        })
+
+    # Heaviest layers: modules that own parameters directly, counting each tensor at its first owner.
+    owned_by_module: dict[str, int] = defaultdict(int)
+    module_types: dict[str, str] = {}
+    for path, module in model.named_modules():
+        module_types[path] = type(module).__name__
+    for pid, name in owner_name.items():
+        owned_by_module[name.rpartition(".")[0]] += tensor_by_id[pid].numel()
+    top = sorted(owned_by_module.items(), key=lambda item: (-item[1], item[0]))[:top_k]
+    top_layers = [{"name": path or "(root)", "type": module_types.get(path, "?"), "parameters": n,
+                   "percent": 100.0 * n / total if total else 0.0} for path, n in top]
+
+    return {
+        "model": type(model).__name__,
+        "total": total,
+        "trainable": trainable,
+        "frozen": total - trainable,
+        "parameter_bytes": sum(bytes_by_dtype.values()),
+        "bytes_by_dtype": dict(sorted(bytes_by_dtype.items())),
+        "shared": shared,
+        "buffers": {"count": sum(r["count"] for r in buffer_rows), "bytes": sum(r["bytes"] for r in buffer_rows),
+                    "tensors": buffer_rows},
+        "depth": depth,
+        "modules": modules,
+        "top_layers": top_layers,
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    cli.add_model_arguments(parser)
+    parser.add_argument("--depth", type=int, default=2, help="module tree depth to list (default: 2)")
+    parser.add_argument("--top", type=int, default=10, help="how many parameter-heavy layers to list (default: 10)")
+    cli.add_output_arguments(parser)
+
+
+def analyse(args: argparse.Namespace) -> dict[str, Any]:
+    if args.depth < 0 or args.top < 0:
+        raise cli.UserError("--depth and --top must be 0 or more")
+    loaded = cli.load_model(args.target, kwargs=cli.parse_kwargs_json(args.kwargs), config=args.config,
+                            checkpoint=args.checkpoint, device=args.device)
+    with preserved(loaded.module):
+        data = count_parameters(loaded.module, depth=args.depth, top_k=args.top)
+    return {"target": args.target, "device": args.device, **data}
+
+
+def _summary_rows(data: dict[str, Any]) -> list[list[str]]:
+    rows = [["Total parameters", render.count(data["total"])],
+            ["Trainable", render.count(data["trainable"])],
+            ["Frozen", render.count(data["frozen"])],
+            ["Parameter memory", f"{render.count(data['parameter_bytes'])} bytes ({render.mib(data['parameter_bytes'])})"]]
+    for dtype, size in data["bytes_by_dtype"].items():
+        rows.append([f"  {dtype}", f"{render.count(size)} bytes"])
+    rows.append(["Buffers", f"{render.count(data['buffers']['count'])} values, {render.count(data['buffers']['bytes'])} bytes"])
+    return rows
+
+
+def _module_rows(data: dict[str, Any]) -> list[list[str]]:
+    return [[("  " * m["depth"]) + m["name"].rpartition(".")[2] if m["depth"] else m["name"], m["type"],
+             render.count(m["parameters"]), render.count(m["trainable"])] for m in data["modules"]]
+
+
+def render_table(data: dict[str, Any], args: argparse.Namespace) -> str:
+    parts = [f"Parameters of {data['model']} ({data['target']})", "",
+             render.table(_summary_rows(data), []), "",
+             render.table(_module_rows(data), ["module", "type", "parameters", "trainable"]), "",
+             f"Top {len(data['top_layers'])} layers by parameters",
+             render.table([[t["name"], t["type"], render.count(t["parameters"]), f"{t['percent']:.1f}%"]
+                           for t in data["top_layers"]], ["layer", "type", "parameters", "share"])]
+    if data["shared"]:
+        parts += ["", "Shared (tied) parameters, counted once",
+                  render.table([[s["parameter"], render.shape(s["shape"]), render.count(s["count"]), ", ".join(s["shared_with"])]
+                                for s in data["shared"]], ["parameter", "shape", "parameters", "shared with"])]
+    return "\n".join(parts)
+
+
+def render_markdown(data: dict[str, Any], args: argparse.Namespace) -> str:
+    parts = [f"### Parameters: {data['model']}", "",
+             render.markdown_table(_summary_rows(data), ["quantity", "value"]), "",
+             render.markdown_table([[f"`{m['name']}`", m["type"], render.count(m["parameters"]), render.count(m["trainable"])]
+                                    for m in data["modules"]], ["module", "type", "parameters", "trainable"])]
+    if data["shared"]:
+        parts += ["", "Shared (tied) parameters, counted once:", ""] + [
+            f"- `{s['parameter']}` {render.shape(s['shape'])} shared with {', '.join('`' + n + '`' for n in s['shared_with'])}"
+            for s in data["shared"]]
+    return "\n".join(parts)
+
+
+CAPABILITY = cli.Capability(
+    name="params", version=1,
+    description="Count parameters: per-module tree, trainable/frozen, tied weights once, buffers, bytes by dtype.",
+    add_arguments=add_arguments, analyse=analyse, render_table=render_table, render_markdown=render_markdown)
