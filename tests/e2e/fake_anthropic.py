@@ -40,6 +40,7 @@ import itertools
 import json
 import threading
 import time
+import traceback
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -50,6 +51,9 @@ __all__ = [
     "Request",
     "ToolCall",
     "DelegationScript",
+    "is_side_request",
+    "default_side_reply",
+    "agent_id",
     "text",
     "tool_use",
     "block_text",
@@ -182,6 +186,16 @@ class Request:
         return [b for b in m["content"] if isinstance(b, dict) and b.get("type") == "tool_result"]
 
 
+# Phrases of Claude Code's refusals.  In -p mode a Bash command that no allow
+# rule covers comes back as the error "This command requires approval";
+# commands touching paths outside the project are "... was blocked. For
+# security, Claude Code may only ...".
+_DENIAL_MARKERS = (
+    "requires approval", "permission", "denied", "not allowed", "haven't granted",
+    "was blocked",
+)
+
+
 @dataclass
 class ToolCall:
     """A tool_use paired with the tool_result the client sent back."""
@@ -197,9 +211,7 @@ class ToolCall:
     def denied(self) -> bool:
         """True when the tool_result reads like a permission refusal."""
         r = (self.result or "").lower()
-        return self.is_error and (
-            "permission" in r or "denied" in r or "not allowed" in r or "haven't granted" in r
-        )
+        return self.is_error and any(m in r for m in _DENIAL_MARKERS)
 
 
 # --------------------------------------------------------------------------
@@ -211,6 +223,25 @@ def is_side_request(req: Request) -> bool:
     """Requests that are not an agent turn: no tools offered (title
     generation, topic detection, quota probes, summaries, ...)."""
     return not req.tools
+
+
+def default_side_reply(req: Request) -> str:
+    """A harmless answer to a side request.  Session-title generation asks
+    for ``{"title": ...}`` JSON; anything else gets a short text."""
+    system = req.system_text
+    if '"title"' in system or ("title" in system.lower() and "json" in system.lower()):
+        return '{"title": "E2E test session"}'
+    if "isNewTopic" in system:
+        return '{"isNewTopic": false, "title": null}'
+    return "OK"
+
+
+def agent_id(req: Request) -> Optional[str]:
+    """The ``x-claude-code-agent-id`` header Claude Code puts on subagent requests."""
+    for k, v in req.headers.items():
+        if k.lower() == "x-claude-code-agent-id":
+            return v
+    return None
 
 
 class DelegationScript:
@@ -241,7 +272,7 @@ class DelegationScript:
         description: str = "Delegate to the specialist agent",
         subagent_final: Union[str, Callable[[Request], str]] = "SUBAGENT DONE",
         main_final: Union[str, Callable[[Request], str]] = "MAIN DONE",
-        side_reply: Union[str, Callable[[Request], Reply]] = "OK",
+        side_reply: Union[str, Callable[[Request], Reply]] = default_side_reply,
         bash_description: str = "run a command",
     ):
         self.agent = agent
@@ -256,10 +287,15 @@ class DelegationScript:
 
     # -- classification ------------------------------------------------------
     def classify(self, req: Request) -> str:
+        """``"side"`` (no tools), ``"subagent"`` (system prompt holds the
+        marker), ``"other_agent"`` (another subagent: agent-id header but no
+        marker), ``"main"`` (offers the delegation tool) or ``"other"``."""
         if is_side_request(req):
             return "side"
         if self.agent_marker and self.agent_marker in req.system_text:
             return "subagent"
+        if agent_id(req) is not None:
+            return "other_agent"
         if any(n in req.tool_names for n in DELEGATION_TOOL_NAMES):
             return "main"
         return "other"
@@ -409,8 +445,15 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             blocks = _normalize(fake.policy(req))
         except Exception as e:  # a broken policy must not hang the client
-            fake.errors.append(repr(e))
+            fake.errors.append(traceback.format_exc())
             blocks = [text(f"fake_anthropic policy error: {e!r}")]
+        # a policy that hands out the same tool_use block twice gets a fresh id
+        with fake.lock:
+            for k, b in enumerate(blocks):
+                if b.get("type") == "tool_use":
+                    if b.get("id") in fake.issued_ids or not b.get("id"):
+                        blocks[k] = b = {**b, "id": _new_id("toolu")}
+                    fake.issued_ids.add(b["id"])
         req.reply = blocks
         model = body.get("model") or "claude-fake"
         stop = "tool_use" if any(b.get("type") == "tool_use" for b in blocks) else "end_turn"
@@ -491,7 +534,8 @@ class FakeAnthropic:
         self.port = port
         self.max_lifetime = max_lifetime
         self.requests: list[Request] = []
-        self.errors: list[str] = []
+        self.errors: list[str] = []  # tracebacks of policy exceptions
+        self.issued_ids: set[str] = set()
         self.lock = threading.Lock()
         self._httpd: Optional[_Server] = None
         self._thread: Optional[threading.Thread] = None
