@@ -118,14 +118,25 @@ class ModelInputs:
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
 
-    def describe(self) -> list[dict[str, Any]]:
-        """One row per tensor input: where it goes, shape, dtype, device."""
+    def describe(self, forward: Callable[..., Any] | None = None) -> list[dict[str, Any]]:
+        """One row per tensor input: where it goes (the forward's parameter name when known), shape, dtype, device."""
+        names = positional_names(forward) if forward is not None else []
         rows = []
         for position, value in enumerate(self.args):
-            rows.extend(describe_value(f"args[{position}]", value))
+            label = names[position] if position < len(names) else f"args[{position}]"
+            rows.extend(describe_value(label, value))
         for key, value in self.kwargs.items():
             rows.extend(describe_value(key, value))
         return rows
+
+
+def positional_names(function: Callable[..., Any]) -> list[str]:
+    """Names of a callable's positional parameters (self excluded); [] if it has no signature."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
 def describe_value(where: str, value: Any) -> list[dict[str, Any]]:
