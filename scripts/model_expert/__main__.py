@@ -9,6 +9,7 @@ import sys
 CAPABILITIES = {
     "params": "model_expert.params",
     "trace": "model_expert.trace",
+    "init": "model_expert.init",
 }
 
 
