@@ -115,7 +115,8 @@ def _sdpa_arguments(args, kwargs):
     return bound
 
 
-def cuda_sdpa_backend(query: torch.Tensor, key: torch.Tensor, attn_mask: torch.Tensor | None) -> str:
+def cuda_sdpa_backend(query: torch.Tensor, key: torch.Tensor, attn_mask: torch.Tensor | None, dropout_p: float = 0.0,
+                      is_causal: bool = False) -> str:
     """The kernel CUDA (sm80+) picks: flash for fp16/bf16 without a mask, memory-efficient otherwise, math if neither fits."""
     head_dim = query.shape[-1]
     if query.dim() != 4 or key.shape[-1] != head_dim:
@@ -127,14 +128,15 @@ def cuda_sdpa_backend(query: torch.Tensor, key: torch.Tensor, attn_mask: torch.T
     return "math"
 
 
-def cpu_sdpa_backend(query: torch.Tensor, key: torch.Tensor, attn_mask: torch.Tensor | None) -> str:
+def cpu_sdpa_backend(query: torch.Tensor, key: torch.Tensor, attn_mask: torch.Tensor | None, dropout_p: float = 0.0,
+                     is_causal: bool = False) -> str:
     """The kernel CPU picks, asked of torch itself on one-element stand-ins of the same rank, dtype and head size."""
     if query.dim() != 4:
         return "math"
-    q = torch.zeros(1, 1, 1, query.shape[-1], dtype=query.dtype)
+    q = torch.zeros(1, 1, 1, query.shape[-1], dtype=query.dtype, requires_grad=query.requires_grad)
     k = torch.zeros(1, 1, 1, key.shape[-1], dtype=key.dtype)
-    mask = None if attn_mask is None else torch.zeros(1, 1, 1, 1, dtype=attn_mask.dtype)
-    choice = torch._fused_sdp_choice(q, k, k, mask, 0.0, False)
+    mask = None if attn_mask is None else torch.zeros([1] * attn_mask.dim(), dtype=attn_mask.dtype)
+    choice = torch._fused_sdp_choice(q, k, k, mask, dropout_p, is_causal)
     return "flash_cpu" if choice == 1 else "math"
 
 
@@ -215,7 +217,8 @@ class TargetFunctionMode(TorchFunctionMode):
                 kwargs = {k: _cast_floating(v, torch.float32, None) for k, v in kwargs.items()}
         if name == "scaled_dot_product_attention":
             a = _sdpa_arguments(args, kwargs)
-            backend = self.sdpa_override or SDPA_BACKEND_CHOOSERS[self.target_device](a["query"], a["key"], a["attn_mask"])
+            backend = self.sdpa_override or SDPA_BACKEND_CHOOSERS[self.target_device](
+                a["query"], a["key"], a["attn_mask"], a["dropout_p"], a["is_causal"])
             self.sdpa_backends_used[backend] = self.sdpa_backends_used.get(backend, 0) + 1
             return run_sdpa(backend, func, args, kwargs)
         if name in _REENTER_FUNCTIONS and isinstance(func, types.FunctionType):

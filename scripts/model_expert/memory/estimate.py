@@ -277,3 +277,28 @@ def describe_assumptions(options: EstimateOptions, precision, tracker: Allocatio
     lines.append("nn.LSTM/GRU are modelled with PyTorch's native kernels (the cuDNN reserve buffer is not modelled); "
                  "convolution workspaces (cuDNN) are not modelled")
     return lines
+
+
+def saved_activation_bytes(model: nn.Module, inputs: ModelInputs, target_device: str = "cpu",
+                           sdpa_backend: str | None = None) -> int:
+    """Bytes of the distinct storages autograd saves in one training-mode forward under the target's rules,
+    parameters, buffers and inputs excluded (what saved_tensors_hooks sees)."""
+    known = {t.untyped_storage()._cdata for t in list(model.parameters()) + list(model.buffers())}
+    known |= {t.untyped_storage()._cdata for t in torch.utils._pytree.tree_flatten((inputs.args, inputs.kwargs))[0]
+              if isinstance(t, torch.Tensor)}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage._cdata not in known:
+            saved[storage._cdata] = storage.nbytes()
+        return tensor
+
+    function_mode = device_rules.TargetFunctionMode(target_device, None, sdpa_backend)
+    tracker = AllocationTracker(BLOCK_RULES[target_device], devices=("meta",))
+    with preserved(model):
+        model.train()
+        with function_mode, tracker, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            output = model(*inputs.args, **inputs.kwargs)
+        del output
+    return sum(saved.values())
