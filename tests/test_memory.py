@@ -344,3 +344,16 @@ def test_user_model_is_unchanged():
     assert not model.is_gradient_checkpointing
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None and p.dtype == torch.float32 and p.device.type == "cpu" for p in model.parameters())
+
+
+def test_gpu_validation_dry_run_does_not_rot(tmp_path):
+    out = tmp_path / "results.json"
+    result = subprocess.run([sys.executable, "bench/gpu_memory_validation.py", "--dry-run", "--only", "MLP", "CNN fp32",
+                             "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["name"] for r in rows] == ["CNN fp32 sgd-momentum", "MLP fp32 adamw"]
+    mlp_params = (1024 * 4096 + 4096 + 4096 * 4096 + 4096 + 4096 * 10 + 10) * 4
+    mlp = rows[1]
+    assert mlp["breakdown"]["optimizer_state"] >= 2 * mlp_params  # AdamW: 2 x fp32 params (each block rounded up)
+    assert mlp["breakdown"]["optimizer_state"] - 2 * mlp_params < 6 * 512
