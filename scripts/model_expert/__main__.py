@@ -9,6 +9,7 @@ import sys
 CAPABILITIES = {
     "params": "model_expert.params",
     "trace": "model_expert.trace",
+    "memory": "model_expert.memory.cli",
     "report": "model_expert.report",
     "init": "model_expert.init",
 }
