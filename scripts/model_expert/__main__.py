@@ -9,6 +9,7 @@ import sys
 CAPABILITIES = {
     "params": "model_expert.params",
     "trace": "model_expert.trace",
+    "flops": "model_expert.flops",
 }
 
 
