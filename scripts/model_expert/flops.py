@@ -527,6 +527,14 @@ def _time_estimate(result: dict[str, Any], gpu: GpuSpec, args: argparse.Namespac
 # Renderers (no arithmetic beyond formatting and shares).
 
 
+def _seconds(value: float) -> str:
+    """0.0374 -> '37.4 ms'; in s, ms or us with three significant figures."""
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value / 1e-9:.3g} ns"
+
+
 def _share(part: int, whole: int) -> str:
     return f"{100.0 * part / whole:.1f}%" if whole else "-"
 
@@ -545,16 +553,16 @@ def _summary_rows(data: dict[str, Any]) -> list[list[str]]:
 def _time_rows(data: dict[str, Any]) -> list[list[str]]:
     rows = []
     for phase, p in data["phases"].items():
-        rows.append([phase, f"{p['compute_seconds'] * 1e3:.2f} ms", f"{p['memory_seconds'] * 1e3:.2f} ms",
-                     f"{p['seconds'] * 1e3:.2f} ms", p["bound"]])
-    rows.append(["step", "", "", f"{data['estimated_step_seconds'] * 1e3:.2f} ms", ""])
+        rows.append([phase, _seconds(p["compute_seconds"]), _seconds(p["memory_seconds"]), _seconds(p["seconds"]),
+                     p["bound"]])
+    rows.append(["step", "", "", _seconds(data["estimated_step_seconds"]), ""])
     return rows
 
 
 def _throughput_lines(data: dict[str, Any]) -> list[str]:
     lines = [f"Estimated training step on {data['gpu']['description']} ({data['gpu']['math_dtype']}, MFU "
-             f"{data['mfu']:g}): {data['estimated_step_seconds'] * 1e3:.2f} ms; inference forward "
-             f"{data['inference_seconds_per_batch'] * 1e3:.2f} ms per batch"]
+             f"{data['mfu']:g}): {_seconds(data['estimated_step_seconds'])}; inference forward "
+             f"{_seconds(data['inference_seconds_per_batch'])} per batch"]
     if data.get("samples_per_second"):
         lines.append(f"Training: {data['samples_per_second']:,.1f} samples/s"
                      + (f", {data['tokens_per_second']:,.0f} tokens/s" if data.get("tokens_per_second") else ""))
