@@ -49,6 +49,16 @@ MODELS = textwrap.dedent('''
         def forward(self, x):
             return torch.fft.rfft(self.proj(x)).abs()
 
+    class TwoTowers(nn.Module):
+        """Both towers are fed tensors that need no grad (like SimilarityTransformer's two projections)."""
+        def __init__(self):
+            super().__init__()
+            self.left = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 8))
+            self.right = nn.Linear(12, 8)
+
+        def forward(self, a, b):
+            return self.left(a) @ self.right(b).T
+
     class ReadsValues(nn.Module):
         """Data-dependent: needs tensor values, which meta tensors lack."""
         def __init__(self):
@@ -206,6 +216,7 @@ def test_uncounted_ops_listed_with_counts_and_rules(models_file, capsys):
     assert set(data["uncounted_op_rules"].values()) <= set(data["op_rules"])
     assert data["uncounted_op_rules"]["aten.abs"] == "pointwise"
     assert data["uncounted_op_rules"]["aten.t"] == "view"
+    assert flops.rule_for(torch.ops.aten.masked_fill_).name == "pointwise"  # in-place variant: its op's rule
     assert data["forward_flops"] == 2 * 2 * 16 * 16  # only the Linear: 1,024
 
 
@@ -236,6 +247,19 @@ def test_module_rows_depth_and_containers(models_file, capsys):
     # transformer.h is a ModuleList (never called): its row is the sum of its two blocks.
     assert rows["transformer.h"]["summed_from_children"] is True
     assert rows["transformer.h"]["forward_flops"] == 2 * (24 * 16 * 64**2 + 4 * 16**2 * 64)  # 2 x 1,638,400
+
+
+def test_backward_attribution_when_no_input_requires_grad(models_file, capsys):
+    data = run_json([f"{models_file}:TwoTowers", "--input", "float32[B=4,16]", "--input", "float32[6,12]",
+                     "--depth", "1"], capsys)
+    rows = {m["name"]: m for m in data["modules"]}
+    # left: Linear(16,32) grad weight only (input needs no grad) 2*4*16*32 = 4,096;
+    #       Linear(32,8) grad input + grad weight 4*4*32*8 = 4,096.
+    assert rows["left"]["backward_flops"] == 2 * 4 * 16 * 32 + 4 * 4 * 32 * 8
+    assert rows["right"]["backward_flops"] == 2 * 6 * 12 * 8  # grad weight only: 1,152
+    # The product (B,8)@(8,6) is in the root only: forward 2*4*8*6 = 384, backward two grads of 384 each.
+    assert rows["(root)"]["backward_flops"] == rows["left"]["backward_flops"] + rows["right"]["backward_flops"] + 768
+    assert data["backward_flops"] == rows["(root)"]["backward_flops"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,7 +26,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 from torch.utils import flop_counter as _fc
+from torch.autograd.graph import register_multi_grad_hook
 from torch.utils._pytree import tree_flatten
+from torch.utils.module_tracker import ModuleTracker
 
 from . import cli, render
 from .errors import UserError
@@ -106,8 +108,20 @@ def _is_view(packet) -> bool:
     return _op_name(packet) in _VIEW_LIKE_OPS or any(o.is_view for o in _overloads(packet))
 
 
+def _functional(packet):
+    """The out-of-place op of an in-place one (masked_fill_ -> masked_fill), else the op itself."""
+    name = _op_name(packet)
+    if name.endswith("_") and not name.endswith("__") and hasattr(aten, name[:-1]):
+        return getattr(aten, name[:-1])
+    return packet
+
+
 def _has_tag(packet, tag) -> bool:
-    return any(tag in o.tags for o in _overloads(packet))
+    return any(tag in o.tags for o in _overloads(packet) + _overloads(_functional(packet)))
+
+
+def _named_in(names: frozenset):
+    return lambda packet: _op_name(packet) in names or _op_name(_functional(packet)) in names
 
 
 @dataclass(frozen=True)
@@ -127,10 +141,10 @@ OP_RULES: tuple[OpRule, ...] = (
     OpRule("reduction", "reduction (torch.Tag.reduction: sum, mean, ...): O(numel) arithmetic, ignored like pointwise",
            lambda p: _has_tag(p, torch.Tag.reduction), True),
     OpRule("data-movement", "creates, copies, concatenates or indexes tensors: no arithmetic; bytes are in the byte model",
-           lambda p: _op_name(p) in _DATA_MOVEMENT_OPS, True),
+           _named_in(_DATA_MOVEMENT_OPS), True),
     OpRule("normalisation", "normalisation, softmax, loss, dropout, pooling, scan: O(numel) arithmetic, "
            "ignored like pointwise",
-           lambda p: _op_name(p) in _NORMALISATION_OPS, True),
+           _named_in(_NORMALISATION_OPS), True),
     OpRule("unsupported", "no FLOP formula and no rule: its FLOPs are NOT in the totals (may be heavy: "
            "fft, cdist, sort, linalg, custom kernels)", lambda p: True, False),
 )
@@ -158,6 +172,26 @@ class PhaseTraffic:
     other_bytes: int = 0
 
 
+class GradAwareModuleTracker(ModuleTracker):
+    """ModuleTracker whose backward exit also works for modules none of whose inputs require grad.
+
+    ModuleTracker leaves a module's backward when the gradients of its inputs are computed; a module fed
+    only tensors that need no grad (the first layer, a branch on constant embeddings) was never left, so
+    every later backward FLOP was charged to it. Here such a module is left when the gradients of its own
+    trainable parameters are computed instead.
+    """
+
+    def _fw_pre_hook(self, mod, input) -> None:
+        name = self._get_mod_name(mod)
+        self._get_append_fn(name, False)()
+        args, _ = tree_flatten(input)
+        tensors = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+        if not tensors:
+            tensors = [p for p in mod.parameters() if p.requires_grad]
+        if tensors:
+            self._hooks.append(register_multi_grad_hook(tensors, self._get_pop_fn(name, True)))
+
+
 class StepFlopCounter(_fc.FlopCounterMode):
     """FlopCounterMode that also keeps forward/backward apart, lists ops without a formula, and counts traffic.
 
@@ -166,6 +200,7 @@ class StepFlopCounter(_fc.FlopCounterMode):
 
     def __init__(self, custom_mapping: dict[Any, Any] | None = None):
         super().__init__(display=False, custom_mapping={**EXTRA_FLOP_FORMULAS, **(custom_mapping or {})})
+        self.mod_tracker = GradAwareModuleTracker()
         # phase -> tracker module name -> op -> FLOPs
         self.phase_counts: dict[str, dict[str, dict[Any, int]]] = {
             phase: defaultdict(lambda: defaultdict(int)) for phase in ("forward", "backward")}
