@@ -26,7 +26,6 @@ from typing import Any, Callable
 import torch
 from torch import nn
 from torch.utils import flop_counter as _fc
-from torch.autograd.graph import register_multi_grad_hook
 from torch.utils._pytree import tree_flatten
 from torch.utils.module_tracker import ModuleTracker
 
@@ -177,19 +176,37 @@ class GradAwareModuleTracker(ModuleTracker):
 
     ModuleTracker leaves a module's backward when the gradients of its inputs are computed; a module fed
     only tensors that need no grad (the first layer, a branch on constant embeddings) was never left, so
-    every later backward FLOP was charged to it. Here such a module is left when the gradients of its own
-    trainable parameters are computed instead.
+    every later backward FLOP was charged to it. Here such a module is left once every trainable
+    parameter of it that this backward reaches has its .grad accumulated (post-accumulate hooks hold no
+    reference to the gradient, so autograd still steals it instead of copying: bytes are unchanged).
     """
 
     def _fw_pre_hook(self, mod, input) -> None:
+        args, _ = tree_flatten(input)
+        if any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+            super()._fw_pre_hook(mod, input)
+            return
         name = self._get_mod_name(mod)
         self._get_append_fn(name, False)()
-        args, _ = tree_flatten(input)
-        tensors = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
-        if not tensors:
-            tensors = [p for p in mod.parameters() if p.requires_grad]
-        if tensors:
-            self._hooks.append(register_multi_grad_hook(tensors, self._get_pop_fn(name, True)))
+        parameters = [p for p in mod.parameters() if p.requires_grad]
+        if parameters:
+            self._exit_after_accumulation(parameters, self._get_pop_fn(name, True))
+
+    def _exit_after_accumulation(self, parameters: list[torch.Tensor], exit_fn: Callable[[], None]) -> None:
+        pending: set[int] | None = None
+
+        def on_accumulated(parameter: torch.Tensor) -> None:
+            nonlocal pending
+            if pending is None:  # first call: which of the parameters does this backward reach?
+                pending = {id(p) for p in parameters if torch._C._will_engine_execute_node(
+                    torch.autograd.graph._get_grad_fn_or_grad_acc(p))}
+            pending.discard(id(parameter))
+            if not pending:
+                exit_fn()
+                pending = None  # ready for the next backward
+
+        for parameter in parameters:
+            self._hooks.append(parameter.register_post_accumulate_grad_hook(on_accumulated))
 
 
 class StepFlopCounter(_fc.FlopCounterMode):
