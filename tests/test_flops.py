@@ -186,6 +186,9 @@ def test_gpt2_small_meta_closed_form():
     assert data["backward_flops"] == 2 * exact  # every matmul's inputs require grad: dX and dW per matmul
     block_rows = [m for m in data["modules"] if m["type"] == "GPT2Block"]
     assert len(block_rows) == 12 and all(m["forward_flops"] == block for m in block_rows)
+    assert all(m["backward_flops"] == 2 * block for m in block_rows)
+    lm_head = next(m for m in data["modules"] if m["name"] == "lm_head")
+    assert lm_head["backward_flops"] == 2 * 2 * seq * d * vocab  # grad hidden + grad (tied) weight
 
     # Kaplan-style: 2 * N_nonembedding * T + attention term + LM head (biases and LayerNorm parameters are in
     # N but add no matmul FLOPs, hence within 1%, not equal).

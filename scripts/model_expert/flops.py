@@ -548,7 +548,10 @@ def _time_estimate(result: dict[str, Any], gpu: GpuSpec, args: argparse.Namespac
         f"once at {precision.parameter_bytes} bytes per element (a fused kernel; foreach temporaries not counted); "
         f"elementwise peak {gpu.peak_for('fp32') / 1e12:g} TFLOP/s (fp32 CUDA cores) x MFU",
         "attention FLOPs are not discounted for causal masks (FlopCounterMode's convention); backward counts "
-        "what the traced kernels do (math SDPA on meta: no score recompute)",
+        "what the traced kernels do (math SDPA on meta: 2x forward, no score recompute; fused kernels: 2.5x)",
+        "scaled_dot_product_attention on meta runs PyTorch's math path, so the byte model includes its T x T "
+        "score tensors, which CUDA's fused flash/memory-efficient kernels never write: for long sequences the "
+        "memory side of forward and backward is overestimated",
         "inference latency = the forward phase of the training step (train-mode forward; eval mode skips dropout)",
         "one card, no data-parallel communication, no host-device copies, no kernel-launch overhead",
     ]
