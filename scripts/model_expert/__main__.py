@@ -12,6 +12,7 @@ CAPABILITIES = {
     "memory": "model_expert.memory.cli",
     "report": "model_expert.report",
     "init": "model_expert.init",
+    "flops": "model_expert.flops",
 }
 
 

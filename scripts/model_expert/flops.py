@@ -1,0 +1,676 @@
+"""FLOPs of one training step, per module and per phase, and a roofline estimate of its wall time.
+
+Counting is PyTorch's `torch.utils.flop_counter.FlopCounterMode` (2 FLOPs per multiply-add; matmul,
+convolution and attention only), extended in two ways:
+  * formulas for the CPU fused-attention kernels its registry lacks (`EXTRA_FLOP_FORMULAS`), so
+    `scaled_dot_product_attention` on CPU is not a silent zero;
+  * every executed aten op without a formula is recorded with its call count and the written rule
+    that explains it (`OP_RULES`): a view, pointwise, a reduction, data movement, normalisation /
+    softmax / loss / dropout (all O(numel) and ignored by the matmul-only convention), or
+    *unsupported* (no formula and no rule: its FLOPs are missing from the totals).
+Forward and backward are told apart by the autograd engine (ModuleTracker.is_bw), so they come
+from one run. On `--device meta` nothing is allocated: a 7B model costs seconds and no memory.
+
+The time estimate is a per-phase roofline, time = max(FLOPs / (peak x MFU), bytes / bandwidth),
+with bytes from an eager, unfused model of traffic (every non-view op reads its inputs and writes
+its outputs once) plus formula-based optimizer traffic. Its assumptions travel in the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.utils import flop_counter as _fc
+from torch.utils._pytree import tree_flatten
+from torch.utils.module_tracker import ModuleTracker
+
+from . import cli, render
+from .errors import UserError
+from .gpus import GpuSpec, find_gpu
+from .guard import preserved
+from .runner import ModelCallError, call_model, compute_loss
+
+aten = torch.ops.aten
+
+# ---------------------------------------------------------------------------------------------
+# FLOP formulas FlopCounterMode lacks (same conventions as its own registry).
+
+
+def cpu_flash_attention_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """Fused CPU SDPA forward: QK^T plus AV, 2*B*H*Tq*Tk*(Dqk + Dv) (no causal discount, like the registry)."""
+    return _fc.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def cpu_flash_attention_backward_flop(grad_out_shape, query_shape, key_shape, value_shape, *args,
+                                      out_shape=None, **kwargs) -> int:
+    """Fused CPU SDPA backward: score recompute plus four gradient matmuls, as the registry's flash backward."""
+    return _fc.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+EXTRA_FLOP_FORMULAS: dict[Any, Callable[..., int]] = {
+    aten._scaled_dot_product_flash_attention_for_cpu: cpu_flash_attention_flop,
+    aten._scaled_dot_product_flash_attention_for_cpu_backward: cpu_flash_attention_backward_flop,
+}
+
+# ---------------------------------------------------------------------------------------------
+# Rules for ops without a FLOP formula. First matching rule wins; no match = unsupported.
+
+_DATA_MOVEMENT_OPS = frozenset({
+    "embedding", "arange", "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided",
+    "zeros", "zeros_like", "new_zeros", "ones", "ones_like", "new_ones", "full", "full_like", "new_full",
+    "scalar_tensor", "fill_", "zero_", "cat", "stack", "constant_pad_nd", "copy_", "_to_copy", "copy",
+    "index_select", "index", "_unsafe_index", "index_put", "index_put_", "gather", "scatter", "scatter_",
+    "tril", "triu", "roll", "flip", "repeat", "select_backward", "slice_backward", "masked_scatter",
+    "lift_fresh_copy", "rand", "randn", "randint", "rand_like", "randn_like", "randperm", "resize_",
+    "split_with_sizes_copy", "unbind_copy", "_local_scalar_dense", "nonzero", "masked_select",
+})
+_NORMALISATION_OPS = frozenset({
+    "native_layer_norm", "native_layer_norm_backward", "native_group_norm", "native_group_norm_backward",
+    "native_batch_norm", "native_batch_norm_backward", "_native_batch_norm_legit",
+    "_native_batch_norm_legit_no_training", "_native_batch_norm_legit_functional",
+    "_fused_rms_norm", "_fused_rms_norm_backward",
+    "_softmax", "_safe_softmax", "_softmax_backward_data", "_log_softmax", "_log_softmax_backward_data",
+    "nll_loss_forward", "nll_loss_backward", "nll_loss2d_forward", "nll_loss2d_backward",
+    "mse_loss", "mse_loss_backward", "binary_cross_entropy", "binary_cross_entropy_backward",
+    "binary_cross_entropy_with_logits", "smooth_l1_loss", "smooth_l1_loss_backward",
+    "bernoulli", "bernoulli_", "native_dropout", "embedding_dense_backward", "cumsum", "cumprod",
+    "max_pool2d_with_indices", "max_pool2d_with_indices_backward", "avg_pool2d", "avg_pool2d_backward",
+    "_adaptive_avg_pool2d", "_adaptive_avg_pool2d_backward", "max_pool3d_with_indices",
+    "upsample_nearest2d", "upsample_nearest2d_backward", "upsample_bilinear2d", "upsample_bilinear2d_backward",
+    "_fused_moving_avg_obs_fq_helper", "argmax", "argmin", "max", "min", "logsumexp",
+})
+_VIEW_LIKE_OPS = frozenset({"_unsafe_view", "lift_fresh", "_reshape_alias"})
+# Creation ops whose tensor arguments only lend shape/dtype (not read), and ones that leave memory unwritten.
+_SHAPE_ONLY_INPUT_OPS = frozenset({"empty_like", "zeros_like", "ones_like", "full_like", "rand_like", "randn_like",
+                                   "new_empty", "new_empty_strided", "new_zeros", "new_ones", "new_full"})
+_UNWRITTEN_OUTPUT_OPS = frozenset({"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided"})
+
+
+def _op_name(packet) -> str:
+    return str(packet).removeprefix("aten.")
+
+
+def _overloads(packet):
+    try:
+        return [getattr(packet, name) for name in packet.overloads()]
+    except Exception:  # a non-aten packet (custom op, triton kernel): no schema to read
+        return []
+
+
+def _is_view(packet) -> bool:
+    """An overload returns an alias of an input (schema; slice.Tensor yes, slice.str is list slicing), or view-like."""
+    return _op_name(packet) in _VIEW_LIKE_OPS or any(o.is_view for o in _overloads(packet))
+
+
+def _functional(packet):
+    """The out-of-place op of an in-place one (masked_fill_ -> masked_fill), else the op itself."""
+    name = _op_name(packet)
+    if name.endswith("_") and not name.endswith("__") and hasattr(aten, name[:-1]):
+        return getattr(aten, name[:-1])
+    return packet
+
+
+def _has_tag(packet, tag) -> bool:
+    return any(tag in o.tags for o in _overloads(packet) + _overloads(_functional(packet)))
+
+
+def _named_in(names: frozenset):
+    return lambda packet: _op_name(packet) in names or _op_name(_functional(packet)) in names
+
+
+@dataclass(frozen=True)
+class OpRule:
+    name: str
+    text: str
+    applies: Callable[[Any], bool]
+    ignored: bool  # True: ignored by this written rule; False: unsupported (FLOPs missing)
+
+
+OP_RULES: tuple[OpRule, ...] = (
+    OpRule("view", "returns an alias of an input (view/reshape/transpose/detach): no arithmetic, no bytes moved",
+           _is_view, True),
+    OpRule("pointwise", "pointwise op (torch.Tag.pointwise: add, mul, gelu, tanh, where, ...): O(numel) arithmetic, "
+           "ignored by the matmul-only convention of FlopCounterMode; memory-bound, its cost is in the byte model",
+           lambda p: _has_tag(p, torch.Tag.pointwise), True),
+    OpRule("reduction", "reduction (torch.Tag.reduction: sum, mean, ...): O(numel) arithmetic, ignored like pointwise",
+           lambda p: _has_tag(p, torch.Tag.reduction), True),
+    OpRule("data-movement", "creates, copies, concatenates or indexes tensors: no arithmetic; bytes are in the byte model",
+           _named_in(_DATA_MOVEMENT_OPS), True),
+    OpRule("normalisation", "normalisation, softmax, loss, dropout, pooling, scan: O(numel) arithmetic, "
+           "ignored like pointwise",
+           _named_in(_NORMALISATION_OPS), True),
+    OpRule("unsupported", "no FLOP formula and no rule: its FLOPs are NOT in the totals (may be heavy: "
+           "fft, cdist, sort, linalg, custom kernels)", lambda p: True, False),
+)
+_RULE_CACHE: dict[Any, OpRule] = {}
+
+
+def rule_for(packet) -> OpRule:
+    """The first OP_RULES entry that applies to an op without a FLOP formula."""
+    rule = _RULE_CACHE.get(packet)
+    if rule is None:
+        rule = next(r for r in OP_RULES if r.applies(packet))
+        _RULE_CACHE[packet] = rule
+    return rule
+
+
+# ---------------------------------------------------------------------------------------------
+# The counter.
+
+
+@dataclass
+class PhaseTraffic:
+    """Elements and bytes touched by non-view ops of one phase (eager execution, no fusion)."""
+
+    floating_elements: int = 0
+    other_bytes: int = 0
+
+
+class GradAwareModuleTracker(ModuleTracker):
+    """ModuleTracker whose backward exit also works for modules none of whose inputs require grad.
+
+    ModuleTracker leaves a module's backward when the gradients of its inputs are computed; a module fed
+    only tensors that need no grad (the first layer, a branch on constant embeddings) was never left, so
+    every later backward FLOP was charged to it. Here such a module is left once every trainable
+    parameter of it that this backward reaches has its .grad accumulated (post-accumulate hooks hold no
+    reference to the gradient, so autograd still steals it instead of copying: bytes are unchanged).
+    """
+
+    def _fw_pre_hook(self, mod, input) -> None:
+        args, _ = tree_flatten(input)
+        if any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+            super()._fw_pre_hook(mod, input)
+            return
+        name = self._get_mod_name(mod)
+        self._get_append_fn(name, False)()
+        parameters = [p for p in mod.parameters() if p.requires_grad]
+        if parameters:
+            self._exit_after_accumulation(parameters, self._get_pop_fn(name, True))
+
+    def _exit_after_accumulation(self, parameters: list[torch.Tensor], exit_fn: Callable[[], None]) -> None:
+        pending: set[int] | None = None
+
+        def on_accumulated(parameter: torch.Tensor) -> None:
+            nonlocal pending
+            if pending is None:  # first call: which of the parameters does this backward reach?
+                pending = {id(p) for p in parameters if torch._C._will_engine_execute_node(
+                    torch.autograd.graph._get_grad_fn_or_grad_acc(p))}
+            pending.discard(id(parameter))
+            if not pending:
+                exit_fn()
+                pending = None  # ready for the next backward
+
+        for parameter in parameters:
+            self._hooks.append(parameter.register_post_accumulate_grad_hook(on_accumulated))
+
+
+class StepFlopCounter(_fc.FlopCounterMode):
+    """FlopCounterMode that also keeps forward/backward apart, lists ops without a formula, and counts traffic.
+
+    `flop_counts` (and so `get_total_flops`, `get_flop_counts`) is filled exactly as the base class does.
+    """
+
+    def __init__(self, custom_mapping: dict[Any, Any] | None = None):
+        super().__init__(display=False, custom_mapping={**EXTRA_FLOP_FORMULAS, **(custom_mapping or {})})
+        self.mod_tracker = GradAwareModuleTracker()
+        # phase -> tracker module name -> op -> FLOPs
+        self.phase_counts: dict[str, dict[str, dict[Any, int]]] = {
+            phase: defaultdict(lambda: defaultdict(int)) for phase in ("forward", "backward")}
+        self.uncounted_calls: dict[str, dict[Any, int]] = {"forward": defaultdict(int), "backward": defaultdict(int)}
+        self.traffic = {"forward": PhaseTraffic(), "backward": PhaseTraffic()}
+
+    def _count_flops(self, func_packet, out, args, kwargs):  # overrides FlopCounterMode's leaf-op hook
+        phase = "backward" if self.mod_tracker.is_bw else "forward"
+        formula = self.flop_registry.get(func_packet)
+        if formula is None:
+            rule = rule_for(func_packet)
+            self.uncounted_calls[phase][func_packet] += 1
+            if rule.name == "view":
+                return out
+        else:
+            flops = formula(*args, **kwargs, out_val=out)
+            for parent in set(self.mod_tracker.parents):
+                self.flop_counts[parent][func_packet] += flops
+                self.phase_counts[phase][parent][func_packet] += flops
+        traffic = self.traffic[phase]
+        name = _op_name(func_packet)
+        touched = () if name in _UNWRITTEN_OUTPUT_OPS else (out,) if name in _SHAPE_ONLY_INPUT_OPS else (args, kwargs, out)
+        for value in tree_flatten(touched)[0]:
+            if isinstance(value, torch.Tensor):
+                if value.is_floating_point():
+                    traffic.floating_elements += value.numel()
+                else:
+                    traffic.other_bytes += value.numel() * value.element_size()
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Precisions, optimizers, the roofline: one registry each, pure formulas.
+
+
+@dataclass(frozen=True)
+class PrecisionRule:
+    math_dtype: str            # which peak of the GPU table matmuls run at
+    activation_bytes: int      # width of floating activations and the copies matmuls read
+    parameter_bytes: int       # width of parameters, gradients and optimizer states
+    weight_cast_bytes_per_parameter: int  # autocast: read fp32 weight + write bf16 copy, per phase
+
+
+PRECISIONS: dict[str, PrecisionRule] = {
+    "fp32": PrecisionRule("fp32", 4, 4, 0),
+    "bf16": PrecisionRule("bf16", 2, 2, 0),
+    "fp16": PrecisionRule("fp16", 2, 2, 0),
+    "bf16-autocast": PrecisionRule("bf16", 2, 4, 4 + 2),
+    "fp16-autocast": PrecisionRule("fp16", 2, 4, 4 + 2),
+}
+assert set(PRECISIONS) == set(cli.PRECISIONS), "every --precision needs a rule"
+
+
+@dataclass(frozen=True)
+class OptimizerStepCost:
+    flops_per_element: int   # arithmetic per trainable parameter element in one step
+    tensors_read: int        # parameter, gradient and state tensors read per step
+    tensors_written: int     # parameter and state tensors written per step
+    derivation: str
+
+
+OPTIMIZER_STEPS: dict[str, OptimizerStepCost] = {
+    # torch.optim.AdamW defaults (weight_decay=0.01): p*=1-lr*wd (1); exp_avg.lerp_ (3);
+    # exp_avg_sq.mul_.addcmul_ (4); denom = sqrt/div/add eps (3); p.addcdiv_ (3).
+    "adamw": OptimizerStepCost(14, 4, 3, "AdamW: decay 1 + lerp 3 + second moment 4 + denom 3 + addcdiv 3; "
+                                         "reads param, grad, exp_avg, exp_avg_sq; writes param, exp_avg, exp_avg_sq"),
+    "adam": OptimizerStepCost(13, 4, 3, "Adam (weight_decay=0): AdamW without the decay multiply"),
+    "sgd": OptimizerStepCost(2, 2, 1, "SGD (momentum=0): p.add_(grad, alpha=-lr); reads param, grad; writes param"),
+    "sgd-momentum": OptimizerStepCost(5, 3, 2, "SGD momentum: buf.mul_.add_ (3) + p.add_ (2); "
+                                               "reads param, grad, buf; writes param, buf"),
+    "none": OptimizerStepCost(0, 0, 0, "no optimizer step"),
+}
+assert set(OPTIMIZER_STEPS) == set(cli.OPTIMIZERS), "every --optimizer needs a cost"
+
+DEFAULT_MFU = 0.4
+MFU_SOURCE = ("default MFU 0.4: model-FLOPs utilisation of large well-tuned transformer training runs is "
+              "about 0.2-0.5 (PaLM paper, Chowdhery et al. 2022: GPT-3 21.3%, Gopher 32.5%, "
+              "Megatron-Turing NLG 30.2%, PaLM 46.2%); small models in eager PyTorch usually reach less")
+
+
+def optimizer_step_flops(trainable_elements: int, optimizer: str) -> int:
+    """FLOPs of one optimizer step: trainable elements x the optimizer's per-element arithmetic."""
+    return trainable_elements * OPTIMIZER_STEPS[optimizer].flops_per_element
+
+
+def optimizer_step_bytes(trainable_elements: int, optimizer: str, parameter_bytes: int) -> int:
+    """Bytes of one optimizer step: elements x (tensors read + written) x width (each touched once)."""
+    cost = OPTIMIZER_STEPS[optimizer]
+    return trainable_elements * (cost.tensors_read + cost.tensors_written) * parameter_bytes
+
+
+def phase_bytes(traffic: PhaseTraffic, precision: PrecisionRule, weight_elements: int) -> int:
+    """Traffic of a phase: floating elements at the precision's width + integer bytes + autocast weight casts."""
+    return (traffic.floating_elements * precision.activation_bytes + traffic.other_bytes
+            + weight_elements * precision.weight_cast_bytes_per_parameter)
+
+
+def roofline_seconds(flops: float, bytes_moved: float, peak_flops_per_s: float, mfu: float,
+                     bandwidth_bytes_per_s: float) -> dict[str, Any]:
+    """max(FLOPs / (peak x MFU), bytes / bandwidth), with both sides and which one bounds."""
+    compute_seconds = flops / (peak_flops_per_s * mfu)
+    memory_seconds = bytes_moved / bandwidth_bytes_per_s
+    return {"flops": flops, "bytes": bytes_moved, "compute_seconds": compute_seconds,
+            "memory_seconds": memory_seconds, "seconds": max(compute_seconds, memory_seconds),
+            "bound": "compute" if compute_seconds >= memory_seconds else "memory"}
+
+
+def math_dtype(precision: str, allow_tf32: bool) -> str:
+    """The GPU-table column matmuls run at: fp32 (tf32 with --allow-tf32), else the precision's half type."""
+    dtype = PRECISIONS[precision].math_dtype
+    return "tf32" if dtype == "fp32" and allow_tf32 else dtype
+
+
+def estimate_step_time(*, forward_flops: int, backward_flops: int, optimizer_flops: int, forward_bytes: int,
+                       backward_bytes: int, optimizer_bytes: int, gpu: GpuSpec, dtype: str,
+                       mfu: float) -> dict[str, Any]:
+    """Roofline per phase on one card; the step is the sum of the three phases."""
+    matmul_peak = gpu.peak_for(dtype)
+    elementwise_peak = gpu.peak_for("fp32")  # the optimizer runs on CUDA cores, not tensor cores
+    bandwidth = gpu.memory_bandwidth_bytes_per_s
+    phases = {
+        "forward": roofline_seconds(forward_flops, forward_bytes, matmul_peak, mfu, bandwidth),
+        "backward": roofline_seconds(backward_flops, backward_bytes, matmul_peak, mfu, bandwidth),
+        "optimizer": roofline_seconds(optimizer_flops, optimizer_bytes, elementwise_peak, mfu, bandwidth),
+    }
+    return {"phases": phases, "step_seconds": sum(p["seconds"] for p in phases.values()),
+            "matmul_peak_flops_per_s": matmul_peak, "elementwise_peak_flops_per_s": elementwise_peak}
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the model.
+
+_META_DATA_HINTS = ("meta tensor", "on meta", "meta device", "data-dependent", "cannot be called on meta")
+
+
+def _meta_failure(error: BaseException) -> bool:
+    text = " ".join(str(e) for e in (error, error.__cause__) if e is not None).lower()
+    return any(hint in text for hint in _META_DATA_HINTS)
+
+
+def count_step(model: nn.Module, inputs, loss_fn=None, model_name: str = "the model",
+               backward: bool = True) -> StepFlopCounter:
+    """Run forward (+ loss + backward) of the model in train mode under a StepFlopCounter. Guarded."""
+    with preserved(model):
+        model.train()
+        counter = StepFlopCounter()
+        with counter:
+            output = call_model(model, inputs, model_name)
+            if backward:
+                loss = compute_loss(loss_fn, output)
+                if not loss.requires_grad:
+                    raise UserError("the loss does not require grad: no parameter of the model reaches it "
+                                    "(all frozen, or the output is detached); check requires_grad and --loss")
+                try:
+                    loss.backward()
+                except (UserError, KeyboardInterrupt):
+                    raise
+                except Exception as error:
+                    first = (str(error).strip().splitlines() or ["(no message)"])[0]
+                    raise ModelCallError(f"backward of {model_name} failed: {type(error).__name__}: {first}") from error
+    return counter
+
+
+def _unique_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return list({id(p): p for p in model.parameters()}.values())
+
+
+def summarise(counter: StepFlopCounter, model: nn.Module, depth: int) -> dict[str, Any]:
+    """Plain data from a finished counter: totals, module rows, per-op FLOPs, uncounted ops."""
+    root = type(model).__name__
+    phase_totals = {phase: sum(counts["Global"].values()) for phase, counts in counter.phase_counts.items()}
+
+    def tracked(path: str) -> bool:
+        name = f"{root}.{path}" if path else root
+        return any(name in counts for counts in counter.phase_counts.values())
+
+    def module_flops(phase: str, path: str, module: nn.Module) -> int:
+        """The module's own count; a module never entered with FLOPs (a ModuleList whose children are
+        called by the parent) gets the sum of its children."""
+        if tracked(path) or not any(True for _ in module.children()):
+            return sum(counter.phase_counts[phase].get(f"{root}.{path}" if path else root, {}).values())
+        return sum(module_flops(phase, f"{path}.{name}" if path else name, child)
+                   for name, child in module.named_children())
+
+    modules = []
+    for path, module in model.named_modules():
+        level = 0 if path == "" else path.count(".") + 1
+        if level <= depth:
+            modules.append({"name": path or "(root)", "type": type(module).__name__, "depth": level,
+                            "forward_flops": module_flops("forward", path, module),
+                            "backward_flops": module_flops("backward", path, module),
+                            "summed_from_children": not tracked(path) and any(True for _ in module.children())})
+    outside = {phase: phase_totals[phase] - module_flops(phase, "", model) for phase in phase_totals}
+
+    by_op: dict[str, dict[str, int]] = defaultdict(lambda: {"forward_flops": 0, "backward_flops": 0})
+    for phase, counts in counter.phase_counts.items():
+        for op, flops in counts["Global"].items():
+            by_op[str(op)][f"{phase}_flops"] += flops
+
+    uncounted: dict[str, int] = defaultdict(int)
+    rules: dict[str, str] = {}
+    for phase_calls in counter.uncounted_calls.values():
+        for op, calls in phase_calls.items():
+            uncounted[str(op)] += calls
+            rules[str(op)] = rule_for(op).name
+    unsupported = {op: n for op, n in uncounted.items() if not next(r for r in OP_RULES if r.name == rules[op]).ignored}
+    return {
+        "forward_flops": phase_totals["forward"],
+        "backward_flops": phase_totals["backward"],
+        "outside_model_flops": outside,
+        "flops_by_op": dict(sorted(by_op.items(), key=lambda kv: -(kv[1]["forward_flops"] + kv[1]["backward_flops"]))),
+        "modules": modules,
+        "uncounted_ops": dict(sorted(uncounted.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "uncounted_op_rules": dict(sorted(rules.items())),
+        "unsupported_ops": dict(sorted(unsupported.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "op_rules": {r.name: r.text for r in OP_RULES},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI.
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    cli.add_model_arguments(parser)
+    cli.add_input_arguments(parser)
+    cli.add_training_arguments(parser)
+    group = parser.add_argument_group("flops")
+    group.add_argument("--depth", type=int, default=2, help="module tree depth to list (default: 2)")
+    group.add_argument("--gpu", metavar="NAME", help="estimate the step time on this card (see gpus.py), e.g. a100, h100")
+    group.add_argument("--mfu", type=float, default=DEFAULT_MFU,
+                       help=f"model-FLOPs utilisation assumed for matmuls, 0 < MFU <= 1 (default: {DEFAULT_MFU}, "
+                            f"typical of tuned large-model training; see the assumptions in the output)")
+    group.add_argument("--allow-tf32", action="store_true",
+                       help="with --precision fp32: matmuls at the TF32 tensor-core rate "
+                            "(torch.backends.cuda.matmul.allow_tf32 = True)")
+    cli.add_output_arguments(parser)
+
+
+def _validate(args: argparse.Namespace) -> GpuSpec | None:
+    if args.depth < 0:
+        raise UserError(f"--depth must be 0 or more, not {args.depth}")
+    if not 0 < args.mfu <= 1:
+        raise UserError(f"--mfu must be in (0, 1], not {args.mfu}; e.g. --mfu 0.4 for 40% of peak")
+    if args.allow_tf32 and args.precision != "fp32":
+        raise UserError(f"--allow-tf32 applies to --precision fp32 only, not {args.precision}; drop one of them")
+    if args.gpu is None:
+        return None
+    gpu = find_gpu(args.gpu)
+    if args.target_device != "cuda":
+        raise UserError(f"--gpu {args.gpu} estimates a CUDA card but --target-device is {args.target_device}; "
+                        f"drop --target-device or --gpu")
+    return gpu
+
+
+def _known_dims(session: cli.Session) -> dict[str, int]:
+    return {**session.input_source.resizable_dims, **session.dim_overrides}
+
+
+def analyse(args: argparse.Namespace) -> dict[str, Any]:
+    gpu = _validate(args)
+    session = cli.open_session(args)
+    inputs = session.build_inputs()
+    model = session.model
+    try:
+        counter = count_step(model, inputs, session.loss_fn, session.loaded.name)
+    except ModelCallError as error:
+        if args.device == "meta" and _meta_failure(error):
+            raise UserError(f"{error}. On --device meta tensors have shapes but no values, so a data-dependent "
+                            f"op (.item(), nonzero, boolean-mask indexing, value-dependent control flow) cannot "
+                            f"run; rerun with --device cpu (and small --batch-size/--dim if memory is short)") from error
+        raise
+
+    data = summarise(counter, model, args.depth)
+    parameters = _unique_parameters(model)
+    trainable_elements = sum(p.numel() for p in parameters if p.requires_grad)
+    floating_parameter_elements = sum(p.numel() for p in parameters if p.is_floating_point())
+    precision = PRECISIONS[args.precision]
+    optimizer_flops = optimizer_step_flops(trainable_elements, args.optimizer)
+    bytes_moved = {
+        "forward": phase_bytes(counter.traffic["forward"], precision, floating_parameter_elements),
+        "backward": phase_bytes(counter.traffic["backward"], precision, floating_parameter_elements),
+        "optimizer": optimizer_step_bytes(trainable_elements, args.optimizer, precision.parameter_bytes),
+    }
+    dims = _known_dims(session)
+    result: dict[str, Any] = {
+        "target": args.target, "model": session.loaded.name, "device": args.device,
+        "inputs": inputs.describe(), "precision": args.precision, "optimizer": args.optimizer,
+        "forward_flops": data.pop("forward_flops"), "backward_flops": data.pop("backward_flops"),
+    }
+    result["step_flops"] = result["forward_flops"] + result["backward_flops"]
+    result["optimizer_flops"] = optimizer_flops
+    result["trainable_parameters"] = trainable_elements
+    result["batch_size"] = dims.get("B")
+    result["tokens_per_batch"] = dims["B"] * dims["T"] if "B" in dims and "T" in dims else None
+    result["bytes_moved"] = bytes_moved
+    result["depth"] = args.depth
+    result.update(data)
+    if gpu is not None:
+        result.update(_time_estimate(result, gpu, args, precision))
+    return result
+
+
+def _time_estimate(result: dict[str, Any], gpu: GpuSpec, args: argparse.Namespace,
+                   precision: PrecisionRule) -> dict[str, Any]:
+    dtype = math_dtype(args.precision, args.allow_tf32)
+    moved = result["bytes_moved"]
+    estimate = estimate_step_time(forward_flops=result["forward_flops"], backward_flops=result["backward_flops"],
+                                  optimizer_flops=result["optimizer_flops"], forward_bytes=moved["forward"],
+                                  backward_bytes=moved["backward"], optimizer_bytes=moved["optimizer"],
+                                  gpu=gpu, dtype=dtype, mfu=args.mfu)
+    step_seconds = estimate["step_seconds"]
+    inference_seconds = estimate["phases"]["forward"]["seconds"]
+    batch, tokens = result["batch_size"], result["tokens_per_batch"]
+    assumptions = [
+        f"time per phase = max(FLOPs / (peak x MFU), bytes moved / bandwidth); step = forward + backward + optimizer",
+        f"matmul peak: {gpu.name} {dtype} {gpu.peak_for(dtype) / 1e12:g} TFLOP/s (dense, from gpus.py) for "
+        f"--precision {args.precision}" + (" with --allow-tf32" if args.allow_tf32 else ""),
+        f"MFU {args.mfu:g}" + (f"; {MFU_SOURCE}" if args.mfu == DEFAULT_MFU else " (from --mfu)"),
+        f"bandwidth: {gpu.memory_bandwidth_bytes_per_s / 1e9:g} GB/s (gpus.py)",
+        "bytes moved per forward/backward phase: every executed non-view aten op reads each tensor input and "
+        "writes each output once (eager PyTorch, no fusion, no cache reuse): includes weight reads by matmuls, "
+        "activation writes and re-reads, gradient writes; *_like/new_* creation ops write only their output, "
+        "empty* ops nothing",
+        f"floating tensors counted at {precision.activation_bytes} bytes per element for --precision "
+        f"{args.precision}, whatever dtype the model was loaded in (FLOPs do not depend on dtype)",
+        f"optimizer step ({args.optimizer}): {OPTIMIZER_STEPS[args.optimizer].derivation}; each tensor touched "
+        f"once at {precision.parameter_bytes} bytes per element (a fused kernel; foreach temporaries not counted); "
+        f"elementwise peak {gpu.peak_for('fp32') / 1e12:g} TFLOP/s (fp32 CUDA cores) x MFU",
+        "attention FLOPs are not discounted for causal masks (FlopCounterMode's convention); backward counts "
+        "what the traced kernels do (math SDPA on meta: 2x forward, no score recompute; fused kernels: 2.5x)",
+        "scaled_dot_product_attention on meta runs PyTorch's math path, so the byte model includes its T x T "
+        "score tensors, which CUDA's fused flash/memory-efficient kernels never write: for long sequences the "
+        "memory side of forward and backward is overestimated",
+        "inference latency = the forward phase of the training step (train-mode forward; eval mode skips dropout)",
+        "one card, no data-parallel communication, no host-device copies, no kernel-launch overhead",
+    ]
+    if precision.weight_cast_bytes_per_parameter:
+        assumptions.append(f"autocast: every floating parameter is read at 4 bytes and written as a 2-byte copy "
+                           f"once per forward and once per backward ({precision.weight_cast_bytes_per_parameter} "
+                           f"bytes per parameter per phase)")
+    if dtype not in gpu.peak_flops_per_s:
+        assumptions.append(f"{gpu.name} has no {dtype} tensor-core rate in gpus.py: its fp32 rate is used")
+    out: dict[str, Any] = {
+        "gpu": {"name": gpu.name, "description": gpu.description, "math_dtype": dtype,
+                "peak_flops_per_s": estimate["matmul_peak_flops_per_s"],
+                "memory_bandwidth_bytes_per_s": gpu.memory_bandwidth_bytes_per_s},
+        "mfu": args.mfu,
+        "phases": estimate["phases"],
+        "estimated_step_seconds": step_seconds,
+        "inference_seconds_per_batch": inference_seconds,
+        "samples_per_second": batch / step_seconds if batch and step_seconds > 0 else None,
+        "tokens_per_second": tokens / step_seconds if tokens and step_seconds > 0 else None,
+        "inference_samples_per_second": batch / inference_seconds if batch and inference_seconds > 0 else None,
+        "inference_tokens_per_second": tokens / inference_seconds if tokens and inference_seconds > 0 else None,
+        "assumptions": assumptions,
+    }
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Renderers (no arithmetic beyond formatting and shares).
+
+
+def _seconds(value: float) -> str:
+    """0.0374 -> '37.4 ms'; in s, ms or us with three significant figures."""
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value / 1e-9:.3g} ns"
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{100.0 * part / whole:.1f}%" if whole else "-"
+
+
+def _summary_rows(data: dict[str, Any]) -> list[list[str]]:
+    rows = [["Forward", render.flops(data["forward_flops"]), render.count(data["forward_flops"])],
+            ["Backward", render.flops(data["backward_flops"]), render.count(data["backward_flops"])],
+            ["Forward + backward", render.flops(data["step_flops"]), render.count(data["step_flops"])],
+            [f"Optimizer step ({data['optimizer']}, elementwise)", render.flops(data["optimizer_flops"]),
+             render.count(data["optimizer_flops"])]]
+    for phase, size in data["bytes_moved"].items():
+        rows.append([f"Bytes moved, {phase} ({data['precision']})", render.human_bytes(size), render.count(size)])
+    return rows
+
+
+def _time_rows(data: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for phase, p in data["phases"].items():
+        rows.append([phase, _seconds(p["compute_seconds"]), _seconds(p["memory_seconds"]), _seconds(p["seconds"]),
+                     p["bound"]])
+    rows.append(["step", "", "", _seconds(data["estimated_step_seconds"]), ""])
+    return rows
+
+
+def _throughput_lines(data: dict[str, Any]) -> list[str]:
+    lines = [f"Estimated training step on {data['gpu']['description']} ({data['gpu']['math_dtype']}, MFU "
+             f"{data['mfu']:g}): {_seconds(data['estimated_step_seconds'])}; inference forward "
+             f"{_seconds(data['inference_seconds_per_batch'])} per batch"]
+    if data.get("samples_per_second"):
+        lines.append(f"Training: {data['samples_per_second']:,.1f} samples/s"
+                     + (f", {data['tokens_per_second']:,.0f} tokens/s" if data.get("tokens_per_second") else ""))
+    return lines
+
+
+def _module_rows(data: dict[str, Any]) -> list[list[str]]:
+    total = data["step_flops"]
+    return [[("  " * m["depth"]) + m["name"].rpartition(".")[2] if m["depth"] else m["name"], m["type"],
+             render.flops(m["forward_flops"]), render.flops(m["backward_flops"]),
+             _share(m["forward_flops"] + m["backward_flops"], total)] for m in data["modules"]]
+
+
+def _uncounted_rows(data: dict[str, Any]) -> list[list[str]]:
+    return [[op, render.count(n), data["uncounted_op_rules"][op]] for op, n in data["uncounted_ops"].items()]
+
+
+def render_table(data: dict[str, Any], args: argparse.Namespace) -> str:
+    parts = [f"FLOPs of one training step of {data['model']} ({data['target']}), device {data['device']}", "",
+             render.table(_summary_rows(data), ["quantity", "value", "exact"]), "",
+             render.table(_module_rows(data), ["module", "type", "forward", "backward", "share"])]
+    outside = data["outside_model_flops"]
+    if outside["forward"] or outside["backward"]:
+        parts += ["", f"Outside the model (loss): forward {render.flops(outside['forward'])}, "
+                      f"backward {render.flops(outside['backward'])}"]
+    if data["unsupported_ops"]:
+        parts += ["", "WARNING: ops with no FLOP formula (their FLOPs are missing from the totals): "
+                  + ", ".join(f"{op} x{n}" for op, n in data["unsupported_ops"].items())]
+    parts += ["", "Ops not counted (calls; rule)", render.table(_uncounted_rows(data), ["op", "calls", "rule"])]
+    if "phases" in data:
+        parts += ["", *_throughput_lines(data), "",
+                  render.table(_time_rows(data), ["phase", "compute", "memory", "time", "bound"]), "",
+                  "Assumptions:", *[f"- {a}" for a in data["assumptions"]]]
+    return "\n".join(parts)
+
+
+def render_markdown(data: dict[str, Any], args: argparse.Namespace) -> str:
+    parts = [f"### FLOPs: {data['model']}", "",
+             render.markdown_table(_summary_rows(data), ["quantity", "value", "exact"]), "",
+             render.markdown_table([[f"`{m['name']}`", m["type"], render.flops(m["forward_flops"]),
+                                     render.flops(m["backward_flops"])] for m in data["modules"]],
+                                   ["module", "type", "forward", "backward"])]
+    if data["unsupported_ops"]:
+        parts += ["", "**Not counted, no formula:** " + ", ".join(f"`{op}` x{n}" for op, n in data["unsupported_ops"].items())]
+    if "phases" in data:
+        parts += ["", *_throughput_lines(data), "",
+                  render.markdown_table(_time_rows(data), ["phase", "compute", "memory", "time", "bound"]), "",
+                  "Assumptions:", "", *[f"- {a}" for a in data["assumptions"]]]
+    return "\n".join(parts)
+
+
+CAPABILITY = cli.Capability(
+    name="flops", version=1,
+    description="FLOPs of one training step (forward, backward, optimizer) per module via FlopCounterMode, "
+                "ops without a formula listed, and a roofline step-time estimate with --gpu.",
+    add_arguments=add_arguments, analyse=analyse, render_table=render_table, render_markdown=render_markdown)
