@@ -8,6 +8,9 @@ import sys
 # capability name -> module holding CAPABILITY (or a main(argv) function for non-model tools)
 CAPABILITIES = {
     "params": "model_expert.params",
+    "recommend": "model_expert.recommend",
+    "check_grounding": "model_expert.grounding",
+    "compare": "model_expert.compare",
 }
 
 
