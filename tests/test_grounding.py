@@ -118,6 +118,7 @@ def test_exemptions_each_rule():
         "### 4. Training": ["heading-ordinal"],
         "3) fix the mask": ["list-ordinal"],
         "Priority 2 (Important)": ["label-ordinal"],
+        "as the seed's §4.1 says": ["label-ordinal"],
         "dtype bf16 on rtx3060-12gb, layers.0.weight, GPT-2, x86_64": ["name"] * 7,
         "torch 2.13.0 and Python 3.11": ["version", "version"],
         "released 2024-05-01, May 2024 (2017)": ["date"] * 5,

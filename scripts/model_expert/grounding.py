@@ -142,8 +142,8 @@ EXEMPTIONS: tuple[Exemption, ...] = (
               _span_rule(r"^\s{0,3}#{1,6}\s+(\d+(?:\.\d+)*)[.)]?\s")),
     Exemption("list-ordinal", "a numbered list item's number: '1. Fix the mask'",
               _span_rule(r"^\s*(?:>\s*)*(\d+)[.)]\s")),
-    Exemption("label-ordinal", "an ordinal after a label: 'Priority 1', 'Step 2', 'Stage 3', 'Phase 1'",
-              _span_rule(r"\b(?:Priority|Step|Stage|Phase)\s+(\d+)\b")),
+    Exemption("label-ordinal", "an ordinal after a label: 'Priority 1', 'Step 2', 'Stage 3', 'Phase 1', '§4'",
+              _span_rule(r"\b(?:Priority|Step|Stage|Phase)\s+(\d+)\b", r"§\s?(\d+(?:\.\d+)*)")),
     Exemption("name", "digits inside a name: dtypes (float32, int64, bf16), GPUs (V100, rtx3060-12gb), "
               "module paths (layers.0.attn), GPT-2", _glued_to_name),
     Exemption("version", "a version number: three dotted parts (2.13.0), or after a package name (Python 3.11)",

@@ -301,17 +301,22 @@ def _clip_measured(ctx: Context) -> dict[str, Any]:
             "median_global_grad_norm": statistics.median(norms) if norms else None}
 
 
+def _norm(value: float) -> str:
+    """1.0 -> '1.0', 0.5 -> '0.5', 0.123456 -> '0.123' (three significant digits)."""
+    return str(float(value)) if float(value) == float(f"{value:.3g}") else f"{value:.3g}"
+
+
 def _clip(ctx: Context, seed_value: float | tuple[float, float], chosen: float, used: str, why: str) -> Decision:
     measured = _clip_measured(ctx)
     norms = [n for n in (ctx.grads or {}).get("global_grad_norms") or [] if isinstance(n, (int, float))]
     if norms:
         measured["fraction_of_steps_clipped"] = sum(n > chosen for n in norms) / len(norms)
-    seed_text = f"{seed_value[0]:g}–{seed_value[1]:g}" if isinstance(seed_value, tuple) else f"{seed_value:g}"
+    seed_text = "–".join(map(_norm, seed_value)) if isinstance(seed_value, tuple) else _norm(seed_value)
     suggestion = measured["suggested_clip_norm"]
     return Decision({"max_norm": chosen, "seed": list(seed_value) if isinstance(seed_value, tuple) else seed_value,
                      "measured_suggestion": suggestion, "used": used, "norm_type": 2.0},
-                    f"max_norm={chosen:g} by global norm (seed {seed_text}; measured suggestion "
-                    f"{NOT_MEASURED if suggestion is None else format(suggestion, '.3g')}; using the {used} value)",
+                    f"max_norm={_norm(chosen)} by global norm (seed {seed_text}; measured suggestion "
+                    f"{NOT_MEASURED if suggestion is None else _norm(suggestion)}; using the {used} value)",
                     measured, why + "; clip the global norm (torch.nn.utils.clip_grad_norm_), not per parameter, "
                     "to keep the gradient's direction")
 
@@ -330,7 +335,7 @@ def _clip_measured_only(ctx: Context) -> Decision:
     suggestion = float(_clip_measured(ctx)["suggested_clip_norm"])
     decision = _clip(ctx, 0.0, suggestion, "measured", "the seed has no clipping rule for this kind; grads.py's suggestion")
     decision.value["seed"] = None
-    decision.text = f"max_norm={suggestion:.3g} by global norm (measured; {OUTSIDE})"
+    decision.text = f"max_norm={_norm(suggestion)} by global norm (measured; {OUTSIDE})"
     return decision
 
 
