@@ -25,7 +25,8 @@ MEMORY = {"schema": "model-expert/memory/1", "peak_bytes": 473_956_352, "budget_
 FLOPS = {"schema": "model-expert/flops/1", "forward_flops": 1_234_567_890, "estimated_step_seconds": 0.01234}
 GRADS = {"schema": "model-expert/grads/1", "global_grad_norms": [0.000541, 0.000539], "suggested_clip_norm": 0.00054}
 RECOMMEND = {"schema": "model-expert/recommend/1",
-             "recommendations": [{"setting": "learning_rate", "value": {"min": 2e-4, "max": 1e-3}},
+             "recommendations": [{"setting": "learning_rate", "value": {"min": 2e-4, "max": 1e-3},
+                                  "rule_text": "seed: This project's SimilarityTransformer (typically ~10M params)"},
                                  {"setting": "warmup", "value": {"fraction_min": 0.05, "fraction_max": 0.10}},
                                  {"setting": "betas", "value": [0.9, 0.999]}]}
 ALL_EVIDENCE = [PARAMS, MEMORY, FLOPS, GRADS, RECOMMEND]
@@ -144,6 +145,17 @@ def test_shape_lists_and_strings_in_evidence_count():
     text = "input `float32[32,200,512]` or (32, 200, 512); scheduler factor 0.5, patience 3, min_lr 1e-6"
     assert _check(text, evidence).ungrounded == []
     assert len(_check("batch 64", evidence).ungrounded) == 1
+
+
+def test_quoted_rule_text_is_not_evidence_but_may_be_quoted():
+    # the seed's "typically ~10M params" is quoted in the recommendation, but it is not a measurement
+    rule = {"rule_text": 'seed §4: "SimilarityTransformer (typically ~10M params): 2e-4 to 1e-3"', "value": 3}
+    assert evidence_values(rule) == [3.0]
+    evidence = Evidence(evidence_values(rule), grounding.quoted_rules(rule))
+    quoting = check_text('- rule: "SimilarityTransformer (typically ~10M params): 2e-4 to 1e-3"', evidence)
+    assert quoting.ungrounded == [] and quoting.exempt == {"quoted-rule": 3}  # 10M, 2e-4, 1e-3
+    claiming = check_text("- Total parameters: ~10M (typically ~10M params)", evidence)
+    assert [f.number for f in claiming.ungrounded] == ["10M", "10M"]
 
 
 def test_booleans_and_keys_are_not_evidence():

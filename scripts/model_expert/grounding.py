@@ -105,14 +105,14 @@ def _parse_token(match: re.Match, line: str) -> NumberToken:
 class Exemption:
     id: str
     description: str
-    applies: Callable[[str, NumberToken], bool]
+    applies: Callable[[str, NumberToken, tuple[str, ...]], bool]  # (line, number, quoted rule texts)
 
 
-def _span_rule(*patterns: str) -> Callable[[str, NumberToken], bool]:
+def _span_rule(*patterns: str) -> Callable[[str, NumberToken, tuple[str, ...]], bool]:
     """Exempt a number lying inside group 1 of a pattern (the whole match where group 1 took no part)."""
     regexes = [re.compile(p) for p in patterns]
 
-    def applies(line: str, token: NumberToken) -> bool:
+    def applies(line: str, token: NumberToken, quotes: tuple[str, ...] = ()) -> bool:
         for regex in regexes:
             for match in regex.finditer(line):
                 group = 1 if regex.groups and match.group(1) is not None else 0
@@ -122,7 +122,7 @@ def _span_rule(*patterns: str) -> Callable[[str, NumberToken], bool]:
     return applies
 
 
-def _glued_to_name(line: str, token: NumberToken) -> bool:
+def _glued_to_name(line: str, token: NumberToken, quotes: tuple[str, ...] = ()) -> bool:
     """float32, bf16, rtx3060-12gb, layers.0.weight, GPT-2, x86_64: digits that are part of a name."""
     i = token.start
     if i > 0 and (line[i - 1].isalpha() or line[i - 1] == "_"):
@@ -132,6 +132,17 @@ def _glued_to_name(line: str, token: NumberToken) -> bool:
         while j > 0 and (line[j - 1].isalnum() or line[j - 1] in "_.-"):
             j -= 1
         return line[j].isalpha() or line[j] == "_"
+    return False
+
+
+def _inside_quoted_rule(line: str, token: NumberToken, quotes: tuple[str, ...] = ()) -> bool:
+    """Inside a verbatim copy of a rule's source text from the evidence (its rule_text)."""
+    for quote in quotes:
+        start = line.find(quote)
+        while start != -1:
+            if start <= token.start and token.end <= start + len(quote):
+                return True
+            start = line.find(quote, start + 1)
     return False
 
 
@@ -153,17 +164,19 @@ EXEMPTIONS: tuple[Exemption, ...] = (
               _span_rule(r"\b\d{4}-\d{2}-\d{2}\b", r"\b" + _MONTHS + r"\s+(?:\d{1,2},?\s+)?\d{4}\b",
                          r"\(\s*(?:19|20)\d{2}\s*\)")),
     Exemption("link", "inside a URL or a Markdown link target", _span_rule(r"https?://\S+", r"\]\([^)]*\)")),
+    Exemption("quoted-rule", "inside a verbatim quotation of a recommendation rule's source (a rule_text in the "
+              "evidence): the seed's words, quoted, not a claim about this model", _inside_quoted_rule),
 )
 
 
-def exemption_for(line: str, token: NumberToken) -> str | None:
+def exemption_for(line: str, token: NumberToken, quotes: tuple[str, ...] = ()) -> str | None:
     for rule in EXEMPTIONS:
-        if rule.applies(line, token):
+        if rule.applies(line, token, quotes):
             return rule.id
     return None
 
 
-def numbers_in_line(line: str) -> list[tuple[NumberToken, str | None]]:
+def numbers_in_line(line: str, quotes: tuple[str, ...] = ()) -> list[tuple[NumberToken, str | None]]:
     """Every number in a line with the exemption that applies to it (None: it is a claim).
 
     A number without a unit directly followed by a range to a number with one inherits that unit:
@@ -174,14 +187,22 @@ def numbers_in_line(line: str) -> list[tuple[NumberToken, str | None]]:
         between = line[token.end:following.start]
         if token.unit is None and following.unit is not None and _RANGE_RE.fullmatch(between):
             token.unit = following.unit
-    return [(token, exemption_for(line, token)) for token in tokens]
+    return [(token, exemption_for(line, token, quotes)) for token in tokens]
 
 
 # ---- evidence -------------------------------------------------------------------------------
 
+# Keys whose values are not evidence, with the reason. Everything else in the JSON is.
+NOT_EVIDENCE_KEYS: dict[str, str] = {
+    "rule_text": "the quoted source of a recommendation rule: the seed's own example numbers "
+                 "('typically ~10M params') are words, not measurements",
+}
+
+
 def evidence_values(value: Any) -> list[float]:
     """Every number in a JSON value: numeric leaves at any depth, and numbers written in strings
-    (each unit reading applied: '51.6 MiB' gives 51.6 x 2**20). Booleans are not numbers; keys are not evidence."""
+    (each unit reading applied: '51.6 MiB' gives 51.6 x 2**20). Booleans are not numbers; keys are not
+    evidence, nor anything under a key in NOT_EVIDENCE_KEYS."""
     found: list[float] = []
     stack = [value]
     while stack:
@@ -199,6 +220,22 @@ def evidence_values(value: Any) -> list[float]:
                 found.append(token.value)
                 found.extend(v for v, _ in token.parts)
         elif isinstance(item, dict):
+            stack.extend(v for k, v in item.items() if k not in NOT_EVIDENCE_KEYS)
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return found
+
+
+def quoted_rules(value: Any) -> list[str]:
+    """The quoted parts ("...") of every rule_text in a JSON value: the seed's words a review may quote."""
+    found: list[str] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            text = item.get("rule_text")
+            if isinstance(text, str):
+                found.extend(part for part in text.split('"')[1::2] if part)
             stack.extend(item.values())
         elif isinstance(item, (list, tuple)):
             stack.extend(item)
@@ -206,10 +243,11 @@ def evidence_values(value: Any) -> list[float]:
 
 
 class Evidence:
-    """Sorted evidence values, searched by interval."""
+    """Sorted evidence values, searched by interval; and the rule texts a review may quote."""
 
-    def __init__(self, values: Iterable[float]):
+    def __init__(self, values: Iterable[float], quotes: Iterable[str] = ()):
         self.values = sorted(set(values))
+        self.quotes = tuple(sorted(set(quotes), key=len, reverse=True))
 
     def contains(self, value: float, tolerance: float) -> bool:
         slack = tolerance + 1e-9 * abs(value) + 1e-300
@@ -251,7 +289,7 @@ def check_text(review_text: str, evidence: Evidence) -> GroundingResult:
     exempt: dict[str, int] = {}
     ungrounded: list[Finding] = []
     for line_number, line in enumerate(review_text.splitlines(), start=1):
-        for token, rule in numbers_in_line(line):
+        for token, rule in numbers_in_line(line, evidence.quotes):
             if rule is not None:
                 exempt[rule] = exempt.get(rule, 0) + 1
                 continue
@@ -289,9 +327,12 @@ def read_review(path: str) -> str:
 def check_files(review_path: str, evidence_paths: list[str]) -> GroundingResult:
     review = read_review(review_path)
     values: list[float] = []
+    quotes: list[str] = []
     for path in evidence_paths:
-        values.extend(evidence_values(read_evidence_file(path)))
-    return check_text(review, Evidence(values))
+        data = read_evidence_file(path)
+        values.extend(evidence_values(data))
+        quotes.extend(quoted_rules(data))
+    return check_text(review, Evidence(values, quotes))
 
 
 def render_text(result: GroundingResult, review_path: str) -> str:

@@ -188,9 +188,11 @@ def short_sci(value: float) -> str:
     return f"{float(mantissa):g}e{int(exponent)}"
 
 
-def _lr(low: float, high: float, ctx: Context, why: str) -> Decision:
-    return Decision({"min": low, "max": high, "start": low},
-                    f"{short_sci(low)} to {short_sci(high)} (start at {short_sci(low)})",
+def _lr(low: float, high: float, ctx: Context, why: str, parameter_limit: int | None = None) -> Decision:
+    value = {"min": low, "max": high, "start": low}
+    if parameter_limit is not None:
+        value["rule_parameter_limit"] = parameter_limit
+    return Decision(value, f"{short_sci(low)} to {short_sci(high)} (start at {short_sci(low)})",
                     _params_measured(ctx),
                     f"{why}; measured {render.count(ctx.total_parameters)} parameters. The launch script starts "
                     f"at the lower, conservative end; sweep towards the upper end if loss falls slowly")
@@ -385,10 +387,10 @@ RULES: tuple[Rule, ...] = (
          lambda ctx: _lr(2e-4, 1e-3, ctx, "the project's SimilarityTransformer")),
     Rule("lr.transformer_under_100m", "learning_rate", "Transformers with <100M params: 1e-4 to 5e-4", None,
          lambda ctx: ctx.architecture == "transformer" and _below(100e6)(ctx),
-         lambda ctx: _lr(1e-4, 5e-4, ctx, "a transformer under 100M parameters")),
+         lambda ctx: _lr(1e-4, 5e-4, ctx, "a transformer under 100M parameters", 100_000_000)),
     Rule("lr.autoencoder_under_50m", "learning_rate", "Autoencoders with <50M params: 1e-3 to 5e-3", None,
          lambda ctx: ctx.architecture == "autoencoder" and _below(50e6)(ctx),
-         lambda ctx: _lr(1e-3, 5e-3, ctx, "an autoencoder under 50M parameters")),
+         lambda ctx: _lr(1e-3, 5e-3, ctx, "an autoencoder under 50M parameters", 50_000_000)),
     Rule("lr.outside", "learning_rate", None, "the seed's LR ranges end at 100M parameters (transformers) and 50M "
          "(autoencoders)", _always,
          lambda ctx: Decision(None, OUTSIDE, _params_measured(ctx),
