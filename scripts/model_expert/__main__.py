@@ -13,6 +13,9 @@ CAPABILITIES = {
     "report": "model_expert.report",
     "init": "model_expert.init",
     "flops": "model_expert.flops",
+    "recommend": "model_expert.recommend",
+    "check_grounding": "model_expert.grounding",
+    "compare": "model_expert.compare",
 }
 
 

@@ -1,0 +1,374 @@
+"""Is every number in a review found in the measured evidence? (`check_grounding.py`)
+
+A number in the review is *grounded* when some value in the evidence JSON files (a numeric leaf at
+any depth, or a number written inside one of its strings) rounds to it as written: a number
+written with its last digit in place u matches an evidence value v when |v - x| <= u/2, after
+the unit is applied (13.5M = 13.5e6 +- 0.05e6; 51.6 MiB = 51.6 x 2**20 +- 0.05 x 2**20;
+45 % = 45 +- 0.5 or a ratio 0.45 +- 0.005). Every written digit counts, trailing zeros too:
+"10M" claims 10.0e6 +- 0.5e6, so it does not match 13,529,600.
+
+Numbers that are not claims (ordinals, names, versions, dates, links) are exempt by one of the
+rules in EXEMPTIONS; nothing else is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import json
+import math
+import os
+import re
+import sys
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from .errors import UserError
+
+SCHEMA = "model-expert/check_grounding/1"
+
+# unit as written -> the multipliers it may mean (a number is grounded if any reading matches).
+# Counts (K/M/B/T), decimal bytes (KB/MB/GB/TB), binary bytes (KiB...), FLOP prefixes, time,
+# percent (of 100 or of a ratio), and multipliers ("4x"). "B" is billions or bytes.
+UNITS: dict[str, tuple[float, ...]] = {
+    "K": (1e3,), "k": (1e3,), "M": (1e6,), "B": (1e9, 1.0), "T": (1e12,),
+    "bytes": (1.0,), "byte": (1.0,),
+    "KB": (1e3,), "kB": (1e3,), "MB": (1e6,), "GB": (1e9,), "TB": (1e12,),
+    "KiB": (2.0**10,), "MiB": (2.0**20,), "GiB": (2.0**30,), "TiB": (2.0**40,),
+    "FLOP": (1.0,), "FLOPs": (1.0,), "FLOPS": (1.0,),
+    "KFLOP": (1e3,), "MFLOP": (1e6,), "GFLOP": (1e9,), "TFLOP": (1e12,), "PFLOP": (1e15,),
+    "KFLOPs": (1e3,), "MFLOPs": (1e6,), "GFLOPs": (1e9,), "TFLOPs": (1e12,), "PFLOPs": (1e15,),
+    "KFLOPS": (1e3,), "MFLOPS": (1e6,), "GFLOPS": (1e9,), "TFLOPS": (1e12,), "PFLOPS": (1e15,),
+    "ns": (1e-9,), "us": (1e-6,), "µs": (1e-6,), "ms": (1e-3,), "s": (1.0,), "sec": (1.0,),
+    "seconds": (1.0,), "min": (60.0,), "minutes": (60.0,), "h": (3600.0,), "hours": (3600.0,),
+    "hrs": (3600.0,),
+    "%": (1.0, 0.01), "percent": (1.0, 0.01),
+    "x": (1.0,), "×": (1.0,),
+}
+_UNIT_ALTERNATION = "|".join(re.escape(u) for u in sorted(UNITS, key=len, reverse=True))
+_NUMBER_RE = re.compile(
+    r"(?<![\d,.])(?P<sign>[-−+])?"
+    r"(?P<mantissa>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
+    r"(?:[eE](?P<exponent>[-−+]?\d+))?"
+    r"(?![\d])")
+_UNIT_RE = re.compile(r"[ \u00a0]?(?P<unit>" + _UNIT_ALTERNATION + r")(?![A-Za-z0-9_])")
+_RANGE_RE = re.compile(r"\s*(?:–|—|-|to|\.\.)\s*")
+
+
+@dataclass
+class NumberToken:
+    """One number as written in a line, with the unit after it (if any)."""
+
+    text: str
+    start: int
+    end: int  # end of the number, before the unit
+    value: float  # signed, unit not applied
+    place: float  # the value of one unit in the last written digit (13.53 -> 0.01)
+    unit: str | None
+    parts: list[tuple[float, float]] = field(default_factory=list)  # "32,200,512" read as a list
+
+    def candidates(self, unit: str | None = None) -> list[tuple[float, float]]:
+        """(value, tolerance) for every reading of the unit."""
+        unit = unit if unit is not None else self.unit
+        return [(self.value * m, self.place * m / 2) for m in UNITS.get(unit or "", (1.0,))]
+
+
+def _sign(text: str | None) -> float:
+    return -1.0 if text in ("-", "−") else 1.0
+
+
+def _parse_token(match: re.Match, line: str) -> NumberToken:
+    mantissa = match.group("mantissa")
+    digits = mantissa.replace(",", "")
+    decimals = len(digits.partition(".")[2])
+    exponent = int((match.group("exponent") or "0").replace("−", "-"))
+    sign_text = match.group("sign")
+    start = match.start()
+    if sign_text and start > 0 and (line[start - 1].isalnum() or line[start - 1] in ")]_"):
+        sign_text, start = None, start + 1  # "5-10": a range, not minus ten
+    sign = _sign(sign_text)
+    value = sign * float(digits) * 10.0**exponent
+    place = 10.0 ** (exponent - decimals)
+    unit_match = _UNIT_RE.match(line, match.end())
+    unit = unit_match.group("unit") if unit_match else None
+    parts = []
+    if "," in mantissa and "." not in mantissa:
+        parts = [(float(p) * 10.0**exponent, 10.0**exponent / 2) for p in mantissa.split(",")]
+    return NumberToken(text=line[start:match.end()] + (unit_match.group(0) if unit_match else ""),
+                       start=start, end=match.end(), value=value, place=place, unit=unit, parts=parts)
+
+
+# ---- exemptions: numbers that are not claims. One table; each rule says why. ----------------
+
+@dataclass(frozen=True)
+class Exemption:
+    id: str
+    description: str
+    applies: Callable[[str, NumberToken, tuple[str, ...]], bool]  # (line, number, quoted rule texts)
+
+
+def _span_rule(*patterns: str) -> Callable[[str, NumberToken, tuple[str, ...]], bool]:
+    """Exempt a number lying inside group 1 of a pattern (the whole match where group 1 took no part)."""
+    regexes = [re.compile(p) for p in patterns]
+
+    def applies(line: str, token: NumberToken, quotes: tuple[str, ...] = ()) -> bool:
+        for regex in regexes:
+            for match in regex.finditer(line):
+                group = 1 if regex.groups and match.group(1) is not None else 0
+                if match.start(group) <= token.start and token.end <= match.end(group):
+                    return True
+        return False
+    return applies
+
+
+def _glued_to_name(line: str, token: NumberToken, quotes: tuple[str, ...] = ()) -> bool:
+    """float32, bf16, rtx3060-12gb, layers.0.weight, GPT-2, x86_64: digits that are part of a name."""
+    i = token.start
+    if i > 0 and (line[i - 1].isalpha() or line[i - 1] == "_"):
+        return True
+    if i > 1 and line[i - 1] in "-.":
+        j = i - 1
+        while j > 0 and (line[j - 1].isalnum() or line[j - 1] in "_.-"):
+            j -= 1
+        return line[j].isalpha() or line[j] == "_"
+    return False
+
+
+def _inside_quoted_rule(line: str, token: NumberToken, quotes: tuple[str, ...] = ()) -> bool:
+    """Inside a verbatim copy of a rule's source text from the evidence (its rule_text)."""
+    for quote in quotes:
+        start = line.find(quote)
+        while start != -1:
+            if start <= token.start and token.end <= start + len(quote):
+                return True
+            start = line.find(quote, start + 1)
+    return False
+
+
+_MONTHS = r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec)[a-z]*\.?"
+
+EXEMPTIONS: tuple[Exemption, ...] = (
+    Exemption("heading-ordinal", "a Markdown heading's section number: '### 4. Training', '## 4.1 LR'",
+              _span_rule(r"^\s{0,3}#{1,6}\s+(\d+(?:\.\d+)*)[.)]?\s")),
+    Exemption("list-ordinal", "a numbered list item's number: '1. Fix the mask'",
+              _span_rule(r"^\s*(?:>\s*)*(\d+)[.)]\s")),
+    Exemption("label-ordinal", "an ordinal after a label: 'Priority 1', 'Step 2', 'Stage 3', 'Phase 1', '§4'",
+              _span_rule(r"\b(?:Priority|Step|Stage|Phase)\s+(\d+)\b", r"§\s?(\d+(?:\.\d+)*)")),
+    Exemption("name", "digits inside a name: dtypes (float32, int64, bf16), GPUs (V100, rtx3060-12gb), "
+              "module paths (layers.0.attn), GPT-2", _glued_to_name),
+    Exemption("version", "a version number: three dotted parts (2.13.0), or after a package name (Python 3.11)",
+              _span_rule(r"\b(\d+\.\d+\.\d+(?:\.\d+)*)\b",
+                         r"(?i:\b(?:python|pytorch|torch|cuda|cudnn|transformers|numpy|version)\s+v?)(\d+(?:\.\d+)*)")),
+    Exemption("date", "a date or a cited year: 2024-05-01, May 2024, (2017)",
+              _span_rule(r"\b\d{4}-\d{2}-\d{2}\b", r"\b" + _MONTHS + r"\s+(?:\d{1,2},?\s+)?\d{4}\b",
+                         r"\(\s*(?:19|20)\d{2}\s*\)")),
+    Exemption("link", "inside a URL or a Markdown link target", _span_rule(r"https?://\S+", r"\]\([^)]*\)")),
+    Exemption("quoted-rule", "inside a verbatim quotation of a recommendation rule's source (a rule_text in the "
+              "evidence): the seed's words, quoted, not a claim about this model", _inside_quoted_rule),
+)
+
+
+def exemption_for(line: str, token: NumberToken, quotes: tuple[str, ...] = ()) -> str | None:
+    for rule in EXEMPTIONS:
+        if rule.applies(line, token, quotes):
+            return rule.id
+    return None
+
+
+def numbers_in_line(line: str, quotes: tuple[str, ...] = ()) -> list[tuple[NumberToken, str | None]]:
+    """Every number in a line with the exemption that applies to it (None: it is a claim).
+
+    A number without a unit directly followed by a range to a number with one inherits that unit:
+    '5–10 %' is 5 % to 10 %; '1e-4 to 5e-4' has none.
+    """
+    tokens = [_parse_token(m, line) for m in _NUMBER_RE.finditer(line)]
+    for token, following in zip(tokens, tokens[1:]):
+        between = line[token.end:following.start]
+        if token.unit is None and following.unit is not None and _RANGE_RE.fullmatch(between):
+            token.unit = following.unit
+    return [(token, exemption_for(line, token, quotes)) for token in tokens]
+
+
+# ---- evidence -------------------------------------------------------------------------------
+
+# Keys whose values are not evidence, with the reason. Everything else in the JSON is.
+NOT_EVIDENCE_KEYS: dict[str, str] = {
+    "rule_text": "the quoted source of a recommendation rule: the seed's own example numbers "
+                 "('typically ~10M params') are words, not measurements",
+}
+
+
+def evidence_values(value: Any) -> list[float]:
+    """Every number in a JSON value: numeric leaves at any depth, and numbers written in strings
+    (each unit reading applied: '51.6 MiB' gives 51.6 x 2**20). Booleans are not numbers; keys are not
+    evidence, nor anything under a key in NOT_EVIDENCE_KEYS."""
+    found: list[float] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, bool) or item is None:
+            continue
+        if isinstance(item, (int, float)):
+            if math.isfinite(item):
+                found.append(float(item))
+        elif isinstance(item, str):
+            for token, exempt in numbers_in_line(item):
+                if exempt == "name":
+                    continue
+                found.extend(v for v, _ in token.candidates())
+                found.append(token.value)
+                found.extend(v for v, _ in token.parts)
+        elif isinstance(item, dict):
+            stack.extend(v for k, v in item.items() if k not in NOT_EVIDENCE_KEYS)
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return found
+
+
+def quoted_rules(value: Any) -> list[str]:
+    """The quoted parts ("...") of every rule_text in a JSON value: the seed's words a review may quote."""
+    found: list[str] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            text = item.get("rule_text")
+            if isinstance(text, str):
+                found.extend(part for part in text.split('"')[1::2] if part)
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return found
+
+
+class Evidence:
+    """Sorted evidence values, searched by interval; and the rule texts a review may quote."""
+
+    def __init__(self, values: Iterable[float], quotes: Iterable[str] = ()):
+        self.values = sorted(set(values))
+        self.quotes = tuple(sorted(set(quotes), key=len, reverse=True))
+
+    def contains(self, value: float, tolerance: float) -> bool:
+        slack = tolerance + 1e-9 * abs(value) + 1e-300
+        index = bisect.bisect_left(self.values, value - slack)
+        return index < len(self.values) and self.values[index] <= value + slack
+
+    def grounds(self, token: NumberToken) -> bool:
+        if any(self.contains(v, t) for v, t in token.candidates()):
+            return True
+        # "32,200,512" is either a grouped number or a list of three; the list reading needs every part.
+        return bool(token.parts) and all(self.contains(v, t) for v, t in token.parts)
+
+
+# ---- the check ------------------------------------------------------------------------------
+
+@dataclass
+class Finding:
+    line_number: int
+    number: str
+    line: str
+
+
+@dataclass
+class GroundingResult:
+    checked: int
+    grounded: int
+    exempt: dict[str, int]
+    ungrounded: list[Finding]
+
+    def as_json(self, review: str, evidence_files: list[str]) -> dict[str, Any]:
+        return {"schema": SCHEMA, "review": review, "evidence": evidence_files,
+                "numbers_checked": self.checked, "grounded": self.grounded,
+                "exempt": self.exempt, "ungrounded": [vars(f) for f in self.ungrounded]}
+
+
+def check_text(review_text: str, evidence: Evidence) -> GroundingResult:
+    """Every number of the review, line by line: exempt (by which rule), grounded, or not."""
+    checked = grounded = 0
+    exempt: dict[str, int] = {}
+    ungrounded: list[Finding] = []
+    for line_number, line in enumerate(review_text.splitlines(), start=1):
+        for token, rule in numbers_in_line(line, evidence.quotes):
+            if rule is not None:
+                exempt[rule] = exempt.get(rule, 0) + 1
+                continue
+            checked += 1
+            if evidence.grounds(token):
+                grounded += 1
+            else:
+                ungrounded.append(Finding(line_number, token.text.strip(), line.strip()))
+    return GroundingResult(checked, grounded, exempt, ungrounded)
+
+
+def read_evidence_file(path: str) -> Any:
+    if not os.path.isfile(path):
+        raise UserError(f"evidence file '{path}' does not exist; pass the JSON written by a script's --json")
+    try:
+        with open(path, encoding="utf-8") as stream:
+            return json.load(stream)
+    except json.JSONDecodeError as error:
+        raise UserError(f"evidence file '{path}' is not valid JSON ({error.msg} at line {error.lineno}); "
+                        f"pass the output of a script's --json") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"cannot read evidence file '{path}': {error}") from None
+
+
+def read_review(path: str) -> str:
+    if not os.path.isfile(path):
+        raise UserError(f"review file '{path}' does not exist")
+    try:
+        with open(path, encoding="utf-8") as stream:
+            return stream.read()
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"cannot read review file '{path}': {error}") from None
+
+
+def check_files(review_path: str, evidence_paths: list[str]) -> GroundingResult:
+    review = read_review(review_path)
+    values: list[float] = []
+    quotes: list[str] = []
+    for path in evidence_paths:
+        data = read_evidence_file(path)
+        values.extend(evidence_values(data))
+        quotes.extend(quoted_rules(data))
+    return check_text(review, Evidence(values, quotes))
+
+
+def render_text(result: GroundingResult, review_path: str) -> str:
+    lines = [f"{review_path}:{f.line_number}: ungrounded {f.number}: {f.line}" for f in result.ungrounded]
+    exempt = sum(result.exempt.values())
+    exempt_text = ", ".join(f"{n} {rule}" for rule, n in sorted(result.exempt.items())) or "none"
+    lines.append(f"{len(result.ungrounded)} of {result.checked} numbers ungrounded in {review_path} "
+                 f"({result.grounded} grounded; {exempt} exempt: {exempt_text})")
+    return "\n".join(lines)
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    from .cli import OneLineArgumentParser
+    parser = OneLineArgumentParser(
+        prog=prog, description="Check that every number in a review appears in the evidence JSON "
+        "(allowing the rounding the text shows). Exit 0: all grounded; 1: some are not; 2: bad input.")
+    parser.add_argument("review", metavar="REVIEW.md")
+    parser.add_argument("evidence", metavar="EVIDENCE.json", nargs="+", help="JSON written by the scripts' --json")
+    parser.add_argument("--json", action="store_true", help="print one JSON object with a 'schema' key")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str = "check_grounding.py") -> int:
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    try:
+        result = check_files(args.review, args.evidence)
+    except UserError as error:
+        if args.debug:
+            traceback.print_exc()
+        sys.stderr.write(f"{prog}: error: {error}\n")
+        return error.exit_code
+    if args.json:
+        from .cli import to_json
+        sys.stdout.write(to_json(result.as_json(args.review, args.evidence)))
+    else:
+        sys.stdout.write(render_text(result, args.review) + "\n")
+    return 1 if result.ungrounded else 0
