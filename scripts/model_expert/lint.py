@@ -149,9 +149,14 @@ METADATA_ATTRIBUTES = {"shape", "dtype", "device", "ndim", "requires_grad", "is_
 METADATA_METHODS = {"size", "dim", "ndimension", "numel", "nelement", "element_size", "is_floating_point",
                     "is_complex", "is_contiguous", "data_ptr", "get_device", "stride", "storage_offset", "type",
                     "is_signed", "has_names"}
-# Builtins whose result does not depend on a tensor's values.
-METADATA_BUILTINS = {"len", "isinstance", "issubclass", "type", "id", "hasattr", "getattr", "callable", "print",
-                     "range", "enumerate", "zip", "repr", "str", "format", "super"}
+# Attributes of a tensor that are tensors (any other attribute of an expression is not followed:
+# `config.flag`, `output.logits` are not assumed to be tensors).
+TENSOR_VALUE_ATTRIBUTES = {"T", "mT", "H", "mH", "real", "imag", "grad", "data"}
+# Methods that read values whatever the receiver (tensors, NumPy arrays): a branch on them is value-dependent.
+VALUE_REDUCTIONS = {"sum", "any", "all", "mean", "max", "min", "amax", "amin", "norm", "prod", "std", "var",
+                    "count_nonzero", "allclose", "equal", "item", "isnan", "isinf", "isfinite", "nonzero"}
+# Builtins that turn a tensor argument into a Python value (a value-dependent result).
+VALUE_BUILTINS = {"float", "int", "bool", "abs", "round", "min", "max", "sum", "any", "all"}
 # torch functions that answer metadata questions (besides every torch.is_*).
 METADATA_TORCH_FUNCTIONS = {"numel", "get_default_dtype", "finfo", "iinfo", "result_type", "promote_types",
                             "can_cast", "get_autocast_gpu_dtype", "get_autocast_dtype"}
@@ -287,6 +292,18 @@ def _unwrap_function(value: Any) -> Callable | None:
     return value if isinstance(value, types.FunctionType) else None
 
 
+def _closure_values(function: Callable) -> dict[str, Any]:
+    """Names a nested function sees from its enclosing scope (empty cells skipped)."""
+    values = {}
+    code = getattr(function, "__code__", None)
+    for name, cell in zip(code.co_freevars if code else (), getattr(function, "__closure__", None) or ()):
+        try:
+            values[name] = cell.cell_contents
+        except ValueError:
+            pass
+    return values
+
+
 class FunctionScanner:
     """Applies the static rules to one parsed function of one class (or a module-level helper)."""
 
@@ -295,12 +312,14 @@ class FunctionScanner:
         self.owner = owner
         self.instances = instances
         self.where = where
-        self.namespace = {**vars(builtins), **getattr(parsed.function, "__globals__", {})}
+        self.namespace = {**vars(builtins), **getattr(parsed.function, "__globals__", {}),
+                          **_closure_values(parsed.function)}
         arguments = parsed.tree.args
         positional = arguments.posonlyargs + arguments.args
         self.self_name = positional[0].arg if owner is not None and positional else None
         self.tensor_names: set[str] = set()
         self.parameter_names: set[str] = set()  # loop variables over .parameters()
+        self.module_names: set[str] = set()  # loop variables over a ModuleList / Sequential of self
         self.aliases: dict[str, list[str]] = {}  # local name -> self attribute chain
         self.findings: list[Finding] = []
         self.calls_to_follow: list[tuple[Callable, type | None]] = []
@@ -413,7 +432,7 @@ class FunctionScanner:
             chain = self._self_chain(node)
             if chain is not None:
                 return self._chain_kind(chain) in ("parameter", "tensor", "buffer")
-            return self.is_tensor_expr(node.value)
+            return node.attr in TENSOR_VALUE_ATTRIBUTES and self.is_tensor_expr(node.value)
         if isinstance(node, ast.Subscript):
             return self.is_tensor_expr(node.value)
         if isinstance(node, ast.Starred):
@@ -439,21 +458,23 @@ class FunctionScanner:
         return False
 
     def _is_tensor_call(self, node: ast.Call) -> bool:
+        """torch functions, tensor methods, value reductions and submodule calls give tensors; other
+        callables (the user's helpers, library functions) are not assumed to."""
         func = node.func
-        arguments = [*node.args, *(k.value for k in node.keywords)]
-        if isinstance(func, ast.Name) and func.id in METADATA_BUILTINS and self.namespace.get(func.id) is getattr(builtins, func.id, None):
+        if isinstance(func, ast.Name):
+            if func.id in VALUE_BUILTINS and self.namespace.get(func.id) is getattr(builtins, func.id):
+                return any(self.is_tensor_expr(a) for a in node.args)
+            return func.id in self.module_names
+        if not isinstance(func, ast.Attribute):
             return False
-        if isinstance(func, ast.Attribute):
-            if self._is_torch_namespace(func.value):
-                return not (func.attr.startswith("is_") or func.attr in METADATA_TORCH_FUNCTIONS)
-            if func.attr in METADATA_METHODS:
-                return False
-            if self.is_tensor_expr(func.value):
-                return True
-            chain = self._self_chain(func)
-            if chain is not None and self._chain_kind(chain) == "module":
-                return True  # a submodule's forward
-        return any(self.is_tensor_expr(a) for a in arguments)
+        if self._is_torch_namespace(func.value):
+            return not (func.attr.startswith("is_") or func.attr in METADATA_TORCH_FUNCTIONS)
+        if func.attr in METADATA_METHODS:
+            return False
+        if func.attr in VALUE_REDUCTIONS or self.is_tensor_expr(func.value):
+            return True
+        chain = self._self_chain(func)
+        return chain is not None and self._chain_kind(chain) == "module"  # a submodule's forward
 
     def _bind_targets(self, target: ast.AST, tensor: bool) -> bool:
         changed = False
@@ -491,6 +512,11 @@ class FunctionScanner:
                             self.parameter_names.add(target.id)
                             changed = True
                     else:
+                        chain = self._self_chain(iterated)
+                        if chain is not None and isinstance(node.target, ast.Name) \
+                                and self._chain_kind(chain) == "module" and node.target.id not in self.module_names:
+                            self.module_names.add(node.target.id)
+                            changed = True
                         changed |= self._bind_targets(node.target, self.is_tensor_expr(iterated))
                 elif isinstance(node, (ast.With, ast.AsyncWith)):
                     for item in node.items:
@@ -833,17 +859,17 @@ def tiny_shapes(shapes: list[tuple[int, ...]], cap: int = GRADCHECK_TINY_DIM) ->
     return [tuple(min(size, cap) for size in shape) for shape in shapes]
 
 
-def _gradcheck_inputs(record: RecordedCall, shrink: bool, generator: torch.Generator):
-    """Float64 random arguments for one recorded call: (args, kwargs, indices of differentiable args)."""
+def _gradcheck_inputs(record: RecordedCall, shrink: bool, generator: torch.Generator, only_traced: bool):
+    """Float64 random arguments for one recorded call: (args, kwargs). Floating tensors require grad:
+    all of them, or with `only_traced` those that required grad in the traced call."""
     arguments = list(record.arguments) + list(record.kwargs.values())
     float_shapes = [a.shape for a in arguments if a.kind == "float"]
     shapes = iter(tiny_shapes(float_shapes) if shrink else float_shapes)
-    any_requires_grad = any(a.requires_grad for a in arguments if a.kind == "float")
     built = []
     for argument in arguments:
         if argument.kind == "float":
             tensor = torch.randn(next(shapes), dtype=torch.float64, generator=generator)
-            tensor.requires_grad_(argument.requires_grad or not any_requires_grad)
+            tensor.requires_grad_(argument.requires_grad or not only_traced)
             built.append(tensor)
         elif argument.kind == "other-tensor":
             if argument.value is None:
@@ -869,80 +895,100 @@ def _floating_outputs(value: Any) -> tuple[torch.Tensor, ...]:
 
 def jacobian_max_abs_error(function: Callable[..., tuple[torch.Tensor, ...]], inputs: list[torch.Tensor],
                            eps: float = 1e-6) -> float:
-    """max |analytical - numerical| over the Jacobian; numerical = central differences (f(x+eps)-f(x-eps))/2eps."""
+    """max |analytical - numerical| over the Jacobian; numerical = central differences (f(x+eps)-f(x-eps))/2eps,
+    analytical = one backward per output element (through the Function's own backward)."""
     outputs = function(*inputs)
     worst = 0.0
     for output_index, output in enumerate(outputs):
         flat = output.reshape(-1)
-        analytical = []
+        rows = []  # analytical Jacobian rows: d flat[j] / d (all inputs, flattened)
         for j in range(flat.numel()):
             grads = torch.autograd.grad(flat[j], inputs, retain_graph=True, allow_unused=True)
-            analytical.append([torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)])
-        for input_index, x in enumerate(inputs):
-            base = x.detach().clone()
-            for k in range(base.numel()):
-                plus, minus = base.clone(), base.clone()
-                plus.view(-1)[k] += eps
-                minus.view(-1)[k] -= eps
-                with torch.no_grad():
-                    args_plus = [plus if i == input_index else t.detach() for i, t in enumerate(inputs)]
-                    args_minus = [minus if i == input_index else t.detach() for i, t in enumerate(inputs)]
-                    column = (function(*args_plus)[output_index].reshape(-1)
-                              - function(*args_minus)[output_index].reshape(-1)) / (2 * eps)
-                for j in range(flat.numel()):
-                    difference = abs(float(analytical[j][input_index].reshape(-1)[k]) - float(column[j]))
-                    worst = max(worst, difference)
+            rows.append(torch.cat([(torch.zeros_like(x) if g is None else g).reshape(-1) for x, g in zip(inputs, grads)]))
+        analytical = torch.stack(rows) if rows else torch.zeros(0)
+        columns = []
+        with torch.no_grad():
+            for input_index, x in enumerate(inputs):
+                base = x.detach()
+                for k in range(base.numel()):
+                    shifted = []
+                    for sign in (1.0, -1.0):
+                        moved = base.clone()
+                        moved.view(-1)[k] += sign * eps
+                        args = [moved if i == input_index else t.detach() for i, t in enumerate(inputs)]
+                        shifted.append(function(*args)[output_index].reshape(-1))
+                    columns.append((shifted[0] - shifted[1]) / (2 * eps))
+        if rows and columns:
+            numerical = torch.stack(columns, dim=1)
+            worst = max(worst, float((analytical - numerical).abs().max()))
     return worst
 
 
+GRADCHECK_FALLBACK_MAX_ELEMENTS = 1024  # when shrinking fails, the traced shapes are used up to this size
+
+
+def _gradcheck_once(record: RecordedCall, shrink: bool, only_traced: bool, seed: int) -> dict[str, Any]:
+    """One gradcheck; raises ValueError/RuntimeError-like errors for the caller to report."""
+    positional, keywords = _gradcheck_inputs(record, shrink, torch.Generator().manual_seed(seed), only_traced)
+    slots = [i for i, a in enumerate(positional) if isinstance(a, torch.Tensor) and a.requires_grad]
+    key_slots = [k for k, a in keywords.items() if isinstance(a, torch.Tensor) and a.requires_grad]
+    differentiable = [positional[i] for i in slots] + [keywords[k] for k in key_slots]
+
+    def call(*tensors):
+        args, kwargs = list(positional), dict(keywords)
+        for i, tensor in zip(slots, tensors[:len(slots)]):
+            args[i] = tensor
+        for k, tensor in zip(key_slots, tensors[len(slots):]):
+            kwargs[k] = tensor
+        return _floating_outputs(record.cls.apply(*args, **kwargs))
+
+    with torch.random.fork_rng(devices=[]):
+        if not call(*differentiable):
+            raise ValueError("it returns no floating-point tensor")
+        passed = torch.autograd.gradcheck(call, tuple(differentiable), eps=1e-6, atol=1e-5, rtol=1e-3,
+                                          raise_exception=False)
+        error = jacobian_max_abs_error(call, differentiable)
+    return {"gradcheck": "passed" if passed else "failed", "max_abs_error": error,
+            "shapes": [list(t.shape) for t in differentiable],
+            "arguments": slots + key_slots}
+
+
 def gradcheck_function(record: RecordedCall, seed: int = 0) -> dict[str, Any]:
-    """torch.autograd.gradcheck (float64) on one custom Function, with the max abs Jacobian error."""
-    name = record.cls.__qualname__
-    result: dict[str, Any] = {"name": name, "calls": record.calls, "gradcheck": "skipped", "max_abs_error": None,
-                              "reason": None, "shapes": None}
-    float_count = sum(_numel(a.shape) for a in [*record.arguments, *record.kwargs.values()] if a.kind == "float")
+    """torch.autograd.gradcheck (float64) on one custom Function, with the max abs Jacobian error.
+
+    Every floating argument is checked; if that fails but the arguments that needed a gradient in the
+    traced call pass, the verdict is 'passed' for how the model uses it, with the others named."""
+    result: dict[str, Any] = {"name": record.cls.__qualname__, "calls": record.calls, "gradcheck": "skipped",
+                              "max_abs_error": None, "reason": None, "shapes": None}
+    arguments = [*record.arguments, *record.kwargs.values()]
+    float_count = sum(_numel(a.shape) for a in arguments if a.kind == "float")
     if float_count == 0:
         result["reason"] = "no floating-point tensor argument to differentiate"
         return result
-    attempts = [True] if float_count > GRADCHECK_MAX_ELEMENTS else [False]
+    shrinks = [False] if float_count <= GRADCHECK_MAX_ELEMENTS else (
+        [True, False] if float_count <= GRADCHECK_FALLBACK_MAX_ELEMENTS else [True])
+    traced_differs = any(a.requires_grad for a in arguments if a.kind == "float") and \
+        not all(a.requires_grad for a in arguments if a.kind == "float")
     last_error = None
-    for shrink in attempts:
-        generator = torch.Generator().manual_seed(seed)
+    for shrink in shrinks:
         try:
-            positional, keywords = _gradcheck_inputs(record, shrink, generator)
-        except ValueError as error:
-            last_error = str(error)
-            continue
-        slots = [i for i, a in enumerate(positional) if isinstance(a, torch.Tensor) and a.requires_grad]
-        key_slots = [k for k, a in keywords.items() if isinstance(a, torch.Tensor) and a.requires_grad]
-        differentiable = [positional[i] for i in slots] + [keywords[k] for k in key_slots]
-
-        def call(*tensors, _positional=positional, _keywords=keywords, _slots=slots, _key_slots=key_slots):
-            args = list(_positional)
-            kwargs = dict(_keywords)
-            for i, tensor in zip(_slots, tensors[:len(_slots)]):
-                args[i] = tensor
-            for k, tensor in zip(_key_slots, tensors[len(_slots):]):
-                kwargs[k] = tensor
-            return _floating_outputs(record.cls.apply(*args, **kwargs))
-
-        try:
-            with torch.random.fork_rng(devices=[]):
-                outputs = call(*differentiable)
-                if not outputs:
-                    last_error = "returns no floating-point tensor"
-                    continue
-                passed = torch.autograd.gradcheck(call, tuple(differentiable), eps=1e-6, atol=1e-5, rtol=1e-3,
-                                                  raise_exception=False)
-                error = jacobian_max_abs_error(call, differentiable)
+            outcome = _gradcheck_once(record, shrink, only_traced=False, seed=seed)
+            notes = []
+            if outcome["gradcheck"] == "failed" and traced_differs:
+                traced = _gradcheck_once(record, shrink, only_traced=True, seed=seed)
+                if traced["gradcheck"] == "passed":
+                    extra = sorted(set(outcome["arguments"]) - set(traced["arguments"]), key=str)
+                    notes.append(f"passes for the arguments that needed a gradient in the traced call; the "
+                                 f"gradient for argument(s) {', '.join(map(str, extra))} is wrong or absent")
+                    outcome = traced
         except Exception as exc:  # the user's Function on inputs we made up: report, don't crash
             last_error = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
             continue
-        result.update(gradcheck="passed" if passed else "failed", max_abs_error=error, reason=None,
-                      shapes=[list(t.shape) for t in differentiable])
         if shrink:
-            result["reason"] = (f"inputs shrunk to dims <= {GRADCHECK_TINY_DIM} "
-                                f"(the traced call had {float_count:,} float elements)")
+            notes.insert(0, f"inputs shrunk to dims <= {GRADCHECK_TINY_DIM} "
+                            f"(the traced call had {float_count:,} float elements)")
+        result.update(gradcheck=outcome["gradcheck"], max_abs_error=outcome["max_abs_error"],
+                      shapes=outcome["shapes"], reason="; ".join(notes) or None)
         return result
     result["reason"] = f"could not run it on float64 inputs: {last_error}"
     return result
