@@ -327,3 +327,19 @@ def test_bad_input_is_one_line_exit_2(argv, expected, capsys, monkeypatch):
     captured = capsys.readouterr()
     assert captured.out == ""
     assert len(captured.err.strip().splitlines()) == 1 and expected in captured.err
+
+
+def test_decorated_forward_is_still_the_users_and_the_decorator_is_reported():
+    class Frozen(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(3, 3)
+
+        @torch.no_grad()
+        def forward(self, x):
+            return self.linear(x)
+
+    data = lint.lint_model(Frozen(), ModelInputs(args=(torch.randn(2, 3),)))
+    assert [c["name"] for c in data["classes_scanned"]] == [Frozen.__qualname__]
+    (finding,) = data["findings"]
+    assert (finding["rule"], finding["code"]) == ("grad-disabled", "@torch.no_grad()")

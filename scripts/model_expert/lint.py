@@ -201,7 +201,7 @@ def _path_kind(path: str | None) -> str:
 
 
 def _class_file(cls: type) -> str | None:
-    forward = cls.__dict__.get("forward")
+    forward = _unwrap_function(cls.__dict__.get("forward"))  # through @torch.no_grad() and other wrappers
     code = getattr(forward, "__code__", None)
     if code is not None:
         return code.co_filename
