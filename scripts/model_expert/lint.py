@@ -532,13 +532,51 @@ class FunctionScanner:
         self.findings.append(Finding(rule=rule, file=self.parsed.file, line=line, code=code,
                                      where=self.where, detail=detail))
 
+    def _buffer_bookkeeping(self, statement: ast.stmt) -> bool:
+        """An in-place update or reassignment of a registered buffer (running statistics, EMA)."""
+        if isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Call) \
+                and isinstance(statement.value.func, ast.Attribute) and statement.value.func.attr.endswith("_"):
+            targets = [statement.value.func.value]
+        elif isinstance(statement, (ast.AugAssign, ast.AnnAssign)):
+            targets = [statement.target]
+        elif isinstance(statement, ast.Assign):
+            targets = list(statement.targets)
+        else:
+            return False
+        for target in targets:
+            while True:  # buffer[...], buffer.data, buffer.mul_(m).add_(...)
+                if isinstance(target, ast.Subscript) or (isinstance(target, ast.Attribute) and target.attr == "data"):
+                    target = target.value
+                elif isinstance(target, ast.Call) and isinstance(target.func, ast.Attribute) \
+                        and target.func.attr.endswith("_"):
+                    target = target.func.value
+                else:
+                    break
+            chain = self._self_chain(target)
+            if not chain or self._chain_kind(chain) != "buffer":
+                return False
+        return True
+
+    def _bookkeeping_blocks(self) -> set[int]:
+        """ids of `torch.no_grad()` calls whose `with` body only updates buffers: ignored by rule
+        (that is how running statistics are kept; nothing computed there feeds the output)."""
+        ignored = set()
+        for node in ast.walk(self.parsed.tree):
+            if isinstance(node, (ast.With, ast.AsyncWith)) and node.body \
+                    and all(self._buffer_bookkeeping(statement) for statement in node.body):
+                for item in node.items:
+                    ignored.add(id(item.context_expr))
+        return ignored
+
     def scan(self) -> list[Finding]:
         self._propagate_names()
+        bookkeeping = self._bookkeeping_blocks()
         for decorator in self.parsed.tree.decorator_list:
             self._check_call_like(decorator)
         for node in ast.walk(self.parsed.tree):
             if isinstance(node, ast.Call):
-                self._check_call(node)
+                if id(node) not in bookkeeping:
+                    self._check_call(node)
             elif isinstance(node, ast.Attribute) and node.attr == "data":
                 self._check_data(node)
             elif isinstance(node, (ast.If, ast.While, ast.IfExp)):
