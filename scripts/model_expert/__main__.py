@@ -10,6 +10,9 @@ CAPABILITIES = {
     "params": "model_expert.params",
     "lint": "model_expert.lint",
     "trace": "model_expert.trace",
+    "memory": "model_expert.memory.cli",
+    "report": "model_expert.report",
+    "init": "model_expert.init",
 }
 
 

@@ -8,7 +8,8 @@ from typing import Any, Iterable
 import jinja2
 from tabulate import tabulate
 
-TEMPLATE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "templates")
+# The repository's templates/ (a link inside the package, so an installed package carries it too).
+TEMPLATE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
 
 
 def count(value: int | None) -> str:

@@ -1,0 +1,86 @@
+"""`model-expert init [DIR]`: install the reviewer (agent, slash command, permission) into another repository.
+
+There the scripts are the installed `model-expert` console command, so the copied agent and command
+call `model-expert <capability>` instead of `python scripts/<capability>.py`, and the permission
+allows exactly that command. An existing settings.json keeps everything it had.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+
+from .cli import OneLineArgumentParser, write_atomically
+from .errors import UserError
+
+ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "claude")
+FILES = ("agents/model-expert.md", "commands/review-model.md")
+INSTALLED_PERMISSION = "Bash(model-expert *)"
+_SCRIPT_CALL = re.compile(r"python scripts/(?:<name>|([a-z_]+))\.py")
+
+
+def installed_text(text: str) -> str:
+    """`python scripts/params.py` -> `model-expert params` (and the `<name>` placeholder likewise)."""
+    return _SCRIPT_CALL.sub(lambda m: f"model-expert {m.group(1) or '<name>'}", text)
+
+
+def merged_settings(existing: dict) -> dict:
+    settings = dict(existing)
+    permissions = dict(settings.get("permissions") or {})
+    allow = list(permissions.get("allow") or [])
+    if INSTALLED_PERMISSION not in allow:
+        allow.append(INSTALLED_PERMISSION)
+    permissions["allow"] = allow
+    settings["permissions"] = permissions
+    return settings
+
+
+def install(directory: str, force: bool = False) -> list[str]:
+    """Write the files (all checked before any is written); returns the paths written."""
+    if not os.path.isdir(directory):
+        raise UserError(f"init: '{directory}' is not a directory; create it or name the repository root")
+    claude_dir = os.path.join(directory, ".claude")
+    planned: list[tuple[str, str]] = []
+    for relative in FILES:
+        with open(os.path.join(ASSETS, relative), encoding="utf-8") as stream:
+            text = installed_text(stream.read())
+        destination = os.path.join(claude_dir, relative)
+        if os.path.exists(destination) and not force:
+            with open(destination, encoding="utf-8") as stream:
+                if stream.read() != text:
+                    raise UserError(f"init: {destination} exists and differs; pass --force to replace it")
+        planned.append((destination, text))
+    settings_path = os.path.join(claude_dir, "settings.json")
+    existing = {}
+    if os.path.exists(settings_path):
+        try:
+            with open(settings_path, encoding="utf-8") as stream:
+                existing = json.load(stream)
+        except (json.JSONDecodeError, OSError) as error:
+            raise UserError(f"init: {settings_path} is not valid JSON ({error}); fix it first") from None
+        if not isinstance(existing, dict):
+            raise UserError(f"init: {settings_path} must hold a JSON object")
+    planned.append((settings_path, json.dumps(merged_settings(existing), indent=2) + "\n"))
+    for destination, text in planned:
+        os.makedirs(os.path.dirname(destination), exist_ok=True)
+        write_atomically(destination, text)
+    return [destination for destination, _ in planned]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = OneLineArgumentParser(prog="model-expert init", description=__doc__.splitlines()[0])
+    parser.add_argument("directory", nargs="?", default=".", help="repository root (default: current directory)")
+    parser.add_argument("--force", action="store_true", help="replace an existing, different agent or command file")
+    args = parser.parse_args(argv)
+    try:
+        written = install(args.directory, force=args.force)
+    except UserError as error:
+        sys.stderr.write(f"{parser.prog}: error: {error}\n")
+        return 2
+    for path in written:
+        print(f"wrote {path}")
+    print("The model-expert agent and /review-model are ready; they call the installed `model-expert` command.")
+    return 0

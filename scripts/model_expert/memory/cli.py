@@ -1,0 +1,151 @@
+"""memory.py: peak memory of one training step and of inference, its breakdown, what fits."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .. import cli, render
+from ..gpus import find_gpu
+from ..inputs import BATCH_DIM_NAME
+from .estimate import EstimateOptions, estimate_memory
+from .search import largest_batch
+from .sharding import STRATEGIES, distributed_what_if
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    cli.add_model_arguments(parser)
+    cli.add_input_arguments(parser)
+    cli.add_training_arguments(parser)
+    group = parser.add_argument_group("memory")
+    group.add_argument("--gradient-checkpointing", action="store_true",
+                       help="call the model's own gradient_checkpointing_enable() (on a copy) first")
+    group.add_argument("--gpu", metavar="NAME", help="budget = this card's memory (e.g. a100-80gb, h100, rtx4090)")
+    group.add_argument("--budget-bytes", type=int, metavar="N", help="budget in bytes (overrides --gpu's memory)")
+    group.add_argument("--world-size", type=int, metavar="N", help="data-parallel GPUs: per-GPU memory and traffic")
+    group.add_argument("--strategy", choices=tuple(STRATEGIES), help="with --world-size (default: ddp)")
+    group.add_argument("--measure", action="store_true", help="also run the real step on CUDA and print the measured peak")
+    cli.add_output_arguments(parser)
+
+
+def _validate(args: argparse.Namespace) -> None:
+    if args.budget_bytes is not None and args.budget_bytes <= 0:
+        raise cli.UserError(f"--budget-bytes must be a positive number of bytes, not {args.budget_bytes}")
+    if args.world_size is not None and args.world_size < 1:
+        raise cli.UserError(f"--world-size must be 1 or more, not {args.world_size}")
+    if args.strategy and args.world_size is None:
+        raise cli.UserError(f"--strategy {args.strategy} needs --world-size N")
+    if args.measure:
+        from .measure import require_cuda
+        require_cuda()
+
+
+def analyse(args: argparse.Namespace) -> dict[str, Any]:
+    _validate(args)
+    gpu = find_gpu(args.gpu) if args.gpu else None
+    session = cli.open_session(args)
+    name = session.loaded.name
+
+    def options(inference: bool = True) -> EstimateOptions:
+        return EstimateOptions(optimizer=args.optimizer, precision=args.precision, target_device=args.target_device,
+                               gpu_name=gpu.name if gpu else None, gradient_checkpointing=args.gradient_checkpointing,
+                               inference=inference)
+
+    def build(batch: int | None):
+        extra = {BATCH_DIM_NAME: batch} if batch is not None else None
+        return lambda device: session.build_inputs(device=device, extra_overrides=extra)
+
+    estimate = estimate_memory(session.model, build(None), session.loss_fn, options(), name)
+    batch_size = session.dim_overrides.get(BATCH_DIM_NAME, session.input_source.resizable_dims.get(BATCH_DIM_NAME))
+    data: dict[str, Any] = {
+        "target": args.target, "model": name, "batch_size": batch_size,
+        "optimizer": args.optimizer, "precision": args.precision, "target_device": args.target_device,
+        "gradient_checkpointing": args.gradient_checkpointing,
+        "peak_bytes": estimate.peak_bytes, "peak_phase": estimate.peak_phase, "breakdown": estimate.breakdown,
+        "breakdown_detail": estimate.breakdown_detail, "inference_peak_bytes": estimate.inference_peak_bytes,
+        "param_bytes": estimate.param_bytes, "trainable_param_bytes": estimate.trainable_param_bytes,
+        "attention_kernels": estimate.sdpa_backends, "assumptions": list(estimate.assumptions),
+    }
+
+    strategy = args.strategy or "ddp"
+
+    def per_gpu(result) -> int:
+        if args.world_size is None:
+            return result.peak_bytes
+        return distributed_what_if(result.breakdown, result.param_bytes, result.trainable_param_bytes, strategy,
+                                   args.world_size)["per_gpu_peak_bytes"]
+
+    if args.world_size is not None:
+        what_if = distributed_what_if(estimate.breakdown, estimate.param_bytes, estimate.trainable_param_bytes,
+                                      strategy, args.world_size)
+        data.update({"world_size": args.world_size, "strategy": strategy,
+                     "per_gpu_peak_bytes": what_if["per_gpu_peak_bytes"],
+                     "per_gpu_breakdown": what_if["per_gpu_breakdown"],
+                     "communication_bytes_per_step": what_if["communication_bytes_per_step"]})
+        data["assumptions"].append(f"{strategy}: {what_if['description']}; per-GPU = the single-GPU breakdown at "
+                                   f"the peak with sharded parts / N; ring collectives")
+
+    budget = args.budget_bytes if args.budget_bytes is not None else (gpu.memory_bytes if gpu else None)
+    if budget is not None:
+        needed = data.get("per_gpu_peak_bytes", estimate.peak_bytes)
+        data.update({"budget_bytes": budget, "gpu": gpu.name if gpu else None, "fits": needed <= budget})
+        if session.input_source.batch_dim_name is None:
+            data["max_batch_size"] = None
+            data["max_batch_size_note"] = ("the batch cannot be resized: name the batch dim B in --input "
+                                           "(float32[B=32,...]) or give the --inputs factory a batch_size keyword")
+        else:
+            def cost(batch: int) -> int:
+                return per_gpu(estimate_memory(session.model, build(batch), session.loss_fn, options(False), name))
+            best, seen = largest_batch(cost, budget)
+            data["max_batch_size"] = best
+            data["batch_estimates"] = {str(k): v for k, v in sorted(seen.items())}
+
+    if args.measure:
+        from .measure import measure_on_cuda
+        measured = measure_on_cuda(session.model, build(None), session.loss_fn, args.optimizer, args.precision,
+                                   args.gradient_checkpointing, name)
+        data["measured_peak_bytes"] = measured["peak_bytes"]
+        data["measured_inference_peak_bytes"] = measured["inference_peak_bytes"]
+        data["error_percent"] = 100.0 * (estimate.peak_bytes - measured["peak_bytes"]) / measured["peak_bytes"]
+    return data
+
+
+def _rows(data: dict[str, Any]) -> list[list[str]]:
+    def b(value):
+        return f"{render.human_bytes(value)} ({render.count(value)} B)"
+    rows = [["Training step peak", b(data["peak_bytes"]) + f", during {data['peak_phase']}"]]
+    for key, value in data["breakdown"].items():
+        rows.append([f"  {key}", b(value)])
+    rows.append(["Inference peak (eval, no grad)", b(data["inference_peak_bytes"])])
+    if "measured_peak_bytes" in data:
+        rows.append(["Measured peak (CUDA)", b(data["measured_peak_bytes"]) + f", estimate error {data['error_percent']:+.1f}%"])
+        rows.append(["Measured inference peak", b(data["measured_inference_peak_bytes"])])
+    if "per_gpu_peak_bytes" in data:
+        rows.append([f"Per GPU ({data['strategy']}, {data['world_size']} GPUs)", b(data["per_gpu_peak_bytes"])])
+        rows.append(["Communicated per step per GPU", b(data["communication_bytes_per_step"])])
+    if "budget_bytes" in data:
+        rows.append(["Budget" + (f" ({data['gpu']})" if data.get("gpu") else ""), b(data["budget_bytes"])])
+        rows.append(["Fits", "yes" if data["fits"] else "no"])
+        rows.append(["Largest batch that fits", "unknown: " + data["max_batch_size_note"]
+                     if data["max_batch_size"] is None else str(data["max_batch_size"])])
+    return rows
+
+
+def render_table(data: dict[str, Any], args: argparse.Namespace) -> str:
+    head = (f"Memory of {data['model']} ({data['target']}): batch {data['batch_size']}, {data['optimizer']}, "
+            f"{data['precision']}, target {data['target_device']}"
+            + (", gradient checkpointing" if data["gradient_checkpointing"] else ""))
+    return "\n".join([head, "", render.table(_rows(data), []), "", "Assumptions:"]
+                     + [f"- {line}" for line in data["assumptions"]])
+
+
+def render_markdown(data: dict[str, Any], args: argparse.Namespace) -> str:
+    return "\n".join([f"### Memory: {data['model']}", "", render.markdown_table(_rows(data), ["quantity", "value"]), "",
+                      "Assumptions:", ""] + [f"- {line}" for line in data["assumptions"]])
+
+
+CAPABILITY = cli.Capability(
+    name="memory", version=1,
+    description="Peak memory of one training step (and of inference) with its breakdown, estimated on meta tensors "
+                "for the target device; what fits a GPU; distributed what-ifs.",
+    add_arguments=add_arguments, analyse=analyse, render_table=render_table, render_markdown=render_markdown)

@@ -1,0 +1,281 @@
+"""What the target device does differently from the meta device the estimate runs on.
+
+- its allocator's rounding (CUDA: c10/cuda/CUDACachingAllocator.cpp),
+- the attention kernel scaled_dot_product_attention picks (CUDA flash / memory-efficient save
+  O(L) logsumexp per head; the math path saves the O(L x S) probabilities),
+- torch.autocast (emulated above autograd, so the casts and their weight cache are recorded),
+- cuBLAS workspaces (one per thread that runs matmuls: the forward thread and autograd's).
+Each rule is one entry of one table; `assumptions()` states them in words.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+MiB = 2**20
+
+# --- allocator ------------------------------------------------------------------------------------
+CUDA_MIN_BLOCK_BYTES = 512  # kMinBlockSize: every CUDA block is a multiple of 512 bytes
+CUDA_SMALL_REQUEST_BYTES = 1 * MiB  # kSmallSize: requests up to 1 MiB use the small pool (2 MiB segments)
+CUDA_MIN_LARGE_ALLOC_BYTES = 10 * MiB  # kMinLargeAlloc: larger requests get their own segment...
+CUDA_ROUND_LARGE_BYTES = 2 * MiB  # kRoundLarge: ...rounded up to 2 MiB
+
+
+def cuda_block_bytes(request_bytes: int) -> int:
+    """Bytes torch.cuda.memory_allocated() counts for one request: 0 if empty, else rounded up to 512 B.
+
+    A request over 10 MiB gets its own segment rounded to 2 MiB; the allocator keeps the
+    remainder as a separate free block only if it is over 1 MiB (should_split), so otherwise
+    the whole segment counts as allocated.
+    """
+    if request_bytes <= 0:
+        return 0
+    rounded = -(-request_bytes // CUDA_MIN_BLOCK_BYTES) * CUDA_MIN_BLOCK_BYTES
+    if rounded > CUDA_MIN_LARGE_ALLOC_BYTES:
+        segment = -(-rounded // CUDA_ROUND_LARGE_BYTES) * CUDA_ROUND_LARGE_BYTES
+        if segment - rounded <= CUDA_SMALL_REQUEST_BYTES:
+            return segment
+    return rounded
+
+
+def cpu_block_bytes(request_bytes: int) -> int:
+    """CPU: the bytes requested (the CPU allocator reports no rounded total)."""
+    return max(int(request_bytes), 0)
+
+
+# --- cuBLAS workspace -------------------------------------------------------------------------------
+# aten/src/ATen/cuda/CublasHandlePool.cpp: 4096 * 8 KiB on sm90 (H100/H200), else 4096 * 2 KiB + 16 * 8 KiB.
+CUBLAS_WORKSPACE_BYTES_SM90 = 4096 * 8 * 1024
+CUBLAS_WORKSPACE_BYTES_DEFAULT = 4096 * 1024 * 2 + 16 * 1024 * 8
+HOPPER_GPU_PREFIXES = ("h100", "h200")
+
+
+def cublas_workspace_bytes(gpu_name: str | None) -> int:
+    """cuBLAS workspace per (thread, stream): 32 MiB on Hopper (the default card), 8.125 MiB otherwise."""
+    if gpu_name is None or gpu_name.startswith(HOPPER_GPU_PREFIXES):
+        return CUBLAS_WORKSPACE_BYTES_SM90
+    return CUBLAS_WORKSPACE_BYTES_DEFAULT
+
+
+CUBLAS_OPS = frozenset({"mm", "addmm", "bmm", "baddbmm", "addbmm", "addmv", "mv", "addr", "_addmm_activation",
+                        "dot", "vdot"})
+
+# --- autocast ---------------------------------------------------------------------------------------
+# Function names (as torch_function sees them) autocast runs in the lower precision (fp16/bf16) ...
+AUTOCAST_LOWER_PRECISION = frozenset({
+    "linear", "matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "baddbmm", "addmm", "addbmm", "addmv", "addr", "mv",
+    "einsum", "chain_matmul", "multi_dot", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
+    "conv_transpose3d", "conv_tbc", "prelu", "scaled_dot_product_attention", "lstm", "gru", "rnn_tanh", "rnn_relu",
+    "lstm_cell", "gru_cell", "rnn_tanh_cell", "rnn_relu_cell",
+})
+# ... and in fp32 (torch/csrc/autograd autocast_mode.cpp "fp32" and "fp32_set_opt_dtype" lists).
+AUTOCAST_FP32 = frozenset({
+    "acos", "asin", "cosh", "erfinv", "exp", "expm1", "log", "log10", "log2", "log1p", "reciprocal", "rsqrt",
+    "sinh", "tan", "pow", "__pow__", "__rpow__", "softplus", "layer_norm", "group_norm", "norm", "cosine_similarity",
+    "poisson_nll_loss", "cosine_embedding_loss", "nll_loss", "hinge_embedding_loss", "kl_div", "l1_loss",
+    "smooth_l1_loss", "huber_loss", "mse_loss", "margin_ranking_loss", "multilabel_margin_loss", "soft_margin_loss",
+    "triplet_margin_loss", "multi_margin_loss", "binary_cross_entropy_with_logits", "dist", "pdist", "cdist",
+    "renorm", "logsumexp", "softmax", "log_softmax", "softmin", "cross_entropy", "cumsum", "cumprod", "prod", "sum",
+    "normalize", "rms_norm",
+})
+# Python-level functions whose body must be seen op by op (their inner linear/bmm/softmax get autocast).
+_REENTER_FUNCTIONS = frozenset({"multi_head_attention_forward"})
+
+
+def _cast_floating(value: Any, dtype: torch.dtype, cache: dict[int, torch.Tensor] | None) -> Any:
+    """Cast floating tensors (not float64) to DTYPE; leaves that require grad go through autocast's weight cache."""
+    if isinstance(value, torch.Tensor):
+        if not value.is_floating_point() or value.dtype in (dtype, torch.float64):
+            return value
+        if cache is not None and value.is_leaf and value.requires_grad:
+            cached = cache.get(id(value))
+            if cached is None:
+                cached = cache[id(value)] = value.to(dtype)
+            return cached
+        return value.to(dtype)
+    if isinstance(value, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in value):
+        return type(value)(_cast_floating(v, dtype, cache) for v in value)
+    return value
+
+
+# --- scaled_dot_product_attention ------------------------------------------------------------------
+def _sdpa_arguments(args, kwargs):
+    names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+    defaults = {"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": None, "enable_gqa": False}
+    bound = dict(defaults)
+    bound.update(zip(names, args))
+    bound.update(kwargs)
+    return bound
+
+
+def cuda_sdpa_backend(query: torch.Tensor, key: torch.Tensor, attn_mask: torch.Tensor | None, dropout_p: float = 0.0,
+                      is_causal: bool = False) -> str:
+    """The kernel CUDA (sm80+) picks: flash for fp16/bf16 without a mask, memory-efficient otherwise, math if neither fits."""
+    head_dim = query.shape[-1]
+    if query.dim() != 4 or key.shape[-1] != head_dim:
+        return "math"
+    if query.dtype in (torch.float16, torch.bfloat16) and attn_mask is None and head_dim <= 256 and head_dim % 8 == 0:
+        return "flash"
+    if head_dim % 4 == 0 and query.dtype in (torch.float32, torch.float16, torch.bfloat16):
+        return "efficient"
+    return "math"
+
+
+def cpu_sdpa_backend(query: torch.Tensor, key: torch.Tensor, attn_mask: torch.Tensor | None, dropout_p: float = 0.0,
+                     is_causal: bool = False) -> str:
+    """The kernel CPU picks, asked of torch itself on one-element stand-ins of the same rank, dtype and head size."""
+    if query.dim() != 4:
+        return "math"
+    q = torch.zeros(1, 1, 1, query.shape[-1], dtype=query.dtype, requires_grad=query.requires_grad)
+    k = torch.zeros(1, 1, 1, key.shape[-1], dtype=key.dtype)
+    mask = None if attn_mask is None else torch.zeros([1] * attn_mask.dim(), dtype=attn_mask.dtype)
+    choice = torch._fused_sdp_choice(q, k, k, mask, dropout_p, is_causal)
+    return "flash_cpu" if choice == 1 else "math"
+
+
+def _float_mask(attn_mask: torch.Tensor | None, dtype: torch.dtype, pad_to: int = 1) -> torch.Tensor | None:
+    """A bool mask as the additive float mask the fused kernels take (0 keep, -inf drop), last dim padded to PAD_TO."""
+    if attn_mask is None:
+        return None
+    mask = attn_mask
+    if mask.dtype == torch.bool:
+        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(mask.logical_not(), float("-inf"))
+    elif mask.dtype != dtype:
+        mask = mask.to(dtype)
+    last = mask.shape[-1]
+    if pad_to > 1 and last % pad_to:
+        padded = torch.zeros(*mask.shape[:-1], last + pad_to - last % pad_to, dtype=dtype, device=mask.device)
+        mask = padded[..., :last].copy_(mask)
+    return mask
+
+
+def _expand_gqa(query, key, value, enable_gqa):
+    if enable_gqa and key.dim() == 4 and key.shape[1] != query.shape[1]:
+        repeats = query.shape[1] // key.shape[1]
+        key, value = key.repeat_interleave(repeats, dim=1), value.repeat_interleave(repeats, dim=1)
+    return key, value
+
+
+def run_sdpa(backend: str, original: Callable, args, kwargs) -> torch.Tensor:
+    """Call the kernel BACKEND on meta tensors, so autograd saves what that kernel saves."""
+    a = _sdpa_arguments(args, kwargs)
+    query, key, value, mask = a["query"], a["key"], a["value"], a["attn_mask"]
+    needs_grad = any(t.requires_grad for t in (query, key, value))
+    if backend == "math":
+        return original(*args, **kwargs)
+    key, value = _expand_gqa(query, key, value, a["enable_gqa"])
+    if backend == "flash":
+        return torch.ops.aten._scaled_dot_product_flash_attention(
+            query, key, value, a["dropout_p"], a["is_causal"], False, scale=a["scale"])[0]
+    if backend == "efficient":
+        bias = _float_mask(mask, query.dtype, pad_to=16)
+        if bias is not None:
+            bias = bias.expand(query.shape[0], query.shape[1], query.shape[2], key.shape[2])
+        return torch.ops.aten._scaled_dot_product_efficient_attention(
+            query, key, value, bias, needs_grad, a["dropout_p"], a["is_causal"], scale=a["scale"])[0]
+    if backend == "flash_cpu":
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            query, key, value, a["dropout_p"], a["is_causal"], attn_mask=_float_mask(mask, query.dtype),
+            scale=a["scale"])[0]
+    raise ValueError(f"unknown attention backend {backend}")
+
+
+SDPA_BACKEND_CHOOSERS: dict[str, Callable[..., str]] = {"cuda": cuda_sdpa_backend, "cpu": cpu_sdpa_backend}
+
+
+@dataclass
+class TargetFunctionMode(TorchFunctionMode):
+    """Above autograd: autocast emulation and the target's attention kernel, for meta tensors."""
+
+    target_device: str
+    autocast_dtype: torch.dtype | None = None
+    sdpa_override: str | None = None  # force one attention backend (tests, what-ifs)
+    weight_cache: dict[int, torch.Tensor] = field(default_factory=dict)
+    autocast_enabled: bool = False
+    sdpa_backends_used: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self):
+        super().__init__()
+        self._clones: dict[Any, Callable] = {}
+
+    def __torch_function__(self, func, types_, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if self.autocast_enabled and self.autocast_dtype is not None:
+            if name in AUTOCAST_LOWER_PRECISION:
+                args = tuple(_cast_floating(a, self.autocast_dtype, self.weight_cache) for a in args)
+                kwargs = {k: _cast_floating(v, self.autocast_dtype, self.weight_cache) for k, v in kwargs.items()}
+            elif name in AUTOCAST_FP32:
+                args = tuple(_cast_floating(a, torch.float32, None) for a in args)
+                kwargs = {k: _cast_floating(v, torch.float32, None) for k, v in kwargs.items()}
+        if name == "scaled_dot_product_attention":
+            a = _sdpa_arguments(args, kwargs)
+            backend = self.sdpa_override or SDPA_BACKEND_CHOOSERS[self.target_device](
+                a["query"], a["key"], a["attn_mask"], a["dropout_p"], a["is_causal"])
+            self.sdpa_backends_used[backend] = self.sdpa_backends_used.get(backend, 0) + 1
+            return run_sdpa(backend, func, args, kwargs)
+        if name in _REENTER_FUNCTIONS and isinstance(func, types.FunctionType):
+            with self:  # see the body's own ops (its linear, bmm, softmax)
+                return self._unguarded(func)(*args, **kwargs)
+        return func(*args, **kwargs)
+
+    def _unguarded(self, func: types.FunctionType) -> Callable:
+        """FUNC with its own has_torch_function check off (so it does not hand itself back to this mode)."""
+        clone = self._clones.get(func)
+        if clone is None:
+            namespace = dict(func.__globals__)
+            namespace["has_torch_function"] = lambda *_: False
+            namespace["has_torch_function_unary"] = lambda *_: False
+            namespace["has_torch_function_variadic"] = lambda *_: False
+            namespace["handle_torch_function"] = None
+            clone = types.FunctionType(func.__code__, namespace, func.__name__, func.__defaults__, func.__closure__)
+            clone.__kwdefaults__ = func.__kwdefaults__
+            self._clones[func] = clone
+        return clone
+
+    def autocast(self):
+        return _AutocastRegion(self)
+
+    def checkpoint_contexts(self):
+        """torch.utils.checkpoint context_fn: the recomputation (inside backward, where autograd runs no
+        torch-function mode) runs under this mode again, with autocast as it was in the forward."""
+        return contextlib.nullcontext(), _Recompute(self, self.autocast_enabled)
+
+
+class _Recompute:
+    def __init__(self, mode: TargetFunctionMode, autocast_enabled: bool):
+        self.mode, self.autocast_enabled = mode, autocast_enabled
+
+    def __enter__(self):
+        self.saved = (self.mode.autocast_enabled, self.mode.weight_cache)
+        self.mode.autocast_enabled, self.mode.weight_cache = self.autocast_enabled, {}
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.mode.__exit__(*exc)
+        self.mode.autocast_enabled, self.mode.weight_cache = self.saved
+        return False
+
+
+class _AutocastRegion:
+    """Like `with torch.autocast(...)`: casts on, and the weight-cast cache emptied on exit."""
+
+    def __init__(self, mode: TargetFunctionMode):
+        self.mode = mode
+
+    def __enter__(self):
+        self.mode.autocast_enabled = self.mode.autocast_dtype is not None
+        return self
+
+    def __exit__(self, *exc):
+        self.mode.autocast_enabled = False
+        self.mode.weight_cache.clear()
+        return False

@@ -1,0 +1,304 @@
+"""The estimate: one steady training step (and one inference forward) run on meta tensors under
+the allocation tracker and the target device's rules."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..guard import preserved
+from ..inputs import ModelInputs
+from . import device_rules
+from .optimizer_state import OPTIMIZER_RULES, build_optimizer, parameter_bytes, state_tensors, unique_trainable
+from .step import PRECISIONS, MetaGradScaler, cast_inputs, inference_step, training_step
+from .tracker import CATEGORIES, AllocationTracker
+
+# The breakdown every consumer reads: these five keys sum to peak_bytes. Finer roles fold into them.
+BREAKDOWN_KEYS = ("params", "grads", "optimizer_state", "activations", "temporaries")
+FOLD = {"params": "params", "buffers": "params", "grads": "grads", "optimizer_state": "optimizer_state",
+        "inputs": "activations", "activations": "activations", "temporaries": "temporaries",
+        "workspace": "temporaries"}
+
+BLOCK_RULES: dict[str, Callable[[int], int]] = {"cuda": device_rules.cuda_block_bytes, "cpu": device_rules.cpu_block_bytes}
+# CUDA optimizers default to the multi-tensor (foreach) implementation; CPU ones to the per-tensor loop.
+FOREACH_BY_TARGET = {"cuda": True, "cpu": False}
+CHECKPOINTING_METHODS = ("activation_checkpointing_enable", "gradient_checkpointing_enable")
+
+
+@dataclass
+class EstimateOptions:
+    optimizer: str = "adamw"
+    precision: str = "fp32"
+    target_device: str = "cuda"
+    gpu_name: str | None = None
+    gradient_checkpointing: bool = False
+    sdpa_backend: str | None = None  # force one attention kernel (what-ifs, tests)
+    inference: bool = True
+
+
+@dataclass
+class MemoryEstimate:
+    peak_bytes: int
+    breakdown: dict[str, int]
+    breakdown_detail: dict[str, int]
+    peak_phase: str
+    inference_peak_bytes: int | None
+    assumptions: list[str]
+    param_bytes: int
+    trainable_param_bytes: int
+    sdpa_backends: dict[str, int] = field(default_factory=dict)
+    data_dependent_reads: int = 0
+    cpu_standin_ops: dict[str, int] = field(default_factory=dict)
+
+
+def meta_copy(model: nn.Module) -> nn.Module:
+    """A deep copy whose parameters and buffers are meta tensors (tied ones stay tied); no data is copied."""
+    memo: dict[int, Any] = {}
+    for parameter in model.parameters():
+        if id(parameter) not in memo:
+            memo[id(parameter)] = nn.Parameter(torch.empty_like(parameter, device="meta"),
+                                               requires_grad=parameter.requires_grad)
+    for buffer in model.buffers():
+        if id(buffer) not in memo:
+            memo[id(buffer)] = torch.empty_like(buffer, device="meta")
+    return copy.deepcopy(model, memo)
+
+
+def enable_checkpointing(model: nn.Module, model_name: str, context_fn: Callable | None = None) -> None:
+    """The model's own gradient checkpointing (Hugging Face style); a clear error if it has none.
+
+    CONTEXT_FN (torch.utils.checkpoint's) lets the recomputation in backward run under the same
+    target-device rules as the forward; it is passed where the method takes checkpoint kwargs.
+    """
+    kwargs_names = {"activation_checkpointing_enable": "activation_checkpointing_kwargs",
+                    "gradient_checkpointing_enable": "gradient_checkpointing_kwargs"}
+    for method in CHECKPOINTING_METHODS:
+        function = getattr(model, method, None)
+        if not callable(function):
+            continue
+        call_kwargs = {}
+        if context_fn is not None and kwargs_names[method] in inspect.signature(function).parameters:
+            call_kwargs[kwargs_names[method]] = {"use_reentrant": False, "context_fn": context_fn}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                function(**call_kwargs)
+            except Exception as error:
+                raise UserError(f"{model_name}.{method}() raised {type(error).__name__}: "
+                                f"{(str(error).splitlines() or [''])[0]}") from error
+        return
+    raise UserError(f"--gradient-checkpointing: {model_name} has no gradient_checkpointing_enable() method; "
+                    f"wrap its blocks in torch.utils.checkpoint.checkpoint yourself, or drop the option")
+
+
+def _register_model(tracker: AllocationTracker, model: nn.Module, inputs: ModelInputs) -> None:
+    for parameter in model.parameters():
+        tracker.register(parameter, "params")
+    for buffer in model.buffers():
+        tracker.register(buffer, "buffers")
+    for value in torch.utils._pytree.tree_flatten((inputs.args, inputs.kwargs))[0]:
+        if isinstance(value, torch.Tensor):
+            tracker.register(value, "inputs")
+
+
+class _Workspaces:
+    """cuBLAS workspaces: allocated up front for the forward thread and autograd's thread; one never used is taken back out."""
+
+    def __init__(self, tracker: AllocationTracker, nbytes: int, threads: tuple[str, ...]):
+        self.tracker = tracker
+        self.nbytes = nbytes
+        self.used: set[str] = set()
+        self.threads = threads
+        self.blocks = []
+        if nbytes:
+            for _ in threads:
+                block = torch.empty(nbytes, dtype=torch.uint8, device="meta")
+                tracker.register(block, "workspace")
+                self.blocks.append(block)
+
+    def on_op(self, func, outputs) -> None:
+        name = func.overloadpacket.__name__ if hasattr(func, "overloadpacket") else ""
+        if name in device_rules.CUBLAS_OPS:
+            self.used.add("autograd" if self.tracker.phase == "backward" else "main")
+
+    def unused_bytes(self) -> int:
+        return sum(self.tracker.block_bytes(self.nbytes) for thread in self.threads if thread not in self.used) \
+            if self.nbytes else 0
+
+
+def _fold(detail: dict[str, int]) -> dict[str, int]:
+    folded = {key: 0 for key in BREAKDOWN_KEYS}
+    for category, nbytes in detail.items():
+        folded[FOLD[category]] += nbytes
+    return folded
+
+
+def _without_unused_workspace(tracker: AllocationTracker, workspaces: _Workspaces) -> tuple[int, dict[str, int]]:
+    detail = tracker.breakdown_at_peak()
+    unused = workspaces.unused_bytes()
+    detail["workspace"] -= unused
+    return tracker.peak_bytes - unused, detail
+
+
+def estimate_memory(model: nn.Module, build_inputs: Callable[[str], ModelInputs], loss_fn: Callable | None,
+                    options: EstimateOptions, model_name: str = "the model") -> MemoryEstimate:
+    """Peak bytes of one steady training step (2nd step: optimizer state exists) and of one inference forward."""
+    precision = PRECISIONS[options.precision]
+    target = options.target_device
+    with preserved(model):
+        work = meta_copy(model)
+    if precision.param_dtype is not None:
+        work = work.to(precision.param_dtype)
+    function_mode = device_rules.TargetFunctionMode(target, precision.autocast_dtype, options.sdpa_backend)
+    if options.gradient_checkpointing:
+        enable_checkpointing(work, model_name, function_mode.checkpoint_contexts)
+    work.train()
+    inputs = cast_inputs(build_inputs("meta"), precision.param_dtype)
+    trainable = unique_trainable(work.parameters())
+    if not trainable:
+        raise UserError(f"{model_name} has no trainable parameter (all requires_grad=False): there is no training "
+                        f"step to estimate")
+
+    workspace_bytes = device_rules.cublas_workspace_bytes(options.gpu_name) if target == "cuda" else 0
+    tracker = AllocationTracker(BLOCK_RULES[target], devices=("meta",))
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        tracker.relabel(tensor, "activations")
+        return tensor
+
+    hooks = [p.register_post_accumulate_grad_hook(lambda p: tracker.relabel(p.grad, "grads")) for p in trainable]
+    try:
+        with function_mode, tracker, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            _register_model(tracker, work, inputs)
+            workspaces = _Workspaces(tracker, workspace_bytes, ("main", "autograd"))
+            tracker.on_op = workspaces.on_op
+            optimizer = build_optimizer(options.optimizer, trainable, FOREACH_BY_TARGET[target])
+            scaler = MetaGradScaler() if precision.grad_scaler else None
+            if optimizer is not None:  # step 1, as far as memory goes: grads exist, state gets created
+                for parameter in trainable:
+                    parameter.grad = torch.zeros_like(parameter)
+                optimizer.step()
+                for tensor in state_tensors(optimizer):
+                    tracker.relabel(tensor, "optimizer_state")
+            tracker.reset_peak()
+
+            def phase(name: str) -> None:
+                tracker.phase = name
+
+            loss = training_step(work, inputs, loss_fn, optimizer, function_mode.autocast, scaler, phase, model_name)
+            if not loss.requires_grad and loss.grad_fn is None and all(p.grad is None for p in trainable):
+                raise UserError("the loss does not reach any trainable parameter; check requires_grad and --loss")
+        peak_bytes, detail = _without_unused_workspace(tracker, workspaces)
+        peak_phase = tracker.peak_phase
+        training_tracker = tracker
+        backends = dict(function_mode.sdpa_backends_used)
+    finally:
+        for handle in hooks:
+            handle.remove()
+
+    del optimizer, loss
+    for parameter in trainable:
+        parameter.grad = None
+    inference_peak = None
+    if options.inference:
+        inference_peak = _estimate_inference(work, inputs, options, precision, workspace_bytes, model_name)
+
+    param_bytes = parameter_bytes({id(p): p for p in work.parameters()}.values())
+    assumptions = describe_assumptions(options, precision, training_tracker, backends, workspaces, target)
+    return MemoryEstimate(
+        peak_bytes=peak_bytes, breakdown=_fold(detail), breakdown_detail=detail, peak_phase=peak_phase,
+        inference_peak_bytes=inference_peak, assumptions=assumptions, param_bytes=param_bytes,
+        trainable_param_bytes=parameter_bytes(trainable), sdpa_backends=backends,
+        data_dependent_reads=sum(training_tracker.data_dependent_reads.values()),
+        cpu_standin_ops=dict(training_tracker.cpu_standin_ops))
+
+
+def _estimate_inference(work: nn.Module, inputs: ModelInputs, options: EstimateOptions, precision, workspace_bytes: int,
+                        model_name: str) -> int:
+    """Eval mode, no grad, one forward: params + buffers + inputs + the forward's transient peak."""
+    function_mode = device_rules.TargetFunctionMode(options.target_device, precision.autocast_dtype, options.sdpa_backend)
+    tracker = AllocationTracker(BLOCK_RULES[options.target_device], devices=("meta",))
+    work.eval()
+    with function_mode, tracker:
+        _register_model(tracker, work, inputs)
+        workspaces = _Workspaces(tracker, workspace_bytes, ("main",))
+        tracker.on_op = workspaces.on_op
+        tracker.phase = "forward"
+        tracker.reset_peak()
+        inference_step(work, inputs, function_mode.autocast, model_name)
+    peak, _ = _without_unused_workspace(tracker, workspaces)
+    return peak
+
+
+def describe_assumptions(options: EstimateOptions, precision, tracker: AllocationTracker, backends: dict[str, int],
+                         workspaces: _Workspaces, target: str) -> list[str]:
+    """Every modelling choice behind the numbers, in words."""
+    lines = [
+        "steady step: the 2nd training step (optimizer state already exists); zero_grad(set_to_none=True), "
+        "forward + loss, backward, optimizer step; the output stays alive until the step ends",
+        f"optimizer: {OPTIMIZER_RULES[options.optimizer].description}, default settings, "
+        f"{'multi-tensor foreach implementation (its temporaries count)' if FOREACH_BY_TARGET[target] else 'per-tensor implementation'}",
+        f"precision: {precision.description}",
+    ]
+    if target == "cuda":
+        lines.append("allocator: CUDA caching allocator, each block rounded up to 512 B (requests over 10 MiB to their "
+                     "2 MiB segment when the remainder is <= 1 MiB); peak = torch.cuda.max_memory_allocated(), "
+                     "not reserved memory and not the CUDA context")
+        used = sorted(workspaces.used)
+        lines.append(f"cuBLAS workspace: {workspaces.nbytes:,} bytes per thread that runs matmuls "
+                     f"({options.gpu_name or 'Hopper (H100/H200) assumed'}); counted for: {', '.join(used) or 'none'}")
+    else:
+        lines.append("allocator: CPU, bytes as requested (no rounding); peak = sum of live tensor storages")
+    if backends:
+        lines.append("scaled_dot_product_attention kernel: " + ", ".join(f"{k} x{v}" for k, v in sorted(backends.items()))
+                     + (" (flash/efficient save O(L) logsumexp per head, math saves O(L*S) probabilities)"))
+    if precision.autocast_dtype is not None:
+        lines.append("autocast: emulated above autograd from autocast's op lists; weight casts cached for the forward "
+                     "region, as torch.autocast does")
+    if precision.grad_scaler:
+        lines.append("GradScaler: the step is assumed not skipped (no inf/nan at the current scale); a skipped early "
+                     "step delays the optimizer state")
+    if options.gradient_checkpointing:
+        lines.append("gradient checkpointing: the model's own gradient_checkpointing_enable(); recomputation in "
+                     "backward is traced")
+    if tracker.data_dependent_reads:
+        lines.append(f"{sum(tracker.data_dependent_reads.values())} data-dependent read(s) (.item(), bool(tensor), "
+                     f"asserts) on meta tensors assumed True / 1 / 1.0")
+    if tracker.cpu_standin_ops:
+        lines.append("ops without a meta kernel run on CPU stand-ins (floats/bools = 1, ints = 0): "
+                     + ", ".join(f"{k} x{v}" for k, v in sorted(tracker.cpu_standin_ops.items())))
+    lines.append("nn.LSTM/GRU are modelled with PyTorch's native kernels (the cuDNN reserve buffer is not modelled); "
+                 "convolution workspaces (cuDNN) are not modelled")
+    return lines
+
+
+def saved_activation_bytes(model: nn.Module, inputs: ModelInputs, target_device: str = "cpu",
+                           sdpa_backend: str | None = None) -> int:
+    """Bytes of the distinct storages autograd saves in one training-mode forward under the target's rules,
+    parameters, buffers and inputs excluded (what saved_tensors_hooks sees)."""
+    known = {t.untyped_storage()._cdata for t in list(model.parameters()) + list(model.buffers())}
+    known |= {t.untyped_storage()._cdata for t in torch.utils._pytree.tree_flatten((inputs.args, inputs.kwargs))[0]
+              if isinstance(t, torch.Tensor)}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage._cdata not in known:
+            saved[storage._cdata] = storage.nbytes()
+        return tensor
+
+    function_mode = device_rules.TargetFunctionMode(target_device, None, sdpa_backend)
+    tracker = AllocationTracker(BLOCK_RULES[target_device], devices=("meta",))
+    with preserved(model):
+        model.train()
+        with function_mode, tracker, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            output = model(*inputs.args, **inputs.kwargs)
+        del output
+    return sum(saved.values())

@@ -1,0 +1,169 @@
+"""The full review: runs every capability on one model, writes analysis.json (evidence) and analysis.md.
+
+Each capability runs through its own CAPABILITY (its parser's defaults, overlaid with the report's
+options of the same name), so the report says exactly what `scripts/<capability>.py` would say.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import shlex
+import sys
+import time
+from typing import Any, Callable
+
+from . import cli, render
+from .errors import UserError
+
+# Order matters: trace first (a broken forward stops the report there, with the module that failed);
+# recommend last (it reads the params, memory and grads evidence).
+SECTIONS = ("params", "trace", "lint", "grads", "memory", "flops", "recommend")
+SECTION_MODULES = {"params": "model_expert.params", "trace": "model_expert.trace", "lint": "model_expert.lint",
+                   "grads": "model_expert.grads", "memory": "model_expert.memory.cli", "flops": "model_expert.flops",
+                   "recommend": "model_expert.recommend"}
+# Options of the report that only the report reads.
+REPORT_ONLY = {"out", "findings", "skip", "json", "markdown", "debug", "target"}
+# Per-section options that differ from the section's own default when it runs inside the report.
+SECTION_DEFAULTS = {"trace": {"max_depth": 2}, "params": {"depth": 2}, "flops": {"depth": 2}}
+FINDING_KEYS = ("priority", "title", "current_state", "impact", "fix")
+
+
+def load_section_module(name: str):
+    try:
+        return importlib.import_module(SECTION_MODULES[name])
+    except ModuleNotFoundError:
+        return None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    cli.add_model_arguments(parser)
+    cli.add_input_arguments(parser)
+    cli.add_training_arguments(parser)
+    group = parser.add_argument_group("report")
+    group.add_argument("--out", required=True, metavar="DIR", help="write DIR/analysis.json, DIR/analysis.md and DIR/pr.md")
+    group.add_argument("--findings", metavar="FILE.json",
+                       help="the reviewer's findings: a list of {priority, title, current_state, impact, fix[, evidence]}")
+    group.add_argument("--skip", action="append", default=[], choices=SECTIONS, help="leave a section out (repeatable)")
+    group.add_argument("--vary", metavar="NAME=V1,V2", help="passed to trace: what scales with a named input dim")
+    group.add_argument("--group", action="append", default=[], metavar="NAME=PREFIX", help="passed to grads: parameter groups")
+    group.add_argument("--batches", type=int, default=None, help="passed to grads: sampled batches")
+    group.add_argument("--gpu", default="rtx3060-12gb", help="the single-GPU card for memory/flops/recommend (default: rtx3060-12gb)")
+    group.add_argument("--cluster-gpu", default="a100-80gb", help="the cluster card for recommend (default: a100-80gb)")
+    group.add_argument("--steps", type=int, default=None, help="passed to recommend: total training steps")
+    group.add_argument("--global-batch", type=int, default=None, help="passed to recommend: target global batch")
+    cli.add_output_arguments(parser, markdown=False)
+
+
+def section_namespace(capability: cli.Capability, args: argparse.Namespace, extra: dict[str, Any]) -> argparse.Namespace:
+    """The section's own defaults, overlaid with the report's options of the same name."""
+    namespace = capability.parser().parse_args([args.target])
+    for key, value in {**SECTION_DEFAULTS.get(capability.name, {}), **extra}.items():
+        if hasattr(namespace, key):
+            setattr(namespace, key, value)
+    for key, value in vars(args).items():
+        if key in REPORT_ONLY or not hasattr(namespace, key):
+            continue
+        if value is None or value == []:
+            continue
+        setattr(namespace, key, value)
+    return namespace
+
+
+def read_findings(path: str) -> list[dict[str, Any]]:
+    try:
+        with open(path, encoding="utf-8") as stream:
+            findings = json.load(stream)
+    except FileNotFoundError:
+        raise UserError(f"--findings file '{path}' does not exist") from None
+    except json.JSONDecodeError as error:
+        raise UserError(f"--findings file '{path}' is not valid JSON ({error.msg}, line {error.lineno})") from None
+    if isinstance(findings, dict) and isinstance(findings.get("findings"), list):
+        findings = findings["findings"]
+    if not isinstance(findings, list):
+        raise UserError(f"--findings file '{path}' must hold a list of findings")
+    for index, finding in enumerate(findings):
+        missing = [key for key in FINDING_KEYS if not isinstance(finding, dict) or key not in finding]
+        if missing:
+            raise UserError(f"--findings '{path}' item {index} lacks {', '.join(missing)}; each finding needs "
+                            f"{', '.join(FINDING_KEYS)}")
+        if finding["priority"] not in (1, 2):
+            raise UserError(f"--findings '{path}' item {index}: priority must be 1 (critical) or 2 (important), "
+                            f"not {finding['priority']!r}")
+    return findings
+
+
+def progress(message: str) -> None:
+    sys.stderr.write(f"report: {message}\n")
+    sys.stderr.flush()
+
+
+def collect(args: argparse.Namespace, on_progress: Callable[[str], None] = progress) -> dict[str, Any]:
+    """Run every section; a section that fails after the forward is known to work is recorded, not fatal."""
+    sections = [name for name in SECTIONS if name not in args.skip]
+    evidence: dict[str, Any] = {"schema": "model-expert/report/1", "target": args.target,
+                                "command": "python scripts/report.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+                                "not_measured": {}}
+    for position, name in enumerate(sections, start=1):
+        module = load_section_module(name)
+        if module is None:
+            evidence["not_measured"][name] = "this installation has no such capability"
+            continue
+        extra: dict[str, Any] = {}
+        if name == "trace" and args.vary:
+            extra["vary"] = args.vary
+        if name == "recommend":
+            extra["evidence"] = {key: evidence[key] for key in ("params", "memory", "grads") if key in evidence}
+        if name == "memory":
+            extra["budget_bytes"] = None
+        namespace = section_namespace(module.CAPABILITY, args, extra)
+        if name == "recommend":
+            namespace.evidence = extra["evidence"]
+        started = time.perf_counter()
+        on_progress(f"[{position}/{len(sections)}] {name} ...")
+        try:
+            evidence[name] = {"schema": module.CAPABILITY.schema, **module.CAPABILITY.analyse(namespace)}
+        except UserError as error:
+            if name in ("params", "trace"):
+                raise
+            evidence["not_measured"][name] = str(error)
+            on_progress(f"[{position}/{len(sections)}] {name} not measured: {error}")
+            continue
+        on_progress(f"[{position}/{len(sections)}] {name} done in {time.perf_counter() - started:.1f} s")
+    if args.findings:
+        evidence["reviewer_findings"] = read_findings(args.findings)
+    return evidence
+
+
+def analyse(args: argparse.Namespace) -> dict[str, Any]:
+    if args.findings:
+        read_findings(args.findings)  # fail before minutes of work, not after
+    out = os.path.abspath(args.out)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"--out '{args.out}' exists and is not a directory")
+    evidence = collect(args)
+    from .report_view import build_view
+    view = build_view(evidence)
+    analysis_md = render.render_template("analysis.md.j2", view)
+    pr_md = render.render_template("pr.md.j2", view)
+    evidence_text = cli.to_json(evidence)
+    os.makedirs(out, exist_ok=True)
+    for filename, text in (("analysis.json", evidence_text), ("analysis.md", analysis_md), ("pr.md", pr_md)):
+        cli.write_atomically(os.path.join(out, filename), text)
+    return {"out": out, "files": ["analysis.json", "analysis.md", "pr.md"], "not_measured": evidence["not_measured"],
+            "stability": view["gradient"]["stability"], "total_parameters": evidence["params"]["total"]}
+
+
+def render_table(data: dict[str, Any], args: argparse.Namespace) -> str:
+    lines = [f"wrote {os.path.join(data['out'], name)}" for name in data["files"]]
+    for section, reason in data["not_measured"].items():
+        lines.append(f"not measured: {section}: {reason}")
+    return "\n".join(lines)
+
+
+CAPABILITY = cli.Capability(
+    name="report", version=1,
+    description="Run every analysis on a model and write DIR/analysis.json, DIR/analysis.md and DIR/pr.md.",
+    add_arguments=add_arguments, analyse=analyse, render_table=render_table)

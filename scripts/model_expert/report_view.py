@@ -1,0 +1,253 @@
+"""Evidence (analysis.json) -> the values the templates print, already formatted.
+
+Every number printed comes from the evidence; a derived number (per-sample memory, milliseconds)
+is first written into the evidence's `derived` section by `derive`, so the grounding check finds it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import render
+
+NOT_MEASURED = "not measured"
+# recommend's settings -> the seed's Training Configuration headings, in the seed's order.
+TRAINING_HEADINGS = {
+    "optimizer": "Optimizer", "adam_hyperparameters": "Optimizer",
+    "learning_rate": "Learning Rate", "scheduler": "Learning Rate", "warmup": "Learning Rate",
+    "memory_fit": "Batch Size", "batch_size": "Batch Size", "gradient_accumulation": "Batch Size", "cluster": "Batch Size",
+    "gradient_clipping": "Gradient Clipping",
+    "loss": "Loss Function", "loss_function": "Loss Function",
+}
+HEADING_ORDER = ("Optimizer", "Learning Rate", "Batch Size", "Gradient Clipping", "Loss Function", "Other")
+# Which automatic findings become which priority (the reviewer's own findings carry theirs).
+SEVERITY_PRIORITY = {"RISK": 1, "CAUTION": 2}
+# Weight initialisation advice by architecture kind (the seed's Implementation Checklist example).
+INIT_ADVICE = {"transformer": "Xavier-uniform for attention and projection weights (the seed's transformer rule)",
+               "autoencoder": "He (Kaiming) initialisation for the ReLU encoder/decoder layers (the seed's ReLU rule)"}
+
+
+def _get(data: Any, *path: Any, default: Any = None) -> Any:
+    for key in path:
+        if isinstance(data, dict) and key in data:
+            data = data[key]
+        elif isinstance(data, list) and isinstance(key, int) and -len(data) <= key < len(data):
+            data = data[key]
+        else:
+            return default
+    return data
+
+
+def derive(evidence: dict[str, Any]) -> dict[str, Any]:
+    """Numbers the review prints that no single capability printed, computed once and kept as evidence."""
+    derived: dict[str, Any] = {}
+    batch = _get(evidence, "memory", "batch_size")
+    activations = _get(evidence, "memory", "breakdown", "activations")
+    if batch and activations is not None:
+        derived["activation_bytes_per_sample"] = activations / batch
+    step = _get(evidence, "flops", "estimated_step_seconds")
+    if step is not None:
+        derived["estimated_step_milliseconds"] = step * 1000.0
+    inference = _get(evidence, "flops", "inference_seconds_per_batch")
+    if inference is not None:
+        derived["inference_milliseconds_per_batch"] = inference * 1000.0
+    forward, backward = _get(evidence, "flops", "forward_flops"), _get(evidence, "flops", "backward_flops")
+    if forward is not None and backward is not None:
+        derived["training_flops_per_batch"] = forward + backward
+    return derived
+
+
+def _tensor_rows(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+    return [{"name": r["name"], "shape": render.shape(r["shape"]), "dtype": f"torch.{r['dtype']}"} for r in rows]
+
+
+def _overview(evidence: dict[str, Any]) -> dict[str, Any]:
+    params, memory, flops = evidence.get("params", {}), evidence.get("memory"), evidence.get("flops")
+    kind = _get(evidence, "recommend", "architecture", "architecture") or NOT_MEASURED
+    if memory:
+        memory_line = (f"{render.mib(memory['peak_bytes'])} peak per training step at batch {memory.get('batch_size', '?')} "
+                       f"({memory.get('precision', 'fp32')}, {memory.get('optimizer', 'adamw')}); "
+                       f"{render.mib(memory['inference_peak_bytes'])} for inference")
+    else:
+        memory_line = NOT_MEASURED
+    if flops:
+        complexity = (f"{render.flops(flops['forward_flops'])} forward + {render.flops(flops['backward_flops'])} backward "
+                      f"per batch; matmul FLOPs by op: "
+                      + ", ".join(f"{op} {render.flops(v['forward_flops'] + v['backward_flops'])}"
+                                  for op, v in sorted(flops.get("flops_by_op", {}).items())))
+    else:
+        complexity = NOT_MEASURED
+    quadratic = _get(evidence, "trace", "vary", "quadratic_intermediates") or []
+    if quadratic:
+        modules = sorted({item["module"] for item in quadratic})
+        complexity += (f"; attention-like tensors grow quadratically with {evidence['trace']['vary']['dim']} in "
+                       f"{len(modules)} module(s) (e.g. {modules[0]} {quadratic[0]['symbolic']})")
+    components = [f"`{m['name']}` ({m['type']}, {render.count(m['parameters'])} parameters)"
+                  for m in params.get("modules", []) if m["depth"] == 1]
+    return {"type": kind, "total": render.count(params.get("total")), "total_short": render.short_count(params.get("total")),
+            "trainable": render.count(params.get("trainable")), "frozen": render.count(params.get("frozen")),
+            "memory": memory_line, "complexity": complexity, "components": components}
+
+
+def _walkthrough(trace: dict[str, Any] | None) -> str:
+    if not trace:
+        return NOT_MEASURED
+    rows = [[str(c["index"]), f"`{c['module']}`", c["type"],
+             "; ".join(f"{r['dtype']}{render.shape(r['shape'])}" for r in c["inputs"]) or "-",
+             "; ".join(f"{r['dtype']}{render.shape(r['shape'])}" for r in c["outputs"]) or "-"]
+            for c in trace["calls"] if c["depth"] <= 2]
+    return render.markdown_table(rows, ["#", "module", "type", "inputs", "outputs"])
+
+
+def _scaling(trace: dict[str, Any] | None) -> list[str]:
+    vary = (trace or {}).get("vary")
+    if not vary:
+        return []
+    small, large = vary["sizes"]
+    lines = [f"Traced at {vary['dim']} = {small} and {large}."]
+    for item in vary.get("quadratic_intermediates", []):
+        lines.append(f"**[RISK]** `{item['module']}` builds {item['symbolic']} tensors: memory grows as {vary['dim']}²")
+    for growth in vary.get("flop_growth", []):
+        if growth["superlinear"]:
+            lines.append(f"`{growth['module']}` FLOPs grow as {vary['dim']}^{growth['exponent']}")
+    return lines
+
+
+def _gradient(evidence: dict[str, Any]) -> dict[str, Any]:
+    grads, trace = evidence.get("grads"), evidence.get("trace")
+    forward_path = NOT_MEASURED
+    if trace:
+        steps = [f"`{c['module']}` → {'; '.join(render.shape(r['shape']) for r in c['outputs'])}"
+                 for c in trace["calls"] if c["depth"] == 1]
+        forward_path = ", then ".join(steps) if steps else NOT_MEASURED
+    if not grads:
+        return {"forward_path": forward_path, "backward_path": NOT_MEASURED, "stability": NOT_MEASURED,
+                "reasoning": [evidence.get("not_measured", {}).get("grads", "grads.py did not run")], "chart": "",
+                "groups": [], "global_norms": NOT_MEASURED}
+    profile = [p for p in grads.get("depth_profile", []) if p.get("grad_norm_mean") is not None]
+    if len(profile) >= 2:
+        backward_path = (f"gradient norm {render.sci(profile[-1]['grad_norm_mean'])} at `{profile[-1]['layer']}` "
+                         f"(nearest the loss) and {render.sci(profile[0]['grad_norm_mean'])} at `{profile[0]['layer']}` "
+                         f"(nearest the input), over {len(profile)} layers in forward order")
+    else:
+        backward_path = "fewer than two layers received gradient"
+    reasoning = [f"**{f['severity']}** {f['kind']} at `{f['where']}`: {f['message']}" for f in grads.get("findings", [])
+                 if f["severity"] in ("RISK", "CAUTION")] or ["no RISK or CAUTION finding in the sampled batches"]
+    groups = [f"`{name}` (prefix `{g['prefix']}`): {'reached' if g['reached'] else '**NOT reached**'}, "
+              f"{g['parameters_reached']} of {g['trainable']} trainable tensors got gradient, "
+              f"mean norm {render.sci(g['grad_norm'])}" for name, g in grads.get("groups", {}).items()]
+    norms = grads.get("global_grad_norms", [])
+    global_norms = ", ".join(render.sci(n) for n in norms if isinstance(n, (int, float))) or NOT_MEASURED
+    return {"forward_path": forward_path, "backward_path": backward_path, "stability": grads.get("stability", NOT_MEASURED),
+            "reasoning": reasoning, "chart": grads.get("mermaid_chart", ""), "groups": groups, "global_norms": global_norms}
+
+
+def _training(evidence: dict[str, Any]) -> list[dict[str, Any]]:
+    recommendations = _get(evidence, "recommend", "recommendations") or []
+    sections: dict[str, list[dict[str, str]]] = {}
+    for item in recommendations:
+        heading = TRAINING_HEADINGS.get(item["setting"], "Other")
+        label = item["setting"].replace("_", " ") + (f" ({item['role'].replace('_', ' ')})" if item.get("role") else "")
+        sections.setdefault(heading, []).append({"label": label, "text": item["text"],
+                                                 "justification": item.get("justification", ""),
+                                                 "rule": item.get("rule", "")})
+    return [{"heading": heading, "items": sections[heading]} for heading in HEADING_ORDER if heading in sections]
+
+
+def _issues(evidence: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
+    issues: dict[int, list[dict[str, str]]] = {1: [], 2: []}
+    for finding in evidence.get("reviewer_findings", []):
+        issues[finding["priority"]].append({"title": finding["title"], "current_state": finding["current_state"],
+                                            "impact": finding["impact"], "fix": finding["fix"],
+                                            "source": f"reviewer ({finding['evidence']})" if finding.get("evidence") else "reviewer"})
+    for finding in _get(evidence, "grads", "findings") or []:
+        priority = SEVERITY_PRIORITY.get(finding["severity"])
+        if priority:
+            issues[priority].append({"title": f"{finding['kind'].replace('_', ' ')} at `{finding['where']}`",
+                                     "current_state": finding["message"], "impact": "gradient flow",
+                                     "fix": finding.get("fix") or "see grads.py's finding", "source": "grads.py"})
+    for finding in _get(evidence, "lint", "findings") or []:
+        priority = SEVERITY_PRIORITY.get(finding["severity"])
+        if priority:
+            issues[priority].append({"title": f"{finding['rule']} at {finding['file']}:{finding['line']}",
+                                     "current_state": f"`{finding['code']}`: {finding['message']}",
+                                     "impact": "the autograd graph", "fix": finding.get("fix", ""), "source": "lint.py"})
+    memory = evidence.get("memory") or {}
+    if memory.get("fits") is False:
+        issues[1].append({"title": f"batch {memory.get('batch_size')} does not fit {memory.get('gpu', 'the budget')}",
+                          "current_state": f"peak {render.mib(memory['peak_bytes'])} > budget {render.mib(memory.get('budget_bytes'))}",
+                          "impact": "out-of-memory at the first step",
+                          "fix": f"largest batch that fits: {memory.get('max_batch_size')}", "source": "memory.py"})
+    return {"p1": issues[1], "p2": issues[2]}
+
+
+def _performance(evidence: dict[str, Any], derived: dict[str, Any]) -> list[str]:
+    params, memory, flops = evidence.get("params", {}), evidence.get("memory"), evidence.get("flops")
+    lines = [f"**Model Size**: {render.mib(params.get('parameter_bytes'))} of parameters "
+             f"({render.count(params.get('parameter_bytes'))} bytes)"]
+    if memory:
+        breakdown = memory.get("breakdown", {})
+        lines.append(f"**Training step peak**: {render.mib(memory['peak_bytes'])} at batch {memory.get('batch_size')} — "
+                     + ", ".join(f"{name.replace('_', ' ')} {render.mib(value)}" for name, value in breakdown.items()))
+        if "activation_bytes_per_sample" in derived:
+            lines.append(f"**Activation Memory per Sample**: {render.mib(derived['activation_bytes_per_sample'])}")
+        lines.append(f"**Inference peak**: {render.mib(memory['inference_peak_bytes'])}")
+        if memory.get("max_batch_size") is not None:
+            lines.append(f"**Largest batch that fits {memory.get('gpu', 'the budget')}**: {memory['max_batch_size']} "
+                         f"(budget {render.mib(memory.get('budget_bytes'))})")
+    else:
+        lines.append(f"**Training memory**: {NOT_MEASURED} ({evidence.get('not_measured', {}).get('memory', '')})")
+    gpu = _get(flops, "gpu", "description") if flops else None
+    if flops and "estimated_step_milliseconds" in derived:
+        lines.append(f"**Estimated training step**: {derived['estimated_step_milliseconds']:.3g} ms on {gpu} "
+                     f"(roofline, MFU {flops.get('mfu')})")
+    else:
+        lines.append(f"**Estimated training step**: {NOT_MEASURED}")
+    if flops and "inference_milliseconds_per_batch" in derived:
+        lines.append(f"**Inference Latency**: {derived['inference_milliseconds_per_batch']:.3g} ms per batch of "
+                     f"{flops.get('batch_size')} on {gpu}")
+    return lines
+
+
+def _checklist(evidence: dict[str, Any]) -> list[str]:
+    items = []
+    kind = _get(evidence, "recommend", "architecture", "architecture")
+    if kind in INIT_ADVICE:
+        items.append(f"Initialise weights: {INIT_ADVICE[kind]}")
+    dropouts = sum(1 for c in _get(evidence, "trace", "calls", default=[]) if "Dropout" in c["type"])
+    items.append(f"Call model.eval() before inference ({dropouts} dropout module call(s) in the traced forward)")
+    clip = next((r for r in _get(evidence, "recommend", "recommendations", default=[]) if r["setting"] == "gradient_clipping"), None)
+    if clip:
+        items.append(f"Clip by global norm: torch.nn.utils.clip_grad_norm_(model.parameters(), {clip['text'].split(' ')[0]})")
+    if evidence.get("grads"):
+        items.append("Log the global gradient norm every step; the sampled batches gave "
+                     + ", ".join(render.sci(n) for n in evidence["grads"]["global_grad_norms"] if isinstance(n, (int, float))))
+    masks = [r["name"] for r in _get(evidence, "trace", "inputs", default=[]) if r["dtype"] == "bool"]
+    if masks:
+        items.append(f"Validate during the first iteration that padding positions in {', '.join('`' + m + '`' for m in masks)} "
+                     "do not change the output (padding must be masked in attention and in pooling)")
+    for group, data in (_get(evidence, "grads", "groups") or {}).items():
+        items.append(f"Check that `{group}` keeps receiving gradient after any architecture change "
+                     f"({'reached' if data['reached'] else 'NOT reached'} now)")
+    return items
+
+
+def build_view(evidence: dict[str, Any]) -> dict[str, Any]:
+    evidence["derived"] = derive(evidence)
+    trace = evidence.get("trace")
+    return {
+        "model": _get(evidence, "params", "model") or evidence["target"],
+        "target": evidence["target"],
+        "command": evidence["command"],
+        "overview": _overview(evidence),
+        "inputs": _tensor_rows(trace["inputs"]) if trace else [],
+        "outputs": _tensor_rows(trace["outputs"]) if trace else [],
+        "walkthrough": _walkthrough(trace),
+        "scaling": _scaling(trace),
+        "gradient": _gradient(evidence),
+        "training": _training(evidence),
+        "issues": _issues(evidence),
+        "performance": _performance(evidence, evidence["derived"]),
+        "checklist": _checklist(evidence),
+        "not_measured": [f"{name}: {reason}" for name, reason in evidence.get("not_measured", {}).items()],
+    }

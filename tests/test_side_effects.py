@@ -1,0 +1,75 @@
+"""No script changes the user's model: values, tensors, grads, requires_grad, modes, hooks, RNG — also on failure."""
+
+import importlib
+
+import pytest
+import torch
+
+from conftest import REPO, assert_same_state, model_state
+from model_expert.__main__ import CAPABILITIES
+from model_expert.cli import main
+from model_expert.target import import_location
+
+FIXTURES = "tests/fixtures/models.py"
+# Capabilities that take a model TARGET (the others read JSON files).
+MODEL_CAPABILITIES = [name for name, module in CAPABILITIES.items()
+                      if hasattr(importlib.import_module(module), "CAPABILITY")]
+# Extra arguments a capability needs on these fixtures (kept small: this runs every capability).
+EXTRA_ARGS = {"memory": ["--target-device", "cpu"], "report": None}
+
+
+@pytest.fixture(autouse=True)
+def at_repo_root(monkeypatch):
+    monkeypatch.chdir(REPO)
+
+
+def _argv(capability, target, inputs, extra):
+    module = importlib.import_module(CAPABILITIES[capability])
+    takes_inputs = "--inputs" in module.CAPABILITY.parser()._option_string_actions
+    return module.CAPABILITY, [f"{FIXTURES}:{target}", *(["--inputs", f"{FIXTURES}:{inputs}"] if takes_inputs else []), *extra, "--json"]
+
+
+def _fixture(name):
+    return getattr(import_location(FIXTURES, "TARGET"), name)
+
+
+@pytest.mark.parametrize("capability", MODEL_CAPABILITIES)
+def test_success_leaves_model_untouched(capability, capsys):
+    extra = EXTRA_ARGS.get(capability, [])
+    if extra is None:
+        pytest.skip(f"{capability} is covered by its own side-effect test")
+    model = _fixture("SIDE_EFFECT_MODEL")
+    before = model_state(model)
+    code = main(*_argv(capability, "SIDE_EFFECT_MODEL", "side_effect_inputs", extra))
+    assert code == 0, capsys.readouterr().err
+    assert_same_state(before, model_state(model))
+
+
+@pytest.mark.parametrize("capability", MODEL_CAPABILITIES)
+def test_failing_forward_leaves_model_untouched(capability, capsys):
+    extra = EXTRA_ARGS.get(capability, [])
+    if extra is None:
+        pytest.skip(f"{capability} is covered by its own side-effect test")
+    model = _fixture("RAISING_MODEL")
+    before = model_state(model)
+    code = main(*_argv(capability, "RAISING_MODEL", "raising_inputs", extra))
+    captured = capsys.readouterr()
+    if capability == "params":  # params never runs forward
+        assert code == 0
+    else:
+        assert code == 2 and captured.out == "" and "planted failure" in captured.err
+    assert_same_state(before, model_state(model))
+
+
+def test_guard_restores_after_interrupt():
+    from model_expert.guard import preserved
+    model = _fixture("SIDE_EFFECT_MODEL")
+    before = model_state(model)
+    with pytest.raises(KeyboardInterrupt):
+        with preserved(model):
+            model.train()
+            model(torch.randn(4, 4)).sum().backward()
+            torch.rand(3)
+            model.head.weight.data.mul_(2)
+            raise KeyboardInterrupt
+    assert_same_state(before, model_state(model))
