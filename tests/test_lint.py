@@ -71,7 +71,7 @@ DEFECT_FILES = {
 def test_planted_defects_caught_with_rule_and_exact_line(filename):
     path = os.path.join(DEFECTS, filename)
     name, forward_raises = DEFECT_FILES[filename]
-    data = run_json([f"{path}:{name}"])
+    data = run_json([f"{path}:{name}", *(["--static-only"] if forward_raises else [])])
     assert in_file(data, path) == planted(path)
     for finding in data["findings"]:
         assert finding["severity"] == lint.RULES[finding["rule"]].severity
@@ -79,8 +79,20 @@ def test_planted_defects_caught_with_rule_and_exact_line(filename):
             with open(finding["file"], encoding="utf-8") as stream:
                 assert finding["code"] == stream.read().splitlines()[finding["line"] - 1].strip()
     forward = next(d for d in data["dynamic"] if d["check"] == "forward")
-    assert forward["status"] == ("problem" if forward_raises else "ok")
-    assert any(f["rule"] == "forward-failed" for f in data["findings"]) == forward_raises
+    assert forward["status"] == ("skipped" if forward_raises else "ok")
+
+
+@pytest.mark.parametrize("filename", sorted(f for f, (_, raises) in DEFECT_FILES.items() if raises))
+def test_failing_forward_is_one_line_exit_2_pointing_at_the_source_findings(filename, capsys):
+    path = os.path.join(DEFECTS, filename)
+    name, _ = DEFECT_FILES[filename]
+    assert cli.main(lint.CAPABILITY, [f"{path}:{name}", "--json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.strip().splitlines()) == 1
+    risks = sum(lint.RULES[rule].severity == "RISK" for rule, _ in planted(path))
+    cautions = sum(lint.RULES[rule].severity == "CAUTION" for rule, _ in planted(path))
+    assert f"reading the source found {risks} RISK, {cautions} CAUTION" in captured.err
+    assert "--static-only" in captured.err
 
 
 def test_every_planted_rule_file_is_covered():
@@ -257,26 +269,33 @@ def test_model_unchanged_after_lint_also_after_a_failing_forward(filename, name)
     model.register_forward_hook(lambda *a: None)
     inputs = cli.default_input_source(loaded).build("cpu")
     before = _state(model)
-    data = lint.lint_model(model, inputs, model_name=name)
+    if DEFECT_FILES[filename][1]:
+        with pytest.raises(cli.UserError, match="forward failed"):
+            lint.lint_model(model, inputs, model_name=name)
+    else:
+        assert lint.lint_model(model, inputs, model_name=name)["custom_functions"]
     _assert_same(before, _state(model))
-    assert data["findings"] or data["custom_functions"]
 
 
 def test_dynamic_checks_find_dtype_and_device_problems():
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
-    data = lint.lint_model(model, ModelInputs(args=(torch.randn(2, 4, dtype=torch.float64),)))
-    assert {f["rule"] for f in data["findings"]} >= {"input-dtype-mismatch", "forward-failed"}
+    findings = lint.check_dtypes(model, ModelInputs(args=(torch.randn(2, 4, dtype=torch.float64),)))[2]
+    assert [(f.rule, f.detail) for f in findings] == [
+        ("input-dtype-mismatch", "input args[0] is float64, parameters are float32")]
+    with pytest.raises(cli.UserError, match="forward failed in module '0' .*float64"):  # Linear refuses float64
+        lint.lint_model(model, ModelInputs(args=(torch.randn(2, 4, dtype=torch.float64),)))
 
     model[1].to(torch.float64)
-    data = lint.lint_model(model, ModelInputs(args=(torch.randn(2, 4),)))
-    mixed = [f for f in data["findings"] if f["rule"] == "mixed-parameter-dtypes"]
-    assert len(mixed) == 1 and "float32 (2 tensors), float64 (2 tensors)" in mixed[0]["message"]
+    status, _, findings = lint.check_dtypes(model, ModelInputs(args=(torch.randn(2, 4),)))
+    assert status == "problem"
+    assert [(f.rule, f.detail) for f in findings] == [
+        ("mixed-parameter-dtypes", "parameters are float32 (2 tensors), float64 (2 tensors)")]
 
     model = nn.Linear(4, 2)
-    data = lint.lint_model(model, ModelInputs(args=(torch.randn(2, 4, device="meta"),)))
-    devices = next(d for d in data["dynamic"] if d["check"] == "devices")
-    assert devices["status"] == "problem" and "cpu" in devices["detail"] and "meta" in devices["detail"]
-    assert any(f["rule"] == "device-mismatch" and f["severity"] == "RISK" for f in data["findings"])
+    status, detail, findings = lint.check_devices(model, ModelInputs(args=(torch.randn(2, 4, device="meta"),)))
+    assert status == "problem"
+    assert detail == "cpu: weight, bias (2); meta: input args[0] (1)"
+    assert [f.rule for f in findings] == ["device-mismatch"] and lint.RULES["device-mismatch"].severity == "RISK"
 
 
 def test_follow_depth_zero_reads_only_forward():

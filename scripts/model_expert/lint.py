@@ -9,6 +9,9 @@ What is scanned (a written rule, printed with the results):
     functions of the user's files that it calls, `--follow-depth` levels deep (default 2).
   * a class whose source cannot be read (defined by exec, in a REPL) is listed as skipped with the reason.
 
+The forward runs once, inside guard.preserved; if it raises, the script follows the CLI contract (one
+line, exit 2) and the line says what the source read found; `--static-only` lists it without running.
+
 Static rules are heuristics on the syntax tree: they name the line and the reason; the dynamic
 checks measure. Every rule, its severity, why it matters and the fix live in RULES, once.
 """
@@ -107,9 +110,6 @@ RULES: dict[str, Rule] = {rule.id: rule for rule in (
          "a float input whose dtype differs from the weights either fails (Linear: 'expected both to be the same "
          "dtype') or is upcast, costing memory and time",
          "cast the inputs to the parameters' dtype, or run under torch.autocast"),
-    Rule("forward-failed", "RISK", "forward raised with the given inputs",
-         "the model could not run once with these inputs, so the dynamic checks did not run",
-         "fix the error named in the message, or pass the right inputs (--input / --inputs)"),
     Rule("custom-function-gradcheck", "RISK", "custom autograd.Function fails gradcheck",
          "its backward does not match finite differences of its forward (float64): gradients through it are wrong",
          "fix backward so it returns d(output)/d(input) for each input, or use torch operations and let "
@@ -1134,11 +1134,11 @@ def lint_model(model: nn.Module, inputs: ModelInputs | None, model_name: str = "
                 try:
                     with torch.enable_grad():
                         call_model(model, inputs, model_name)
-                    dynamic.append({"check": "forward", "status": "ok",
-                                    "detail": f"ran once with {', '.join(shape_text(t) for _, t in _input_tensors(inputs)) or 'no tensors'}"})
                 except ModelCallError as error:
-                    dynamic.append({"check": "forward", "status": "problem", "detail": str(error)})
-                    findings.append(Finding("forward-failed", None, None, None, model_name, str(error)))
+                    # The CLI contract: a failed run is one line and exit 2. Point at what the source read found.
+                    raise UserError(f"{error}{_static_hint(static['findings'])}") from error
+            dynamic.append({"check": "forward", "status": "ok",
+                            "detail": f"ran once with {', '.join(shape_text(t) for _, t in _input_tensors(inputs)) or 'no tensors'}"})
             recorded = recorder.calls
 
     custom_functions = []
@@ -1177,6 +1177,19 @@ def lint_model(model: nn.Module, inputs: ModelInputs | None, model_name: str = "
             "counts": counts, "findings": ordered,
             "classes_scanned": static["classes_scanned"], "classes_ignored": static["classes_ignored"],
             "custom_functions": custom_functions, "dynamic": dynamic}
+
+
+def _static_hint(findings: list[Finding]) -> str:
+    """'; reading the source found 2 RISK, 1 CAUTION (first: parameter-in-place at f.py:14); ...' or ''."""
+    serious = sorted((f for f in findings if RULES[f.rule].severity != "INFO"),
+                     key=lambda f: (SEVERITIES.index(RULES[f.rule].severity), f.line or 0))
+    if not serious:
+        return ""
+    counts = ", ".join(f"{n} {severity}" for severity in SEVERITIES[:2]
+                       if (n := sum(RULES[f.rule].severity == severity for f in serious)))
+    first = serious[0]
+    return (f"; reading the source found {counts} (first: {first.rule} at {_relative(first.file)}:{first.line}); "
+            f"rerun with --static-only to list them")
 
 
 def _class_kind_for_function(cls: type, scan_libraries: bool) -> bool:
