@@ -8,6 +8,7 @@ import sys
 # capability name -> module holding CAPABILITY (or a main(argv) function for non-model tools)
 CAPABILITIES = {
     "params": "model_expert.params",
+    "lint": "model_expert.lint",
     "trace": "model_expert.trace",
     "memory": "model_expert.memory.cli",
     "report": "model_expert.report",
