@@ -8,6 +8,7 @@ import sys
 # capability name -> module holding CAPABILITY (or a main(argv) function for non-model tools)
 CAPABILITIES = {
     "params": "model_expert.params",
+    "grads": "model_expert.grads",
 }
 
 
