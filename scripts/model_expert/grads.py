@@ -354,7 +354,8 @@ def run_batch(model: nn.Module, parameters: list[nn.Parameter], inputs: ModelInp
     flat = values[2 + len(norms):]
     for row, name in enumerate(calls):
         low, high = flat[row * width], flat[row * width + 1]
-        entry = record.module_stats.setdefault(name, {"max_abs": 0.0, "underflow": 0.0, "numel": 0, "finite": True})
+        entry = record.module_stats.setdefault(name, {"max_abs": 0.0, "underflow": 0.0 if width == 3 else None,
+                                                      "numel": 0, "finite": True})
         finite = math.isfinite(low) and math.isfinite(high)
         if not finite and entry["finite"] and record.first_non_finite_module is None:
             record.first_non_finite_module = name
@@ -613,7 +614,8 @@ def _merge_activation(entries: list[dict[str, float] | None]) -> dict[str, Any]:
     numel = sum(e["numel"] for e in present)
     return {"max_abs_activation": max(e["max_abs"] for e in present),
             "output_finite": all(e["finite"] for e in present),
-            "underflow_fraction": (sum(e["underflow"] for e in present) / numel) if numel else None}
+            "underflow_fraction": (sum(e["underflow"] for e in present) / numel
+                                   if numel and present[0]["underflow"] is not None else None)}
 
 
 def _depth_decades(profile: list[dict[str, Any]]) -> float | None:
