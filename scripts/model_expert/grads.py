@@ -83,6 +83,9 @@ ACTIVATION_RULES: dict[str, ActivationRule] = {
     "GELUActivation": _SOFT, "NewGELUActivation": _SOFT, "FastGELUActivation": _SOFT,
     "QuickGELUActivation": _SOFT, "GELUTanh": _SOFT, "PytorchGELUTanh": _SOFT, "SiLUActivation": _SOFT,
 }
+DEAD_UNITS_SCOPE = ("activation modules whose class is one of " + ", ".join(ACTIVATION_RULES) + "; functional calls "
+                    "(F.relu, F.gelu, nn.TransformerEncoderLayer(activation='gelu')) run inside another module's "
+                    "forward and are not seen")
 # Modules whose 3-D output is channels-first (B, C, L): a following activation's unit is dim 1.
 CHANNELS_FIRST_TYPES = (nn.Conv1d, nn.ConvTranspose1d, nn.BatchNorm1d, nn.InstanceNorm1d, nn.MaxPool1d, nn.AvgPool1d)
 
@@ -617,6 +620,7 @@ def _summarise(model, named, parameter_norms, records, probe, causes, groups, pr
         "findings": findings,
         "groups": group_rows,
         "dead_units": dead_units,
+        "dead_units_scope": DEAD_UNITS_SCOPE,
         "first_non_finite_module": next((r.first_non_finite_module for r in records if r.first_non_finite_module), None),
         "stability": stability(findings),
         "stability_rule": STABILITY_RULE,
