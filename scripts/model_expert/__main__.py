@@ -17,6 +17,7 @@ CAPABILITIES = {
     "recommend": "model_expert.recommend",
     "check_grounding": "model_expert.grounding",
     "compare": "model_expert.compare",
+    "grads": "model_expert.grads",
 }
 
 
