@@ -25,9 +25,10 @@ class RankingLoss(nn.Module):
 
 
 def synthetic_relevance(batch_size: int, num_models: int) -> torch.Tensor:
-    """A fixed relevance per dataset (a seeded permutation of 0..M-1); never touches the global RNG."""
-    generator = torch.Generator().manual_seed(1)
-    return torch.stack([torch.randperm(num_models, generator=generator) for _ in range(batch_size)]).float()
+    """A fixed relevance per dataset: model i is (i * 7 + b) mod M; deterministic and free of any RNG."""
+    models = torch.arange(num_models).unsqueeze(0)                                   # (1, M)
+    datasets = torch.arange(batch_size).unsqueeze(1)                                # (B, 1)
+    return ((models * 7 + datasets) % num_models).float()                           # (B, M)
 
 
 def ranking_loss(scores: torch.Tensor) -> torch.Tensor:

@@ -41,11 +41,11 @@ class SimilarityTransformer(nn.Module):
 
 
 def example_inputs(batch_size: int = 8, max_images: int = 64, num_models: int = 32, dim: int = 512):
-    """A padded batch: dataset b holds between max_images/4 and max_images images."""
-    generator = torch.Generator().manual_seed(0)
+    """A padded batch: dataset b holds between max_images/4 and max_images images.
+
+    Built on the default device, so under `with torch.device("meta")` it allocates nothing."""
     lengths = torch.linspace(max_images // 4, max_images, batch_size).round().long()        # (B,)
     padding_mask = torch.arange(max_images).unsqueeze(0) >= lengths.unsqueeze(1)            # (B, T)
-    dataset_embeddings = torch.randn(batch_size, max_images, dim, generator=generator)      # (B, T, 512)
-    model_embeddings = torch.randn(num_models, dim, generator=generator)                    # (M, 512)
-    device = torch.get_default_device()
-    return (dataset_embeddings.to(device), padding_mask.to(device), model_embeddings.to(device))
+    dataset_embeddings = torch.randn(batch_size, max_images, dim)                           # (B, T, 512)
+    model_embeddings = torch.randn(num_models, dim)                                         # (M, 512)
+    return dataset_embeddings, padding_mask, model_embeddings
