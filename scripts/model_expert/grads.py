@@ -472,7 +472,9 @@ def analyse_model(model: nn.Module, build_inputs: Callable[[int], ModelInputs], 
         with probe.attached():
             for index in range(batches):
                 probe.start_batch(index)
-                records.append(run_batch(model, parameters, build_inputs(index), loss_fn, probe,
+                inputs = build_inputs(index)
+                torch.manual_seed(index)  # dropout masks repeat from run to run (the guard restores the RNG)
+                records.append(run_batch(model, parameters, inputs, loss_fn, probe,
                                          autocast_dtype, device_type, model_name))
         causes = _no_gradient_causes(model, named, records, probe, build_inputs, loss_fn, model_name)
     return _summarise(model, named, parameter_norms, records, probe, causes, groups, precision, batches)

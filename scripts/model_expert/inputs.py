@@ -247,7 +247,8 @@ def as_model_inputs(value: Any, origin: str) -> ModelInputs:
 
 
 class FactoryInputs(InputSource):
-    """Inputs from a function; if it accepts `batch_size`, the batch can be resized."""
+    """Inputs from a function. Its integer keyword parameters are resizable dims: `batch_size` is the
+    batch (B); any other (e.g. `max_images`) is resized by its own name (--dim, --vary)."""
 
     def __init__(self, function: Callable[..., Any], origin: str):
         self.function = function
@@ -256,15 +257,17 @@ class FactoryInputs(InputSource):
             parameters = inspect.signature(function).parameters
         except (TypeError, ValueError):
             parameters = {}
+        self.int_parameters = {name: p.default for name, p in parameters.items()
+                               if isinstance(p.default, int) and not isinstance(p.default, bool)}
         self.accepts_batch_size = "batch_size" in parameters
         self.batch_dim_name = BATCH_DIM_NAME if self.accepts_batch_size else None
 
     @property
     def resizable_dims(self) -> dict[str, int]:
-        if not self.accepts_batch_size:
-            return {}
-        default = inspect.signature(self.function).parameters["batch_size"].default
-        return {BATCH_DIM_NAME: default} if isinstance(default, int) else {}
+        dims = {name: default for name, default in self.int_parameters.items() if name != "batch_size"}
+        if "batch_size" in self.int_parameters:
+            dims = {BATCH_DIM_NAME: self.int_parameters["batch_size"], **dims}
+        return dims
 
     def build(self, device, dim_overrides=None, seed=0) -> ModelInputs:
         overrides = dict(dim_overrides or {})
@@ -274,9 +277,12 @@ class FactoryInputs(InputSource):
                 raise UserError(f"{self.origin} does not accept batch_size=, so the batch cannot "
                                 f"be changed; add a batch_size keyword to it")
             call_kwargs["batch_size"] = overrides.pop(BATCH_DIM_NAME)
-        if overrides:
-            raise UserError(f"{self.origin} can only resize the batch (B); cannot resize "
-                            f"{', '.join(overrides)}; use --input specs with named dims instead")
+        unknown = sorted(name for name in overrides if name not in self.int_parameters or name == "batch_size")
+        if unknown:
+            resizable = ", ".join(self.resizable_dims) or "none"
+            raise UserError(f"{self.origin} has no integer keyword {', '.join(unknown)} to resize; "
+                            f"it can resize {resizable} (B is its batch_size)")
+        call_kwargs.update(overrides)
         rng = torch.get_rng_state()
         try:
             torch.manual_seed(seed)

@@ -702,6 +702,11 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
     memory = [_section(_read_json(p, "--memory-json"), "memory", p, "--memory-json") for p in args.memory_json]
     grads = _section(_read_json(args.grads_json, "--grads-json"), "grads", args.grads_json,
                      "--grads-json") if args.grads_json else None
+    # report.py hands over what it already measured (no second run of memory.py / grads.py).
+    provided = getattr(args, "evidence", None) or {}
+    params_file = params_file or provided.get("params")
+    memory = memory or list(provided.get("memory") or [])
+    grads = grads if grads is not None else provided.get("grads")
     session = cli.open_session(args)
     model = session.model
     sources: dict[str, str] = {}
@@ -717,10 +722,12 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
     with preserved(model):
         params = params_file or count_parameters(model)
         architecture = kind_from_override(kinds) if kinds else detect_kind(model, args.loss, forward_shapes)
-    sources["params"] = f"--params-json {args.params_json}" if params_file else "counted here (params.py)"
+    sources["params"] = (f"--params-json {args.params_json}" if args.params_json else
+                         "report.py's params section" if params_file else "counted here (params.py)")
     base_argv = _forwarded_options(args)
     if memory:
-        sources["memory"] = "--memory-json " + " ".join(args.memory_json)
+        sources["memory"] = ("--memory-json " + " ".join(args.memory_json) if args.memory_json
+                             else "report.py's memory sections")
     else:
         for gpu in dict.fromkeys((find_gpu(args.gpu).name, find_gpu(args.cluster_gpu).name)):
             data, why = _run_capability("model_expert.memory", base_argv + ["--gpu", gpu])
@@ -728,7 +735,7 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
                 memory.append(data)
             sources["memory"] = "measured here (memory.py)" if memory else f"{NOT_MEASURED}: {why}"
     if grads is not None:
-        sources["grads"] = f"--grads-json {args.grads_json}"
+        sources["grads"] = f"--grads-json {args.grads_json}" if args.grads_json else "report.py's grads section"
     else:
         grads, why = _run_capability("model_expert.grads", base_argv)
         sources["grads"] = "measured here (grads.py)" if grads is not None else f"{NOT_MEASURED}: {why}"

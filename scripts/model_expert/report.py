@@ -27,7 +27,7 @@ SECTION_MODULES = {"params": "model_expert.params", "trace": "model_expert.trace
 # Options of the report that only the report reads.
 REPORT_ONLY = {"out", "findings", "skip", "json", "markdown", "debug", "target"}
 # Per-section options that differ from the section's own default when it runs inside the report.
-SECTION_DEFAULTS = {"trace": {"max_depth": 2}, "params": {"depth": 2}, "flops": {"depth": 2}}
+SECTION_DEFAULTS = {"params": {"depth": 2}, "flops": {"depth": 2}}
 FINDING_KEYS = ("priority", "title", "current_state", "impact", "fix")
 
 
@@ -60,15 +60,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def section_namespace(capability: cli.Capability, args: argparse.Namespace, extra: dict[str, Any]) -> argparse.Namespace:
     """The section's own defaults, overlaid with the report's options of the same name."""
     namespace = capability.parser().parse_args([args.target])
-    for key, value in {**SECTION_DEFAULTS.get(capability.name, {}), **extra}.items():
-        if hasattr(namespace, key):
-            setattr(namespace, key, value)
+    for key, value in SECTION_DEFAULTS.get(capability.name, {}).items():
+        setattr(namespace, key, value)
     for key, value in vars(args).items():
-        if key in REPORT_ONLY or not hasattr(namespace, key):
-            continue
-        if value is None or value == []:
+        if key in REPORT_ONLY or not hasattr(namespace, key) or value is None or value == []:
             continue
         setattr(namespace, key, value)
+    for key, value in extra.items():
+        if hasattr(namespace, key):
+            setattr(namespace, key, value)
     return namespace
 
 
@@ -100,38 +100,51 @@ def progress(message: str) -> None:
     sys.stderr.flush()
 
 
+def section_plan(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any]]]:
+    """(evidence key, capability, option overrides) in run order; memory runs once per card."""
+    plan: list[tuple[str, str, dict[str, Any]]] = []
+    for name in SECTIONS:
+        if name in args.skip:
+            continue
+        if name == "memory":
+            plan.append(("memory", "memory", {"gpu": args.gpu}))
+            if args.cluster_gpu and args.cluster_gpu != args.gpu:
+                plan.append(("memory_cluster", "memory", {"gpu": args.cluster_gpu}))
+        elif name == "trace":
+            plan.append(("trace", "trace", {"vary": args.vary} if args.vary else {}))
+        elif name == "flops":
+            plan.append(("flops", "flops", {"gpu": args.gpu}))
+        else:
+            plan.append((name, name, {}))
+    return plan
+
+
 def collect(args: argparse.Namespace, on_progress: Callable[[str], None] = progress) -> dict[str, Any]:
     """Run every section; a section that fails after the forward is known to work is recorded, not fatal."""
-    sections = [name for name in SECTIONS if name not in args.skip]
+    plan = section_plan(args)
     evidence: dict[str, Any] = {"schema": "model-expert/report/1", "target": args.target,
                                 "command": "python scripts/report.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-                                "not_measured": {}}
-    for position, name in enumerate(sections, start=1):
+                                "loss": args.loss, "not_measured": {}}
+    for position, (key, name, overrides) in enumerate(plan, start=1):
         module = load_section_module(name)
         if module is None:
-            evidence["not_measured"][name] = "this installation has no such capability"
+            evidence["not_measured"][key] = "this installation has no such capability"
             continue
-        extra: dict[str, Any] = {}
-        if name == "trace" and args.vary:
-            extra["vary"] = args.vary
+        namespace = section_namespace(module.CAPABILITY, args, overrides)
         if name == "recommend":
-            extra["evidence"] = {key: evidence[key] for key in ("params", "memory", "grads") if key in evidence}
-        if name == "memory":
-            extra["budget_bytes"] = None
-        namespace = section_namespace(module.CAPABILITY, args, extra)
-        if name == "recommend":
-            namespace.evidence = extra["evidence"]
+            namespace.evidence = {"params": evidence.get("params"), "grads": evidence.get("grads"),
+                                  "memory": [evidence[k] for k in ("memory", "memory_cluster") if k in evidence]}
         started = time.perf_counter()
-        on_progress(f"[{position}/{len(sections)}] {name} ...")
+        on_progress(f"[{position}/{len(plan)}] {key} ...")
         try:
-            evidence[name] = {"schema": module.CAPABILITY.schema, **module.CAPABILITY.analyse(namespace)}
+            evidence[key] = {"schema": module.CAPABILITY.schema, **module.CAPABILITY.analyse(namespace)}
         except UserError as error:
             if name in ("params", "trace"):
                 raise
-            evidence["not_measured"][name] = str(error)
-            on_progress(f"[{position}/{len(sections)}] {name} not measured: {error}")
+            evidence["not_measured"][key] = str(error)
+            on_progress(f"[{position}/{len(plan)}] {key} not measured: {error}")
             continue
-        on_progress(f"[{position}/{len(sections)}] {name} done in {time.perf_counter() - started:.1f} s")
+        on_progress(f"[{position}/{len(plan)}] {key} done in {time.perf_counter() - started:.1f} s")
     if args.findings:
         evidence["reviewer_findings"] = read_findings(args.findings)
     return evidence

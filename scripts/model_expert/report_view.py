@@ -15,13 +15,15 @@ NOT_MEASURED = "not measured"
 TRAINING_HEADINGS = {
     "optimizer": "Optimizer", "adam_hyperparameters": "Optimizer",
     "learning_rate": "Learning Rate", "scheduler": "Learning Rate", "warmup": "Learning Rate",
-    "memory_fit": "Batch Size", "batch_size": "Batch Size", "gradient_accumulation": "Batch Size", "cluster": "Batch Size",
+    "memory_fit": "Batch Size", "batch_size": "Batch Size", "grad_accum": "Batch Size",
     "gradient_clipping": "Gradient Clipping",
     "loss": "Loss Function", "loss_function": "Loss Function",
 }
 HEADING_ORDER = ("Optimizer", "Learning Rate", "Batch Size", "Gradient Clipping", "Loss Function", "Other")
 # Which automatic findings become which priority (the reviewer's own findings carry theirs).
 SEVERITY_PRIORITY = {"RISK": 1, "CAUTION": 2}
+# Last modules that squash the output into a bounded range (bad before a ranking/cross-entropy loss).
+BOUNDED_OUTPUT_MODULES = {"Sigmoid", "Softmax", "Tanh", "LogSoftmax", "Hardtanh", "Softsign"}
 # Weight initialisation advice by architecture kind (the seed's Implementation Checklist example).
 INIT_ADVICE = {"transformer": "Xavier-uniform for attention and projection weights (the seed's transformer rule)",
                "autoencoder": "He (Kaiming) initialisation for the ReLU encoder/decoder layers (the seed's ReLU rule)"}
@@ -54,6 +56,9 @@ def derive(evidence: dict[str, Any]) -> dict[str, Any]:
     forward, backward = _get(evidence, "flops", "forward_flops"), _get(evidence, "flops", "backward_flops")
     if forward is not None and backward is not None:
         derived["training_flops_per_batch"] = forward + backward
+    by_op = _get(evidence, "flops", "flops_by_op") or {}
+    if by_op:
+        derived["training_flops_by_op"] = {op: v["forward_flops"] + v["backward_flops"] for op, v in by_op.items()}
     return derived
 
 
@@ -61,7 +66,7 @@ def _tensor_rows(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
     return [{"name": r["name"], "shape": render.shape(r["shape"]), "dtype": f"torch.{r['dtype']}"} for r in rows]
 
 
-def _overview(evidence: dict[str, Any]) -> dict[str, Any]:
+def _overview(evidence: dict[str, Any], derived: dict[str, Any]) -> dict[str, Any]:
     params, memory, flops = evidence.get("params", {}), evidence.get("memory"), evidence.get("flops")
     kind = _get(evidence, "recommend", "architecture", "architecture") or NOT_MEASURED
     if memory:
@@ -73,8 +78,8 @@ def _overview(evidence: dict[str, Any]) -> dict[str, Any]:
     if flops:
         complexity = (f"{render.flops(flops['forward_flops'])} forward + {render.flops(flops['backward_flops'])} backward "
                       f"per batch; matmul FLOPs by op: "
-                      + ", ".join(f"{op} {render.flops(v['forward_flops'] + v['backward_flops'])}"
-                                  for op, v in sorted(flops.get("flops_by_op", {}).items())))
+                      + ", ".join(f"{op} {render.flops(total)}"
+                                  for op, total in sorted(derived.get("training_flops_by_op", {}).items())))
     else:
         complexity = NOT_MEASURED
     quadratic = _get(evidence, "trace", "vary", "quadratic_intermediates") or []
@@ -105,8 +110,11 @@ def _scaling(trace: dict[str, Any] | None) -> list[str]:
         return []
     small, large = vary["sizes"]
     lines = [f"Traced at {vary['dim']} = {small} and {large}."]
+    shapes_by_module: dict[str, list[str]] = {}
     for item in vary.get("quadratic_intermediates", []):
-        lines.append(f"**[RISK]** `{item['module']}` builds {item['symbolic']} tensors: memory grows as {vary['dim']}²")
+        shapes_by_module.setdefault(item["module"], []).append(item["symbolic"])
+    for module, shapes in shapes_by_module.items():
+        lines.append(f"**[RISK]** `{module}` builds {' and '.join(shapes)} tensors: memory grows as {vary['dim']}²")
     for growth in vary.get("flop_growth", []):
         if growth["superlinear"]:
             lines.append(f"`{growth['module']}` FLOPs grow as {vary['dim']}^{growth['exponent']}")
@@ -151,7 +159,21 @@ def _training(evidence: dict[str, Any]) -> list[dict[str, Any]]:
         sections.setdefault(heading, []).append({"label": label, "text": item["text"],
                                                  "justification": item.get("justification", ""),
                                                  "rule": item.get("rule", "")})
-    return [{"heading": heading, "items": sections[heading]} for heading in HEADING_ORDER if heading in sections]
+    return [{"heading": heading, "entries": sections[heading]} for heading in HEADING_ORDER if heading in sections]
+
+
+def _loss(evidence: dict[str, Any]) -> dict[str, str]:
+    """What the loss receives, from the trace: the seed's loss-alignment check."""
+    outputs = _get(evidence, "trace", "outputs") or []
+    floating = [o for o in outputs if o["dtype"].startswith(("float", "bfloat"))]
+    last_types = [c["type"] for c in _get(evidence, "trace", "calls", default=[]) if c["depth"] == 1][-1:]
+    bounded = last_types and last_types[0] in BOUNDED_OUTPUT_MODULES
+    return {
+        "function": evidence.get("loss") or "default: output.loss if present, else the mean of the floating outputs",
+        "receives": ", ".join(f"`{o['name']}` {o['dtype']}{render.shape(o['shape'])}" for o in floating) or NOT_MEASURED,
+        "range": (f"bounded: the last module is {last_types[0]}; a ranking or cross-entropy loss wants unbounded logits"
+                  if bounded else "unbounded (no sigmoid/softmax/tanh as the last module), as a ranking loss wants"),
+    }
 
 
 def _issues(evidence: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
@@ -239,7 +261,7 @@ def build_view(evidence: dict[str, Any]) -> dict[str, Any]:
         "model": _get(evidence, "params", "model") or evidence["target"],
         "target": evidence["target"],
         "command": evidence["command"],
-        "overview": _overview(evidence),
+        "overview": _overview(evidence, evidence["derived"]),
         "inputs": _tensor_rows(trace["inputs"]) if trace else [],
         "outputs": _tensor_rows(trace["outputs"]) if trace else [],
         "walkthrough": _walkthrough(trace),
@@ -247,6 +269,7 @@ def build_view(evidence: dict[str, Any]) -> dict[str, Any]:
         "gradient": _gradient(evidence),
         "training": _training(evidence),
         "issues": _issues(evidence),
+        "loss": _loss(evidence),
         "performance": _performance(evidence, evidence["derived"]),
         "checklist": _checklist(evidence),
         "not_measured": [f"{name}: {reason}" for name, reason in evidence.get("not_measured", {}).items()],

@@ -192,6 +192,7 @@ def load_model(target: str, kwargs: dict[str, Any] | None = None, config: str | 
         _check_arguments(obj, arguments, label)
         rng = torch.get_rng_state()
         try:
+            torch.manual_seed(0)  # the same initial weights on every run: reviews are reproducible
             with torch.device(device):
                 module = obj(**arguments)
         except UserError:

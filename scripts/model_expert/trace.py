@@ -20,6 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from . import cli, render
 from .errors import UserError
+from .flops import EXTRA_FLOP_FORMULAS
 from .guard import preserved
 from .inputs import ModelInputs, describe_value
 from .runner import call_model
@@ -97,7 +98,8 @@ def trace_calls(model: nn.Module, inputs: ModelInputs, model_name: str, record_o
         handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
         handles.append(module.register_forward_hook(post_hook, with_kwargs=True))
     recorder = _IntermediateRecorder(open_calls) if record_ops else None
-    flop_counter = FlopCounterMode(display=False) if count_flops else None
+    # flops.EXTRA_FLOP_FORMULAS adds the CPU fused attention kernels FlopCounterMode counts as zero.
+    flop_counter = FlopCounterMode(display=False, custom_mapping=EXTRA_FLOP_FORMULAS) if count_flops else None
     try:
         with torch.no_grad() if not torch.is_grad_enabled() else _null():
             if flop_counter is not None:
