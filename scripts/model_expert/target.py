@@ -219,6 +219,18 @@ def _tensors(module: nn.Module):
     yield from module.buffers()
 
 
+def _unpickling_reason(error: BaseException) -> str:
+    """torch's weights_only refusal, reduced to its cause (its text also suggests weights_only=False: we never do)."""
+    text = str(error)
+    if "GLOBAL" in text:
+        blocked = next((line.strip() for line in text.splitlines() if "GLOBAL" in line), "")
+        return (f"it would run code when loaded ({blocked}); loading always uses weights_only=True, so it did not run. "
+                f"Save a plain state_dict of tensors instead")
+    if "Unsupported operand" in text or "invalid load key" in text:
+        return "it is not a PyTorch checkpoint (not a pickle of tensors); check the path"
+    return f"weights_only=True loading failed ({_first_line(error)})"
+
+
 def load_checkpoint(loaded: LoadedModel, path: str) -> None:
     """Load a state dict with weights_only=True; name missing and unexpected keys."""
     if not os.path.isfile(path):
@@ -226,8 +238,7 @@ def load_checkpoint(loaded: LoadedModel, path: str) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        raise UserError(f"--checkpoint '{path}' was refused: it is not plain tensors "
-                        f"(loading uses weights_only=True, so pickled code never runs): {_first_line(error)}") from None
+        raise UserError(f"--checkpoint '{path}' was refused: {_unpickling_reason(error)}") from None
     except Exception as error:
         raise UserError(f"--checkpoint '{path}' is not a PyTorch checkpoint: {type(error).__name__}: "
                         f"{_first_line(error)}") from None
