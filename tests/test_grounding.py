@@ -205,3 +205,21 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path):
         result = _run(*args)
         assert result.returncode == 2 and result.stdout == ""
         assert len(result.stderr.strip().splitlines()) == 1 and "error:" in result.stderr
+
+
+def test_grouped_number_is_one_number_not_a_list():
+    # 3, 488 and 1 are all in the evidence, but "3,488,001" claims one count that is not
+    evidence = grounding.Evidence([3.0, 488.0, 1.0, 3_488_000.0])
+    assert grounding.check_text("total 3,488,001", evidence).ungrounded
+    assert not grounding.check_text("total 3,488,000", evidence).ungrounded
+    assert not grounding.check_text("shape [3,488,1]", evidence).ungrounded  # a bracketed list reads element-wise
+
+
+def test_units_match_only_evidence_of_their_kind():
+    data = {"grads": {"global_grad_norms": [0.045]}, "flops": {"estimated_step_seconds": 0.00241},
+            "memory": {"breakdown": {"activations": 48_992_768}}}
+    evidence = grounding.Evidence(grounding.evidence_values(data), (), grounding.evidence_values_by_kind(data))
+    assert grounding.check_text("latency 45 ms", evidence).ungrounded  # 0.045 is a gradient norm, not a time
+    assert not grounding.check_text("step 2.41 ms", evidence).ungrounded
+    assert not grounding.check_text("activations 46.7 MiB", evidence).ungrounded  # bytes by the enclosing key
+    assert not grounding.check_text("norm 0.045", evidence).ungrounded  # no unit: any value

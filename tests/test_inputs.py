@@ -61,8 +61,17 @@ def test_factory_batch_size_and_shapes():
     inputs = source.build("cpu", {"B": 6})
     assert inputs.args[0].shape == (6, 3) and inputs.kwargs["mask"].shape == (6,)
     assert source.resizable_dims == {"B": 4}
-    with pytest.raises(UserError, match="only resize the batch"):
+    with pytest.raises(UserError, match="no integer keyword T"):
         source.build("cpu", {"T": 3})
+
+
+def test_factory_integer_keywords_are_named_dims():
+    def make(batch_size=2, max_images=5, scale=1.5):
+        return torch.zeros(batch_size, max_images)
+
+    source = FactoryInputs(make, "make()")
+    assert source.resizable_dims == {"B": 2, "max_images": 5}  # scale is a float: not a dim
+    assert source.build("cpu", {"B": 3, "max_images": 7}).args[0].shape == (3, 7)
 
 
 def test_factory_on_meta_device_and_errors():

@@ -618,6 +618,7 @@ def _summarise(model, named, parameter_norms, records, probe, causes, groups, pr
         "parameters": parameter_rows,
         "modules": module_rows,
         "depth_profile": depth_profile,
+        "chart_axis_log10": chart_axis(depth_profile),
         "depth_decades": _depth_decades(depth_profile),
         "findings": findings,
         "groups": group_rows,
@@ -850,12 +851,16 @@ def render_table(data: dict[str, Any], args: argparse.Namespace) -> str:
     return "\n".join(parts)
 
 
+def chart_axis(profile: list[dict[str, Any]]) -> list[int]:
+    """[floor, top] of the chart's y axis: one decade of margin beyond the finite log10 norms."""
+    finite = [p["log10_grad_norm"] for p in profile if p["log10_grad_norm"] is not None]
+    return [math.floor(min(finite)) - 1 if finite else -1, math.ceil(max(finite)) + 1 if finite else 1]
+
+
 def mermaid_chart(profile: list[dict[str, Any]]) -> str:
     """A mermaid xychart-beta bar chart of log10(grad norm) per layer; a layer without a finite norm sits at the floor."""
     values = [p["log10_grad_norm"] for p in profile]
-    finite = [v for v in values if v is not None]
-    floor = math.floor(min(finite)) - 1 if finite else -1
-    top = math.ceil(max(finite)) + 1 if finite else 1
+    floor, top = chart_axis(profile)
     labels = ", ".join('"' + p["layer"].replace('"', "'") + '"' for p in profile)
     bars = ", ".join(f"{(v if v is not None else floor):.2f}" for v in values)
     return "\n".join(["```mermaid", "xychart-beta", '    title "log10 gradient norm per layer (forward order)"',

@@ -78,6 +78,9 @@ def _sign(text: str | None) -> float:
     return -1.0 if text in ("-", "−") else 1.0
 
 
+_GROUPED_RE = re.compile(r"^\d{1,3}(,\d{3})+$")
+
+
 def _parse_token(match: re.Match, line: str) -> NumberToken:
     mantissa = match.group("mantissa")
     digits = mantissa.replace(",", "")
@@ -93,7 +96,10 @@ def _parse_token(match: re.Match, line: str) -> NumberToken:
     unit_match = _UNIT_RE.match(line, match.end())
     unit = unit_match.group("unit") if unit_match else None
     parts = []
-    if "," in mantissa and "." not in mantissa:
+    # "3,488,001" is one thousands-grouped number; only a token that is not valid grouping ("32,200,51")
+    # or that stands inside brackets ("[32,200,512]", a shape) may be read as a list of numbers.
+    bracketed = start > 0 and line[start - 1] in "[(," and line[match.end():match.end() + 1] in ("]", ")", ",")
+    if "," in mantissa and "." not in mantissa and (bracketed or not _GROUPED_RE.match(mantissa)):
         parts = [(float(p) * 10.0**exponent, 10.0**exponent / 2) for p in mantissa.split(",")]
     return NumberToken(text=line[start:match.end()] + (unit_match.group(0) if unit_match else ""),
                        start=start, end=match.end(), value=value, place=place, unit=unit, parts=parts)
@@ -199,6 +205,47 @@ NOT_EVIDENCE_KEYS: dict[str, str] = {
 }
 
 
+# A number written with a unit of bytes, FLOPs or time is grounded only by evidence of that kind, so
+# "45 ms" is not grounded by some gradient norm that happens to be 0.045. The kind of an evidence
+# value comes from its key, or the nearest enclosing key that has one (breakdown -> bytes).
+UNIT_KINDS = {**{u: "bytes" for u in ("B", "bytes", "byte", "KB", "kB", "MB", "GB", "TB", "KiB", "MiB", "GiB", "TiB")},
+              **{u: "flops" for u in UNITS if "FLOP" in u},
+              **{u: "time" for u in ("ns", "us", "µs", "ms", "s", "sec", "seconds", "min", "minutes", "h", "hours", "hrs")}}
+KEY_KINDS = (  # (kind, test on the key), first match wins
+    ("rate", lambda key: key.endswith("per_s") or "per_second" in key),
+    ("bytes", lambda key: "bytes" in key or key in ("breakdown", "per_gpu_breakdown", "breakdown_detail", "batch_estimates")),
+    ("flops", lambda key: "flops" in key),
+    ("time", lambda key: "seconds" in key or key.endswith("_s")),
+)
+
+
+def _key_kind(key: str, inherited: str | None) -> str | None:
+    return next((kind for kind, test in KEY_KINDS if test(key.lower())), inherited)
+
+
+def evidence_values_by_kind(value: Any) -> dict[str, list[float]]:
+    """Evidence values of a known kind (bytes, flops, time, rate), for numbers written with a unit."""
+    found: dict[str, list[float]] = {}
+    stack: list[tuple[Any, str | None]] = [(value, None)]
+    while stack:
+        item, kind = stack.pop()
+        if isinstance(item, bool) or item is None:
+            continue
+        if isinstance(item, (int, float)):
+            if kind and math.isfinite(item):
+                found.setdefault(kind, []).append(float(item))
+        elif isinstance(item, str):
+            for token, exempt in numbers_in_line(item):
+                token_kind = UNIT_KINDS.get(token.unit or "") or kind
+                if exempt != "name" and token_kind:
+                    found.setdefault(token_kind, []).extend(v for v, _ in token.candidates())
+        elif isinstance(item, dict):
+            stack.extend((v, _key_kind(str(k), kind)) for k, v in item.items() if k not in NOT_EVIDENCE_KEYS)
+        elif isinstance(item, (list, tuple)):
+            stack.extend((v, kind) for v in item)
+    return found
+
+
 def evidence_values(value: Any) -> list[float]:
     """Every number in a JSON value: numeric leaves at any depth, and numbers written in strings
     (each unit reading applied: '51.6 MiB' gives 51.6 x 2**20). Booleans are not numbers; keys are not
@@ -245,17 +292,21 @@ def quoted_rules(value: Any) -> list[str]:
 class Evidence:
     """Sorted evidence values, searched by interval; and the rule texts a review may quote."""
 
-    def __init__(self, values: Iterable[float], quotes: Iterable[str] = ()):
+    def __init__(self, values: Iterable[float], quotes: Iterable[str] = (),
+                 by_kind: dict[str, Iterable[float]] | None = None):
         self.values = sorted(set(values))
         self.quotes = tuple(sorted(set(quotes), key=len, reverse=True))
+        self.by_kind = {kind: sorted(set(v)) for kind, v in by_kind.items()} if by_kind is not None else None
 
-    def contains(self, value: float, tolerance: float) -> bool:
+    def contains(self, value: float, tolerance: float, kind: str | None = None) -> bool:
+        values = self.values if kind is None or self.by_kind is None else self.by_kind.get(kind, [])
         slack = tolerance + 1e-9 * abs(value) + 1e-300
-        index = bisect.bisect_left(self.values, value - slack)
-        return index < len(self.values) and self.values[index] <= value + slack
+        index = bisect.bisect_left(values, value - slack)
+        return index < len(values) and values[index] <= value + slack
 
     def grounds(self, token: NumberToken) -> bool:
-        if any(self.contains(v, t) for v, t in token.candidates()):
+        kind = UNIT_KINDS.get(token.unit or "")
+        if any(self.contains(v, t, kind) for v, t in token.candidates()):
             return True
         # "32,200,512" is either a grouped number or a list of three; the list reading needs every part.
         return bool(token.parts) and all(self.contains(v, t) for v, t in token.parts)
@@ -328,11 +379,14 @@ def check_files(review_path: str, evidence_paths: list[str]) -> GroundingResult:
     review = read_review(review_path)
     values: list[float] = []
     quotes: list[str] = []
+    by_kind: dict[str, list[float]] = {}
     for path in evidence_paths:
         data = read_evidence_file(path)
         values.extend(evidence_values(data))
         quotes.extend(quoted_rules(data))
-    return check_text(review, Evidence(values, quotes))
+        for kind, kind_values in evidence_values_by_kind(data).items():
+            by_kind.setdefault(kind, []).extend(kind_values)
+    return check_text(review, Evidence(values, quotes, by_kind))
 
 
 def render_text(result: GroundingResult, review_path: str) -> str:

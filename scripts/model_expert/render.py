@@ -56,6 +56,16 @@ def flops(value: float | None) -> str:
     return f"{value:,.0f} FLOP"
 
 
+def seconds(value_seconds: float | None) -> str:
+    """A duration with three significant digits in s, ms or µs: 0.00241 -> '2.41 ms'."""
+    if value_seconds is None:
+        return "not measured"
+    for scale, unit in ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs")):
+        if abs(value_seconds) >= scale:
+            return f"{value_seconds / scale:.3g} {unit}"
+    return f"{value_seconds / 1e-6:.3g} µs"
+
+
 def sci(value: float | None, digits: int = 2) -> str:
     """5.4e-04 style for small quantities (gradient norms, learning rates)."""
     return "not measured" if value is None else f"{value:.{digits}e}"
@@ -74,7 +84,7 @@ def markdown_table(rows: list[list[Any]], headers: list[str]) -> str:
 
 
 FILTERS = {"count": count, "short_count": short_count, "mib": mib, "human_bytes": human_bytes,
-           "flops": flops, "sci": sci, "shape": shape}
+           "flops": flops, "seconds": seconds, "sci": sci, "shape": shape}
 
 
 def environment(template_dir: str = TEMPLATE_DIR) -> jinja2.Environment:

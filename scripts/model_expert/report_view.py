@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import render
+from .grads import mermaid_chart
 
 NOT_MEASURED = "not measured"
 # recommend's settings -> the seed's Training Configuration headings, in the seed's order.
@@ -47,12 +48,6 @@ def derive(evidence: dict[str, Any]) -> dict[str, Any]:
     activations = _get(evidence, "memory", "breakdown", "activations")
     if batch and activations is not None:
         derived["activation_bytes_per_sample"] = activations / batch
-    step = _get(evidence, "flops", "estimated_step_seconds")
-    if step is not None:
-        derived["estimated_step_milliseconds"] = step * 1000.0
-    inference = _get(evidence, "flops", "inference_seconds_per_batch")
-    if inference is not None:
-        derived["inference_milliseconds_per_batch"] = inference * 1000.0
     forward, backward = _get(evidence, "flops", "forward_flops"), _get(evidence, "flops", "backward_flops")
     if forward is not None and backward is not None:
         derived["training_flops_per_batch"] = forward + backward
@@ -147,7 +142,8 @@ def _gradient(evidence: dict[str, Any]) -> dict[str, Any]:
     norms = grads.get("global_grad_norms", [])
     global_norms = ", ".join(render.sci(n) for n in norms if isinstance(n, (int, float))) or NOT_MEASURED
     return {"forward_path": forward_path, "backward_path": backward_path, "stability": grads.get("stability", NOT_MEASURED),
-            "reasoning": reasoning, "chart": grads.get("mermaid_chart", ""), "groups": groups, "global_norms": global_norms}
+            "reasoning": reasoning, "chart": mermaid_chart(grads["depth_profile"]) if grads.get("depth_profile") else "",
+            "groups": groups, "global_norms": global_norms}
 
 
 def _training(evidence: dict[str, Any]) -> list[dict[str, Any]]:
@@ -220,13 +216,13 @@ def _performance(evidence: dict[str, Any], derived: dict[str, Any]) -> list[str]
     else:
         lines.append(f"**Training memory**: {NOT_MEASURED} ({evidence.get('not_measured', {}).get('memory', '')})")
     gpu = _get(flops, "gpu", "description") if flops else None
-    if flops and "estimated_step_milliseconds" in derived:
-        lines.append(f"**Estimated training step**: {derived['estimated_step_milliseconds']:.3g} ms on {gpu} "
+    if flops and flops.get("estimated_step_seconds") is not None:
+        lines.append(f"**Estimated training step**: {render.seconds(flops['estimated_step_seconds'])} on {gpu} "
                      f"(roofline, MFU {flops.get('mfu')})")
     else:
         lines.append(f"**Estimated training step**: {NOT_MEASURED}")
-    if flops and "inference_milliseconds_per_batch" in derived:
-        lines.append(f"**Inference Latency**: {derived['inference_milliseconds_per_batch']:.3g} ms per batch of "
+    if flops and flops.get("inference_seconds_per_batch") is not None:
+        lines.append(f"**Inference Latency**: {render.seconds(flops['inference_seconds_per_batch'])} per batch of "
                      f"{flops.get('batch_size')} on {gpu}")
     return lines
 

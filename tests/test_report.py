@@ -1,0 +1,126 @@
+"""report.py end to end: every section rendered from evidence, expected-output files, grounding, findings, PR deltas."""
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, SCRIPTS, check_expected, run_script
+
+ST = ["examples/similarity_transformer.py:SimilarityTransformer", "--config", "examples/config.ini:similarity_transformer",
+      "--loss", "examples/ranking_loss.py:ranking_loss", "--group", "model_path=model_proj", "--group", "dataset_path=dataset_proj"]
+AE = ["examples/autoencoder.py:ModelAutoEncoder", "--config", "examples/config.ini:autoencoder", "--batch-size", "16"]
+SECTIONS = ["### Architecture Overview", "### I/O Specification", "### Gradient Flow Analysis",
+            "### Training Configuration Recommendation", "### Identified Issues & Recommendations",
+            "### Memory & Performance Estimates", "### Implementation Checklist"]
+
+
+def make_report(out, *args):
+    result = run_script("report", *args, "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "report: [1/" in result.stderr  # progress goes to stderr
+    return (out / "analysis.md").read_text(), json.loads((out / "analysis.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def st_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("st") / "review"
+    markdown, evidence = make_report(out, *ST, "--vary", "max_images=32,64", "--steps", "20000")
+    return out, markdown, evidence
+
+
+def normalised(markdown: str, out) -> str:
+    return markdown.replace(str(out), "OUT")
+
+
+def test_every_section_for_the_similarity_transformer(st_report):
+    out, markdown, evidence = st_report
+    for heading in SECTIONS:
+        assert heading in markdown
+    assert "not measured" not in markdown
+    assert evidence["params"]["total"] == 3_488_000 and "3,488,000" in markdown
+    assert "- `padding_mask`: shape `[8, 64]`, dtype `torch.bool`" in markdown
+    assert "**Stability Assessment**: STABLE" in markdown
+    assert "`model_path` (prefix `model_proj`): reached" in markdown and "`dataset_path` (prefix `dataset_proj`): reached" in markdown
+    assert "builds [64, max_images, max_images]" in markdown  # attention over the dataset's images is quadratic
+    assert "```mermaid" in markdown  # the per-layer gradient chart GitHub renders
+    assert "<details>" in (out / "pr.md").read_text()
+
+
+def test_expected_markdown_for_the_examples(st_report, tmp_path):
+    out, markdown, _ = st_report
+    check_expected("analysis_similarity_transformer.md", normalised(markdown, out))
+    ae_out = tmp_path / "ae"
+    ae_markdown, _ = make_report(ae_out, *AE)
+    check_expected("analysis_autoencoder.md", normalised(ae_markdown, ae_out))
+
+
+def test_grounding_passes_the_rendered_report(st_report):
+    out, _, _ = st_report
+    result = run_script("check_grounding", out / "analysis.md", out / "analysis.json")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_grounding_catches_planted_numbers(st_report, tmp_path):
+    out, markdown, _ = st_report
+    forged = markdown.replace("3,488,000 (3.49M", "3,488,001 (3.49M") + "\n- **Inference Latency**: ~45 ms per batch of 32\n"
+    review = tmp_path / "forged.md"
+    review.write_text(forged)
+    result = run_script("check_grounding", review, out / "analysis.json")
+    assert result.returncode == 1
+    flagged = re.findall(r":(\d+): ungrounded (\S+(?: \S+)?):", result.stdout)
+    numbers = {number for _, number in flagged}
+    assert "3,488,001" in numbers and "45 ms" in numbers, result.stdout
+    planted_line = forged.splitlines().index(next(l for l in forged.splitlines() if "3,488,001" in l)) + 1
+    assert str(planted_line) in {line for line, _ in flagged}
+
+
+def test_findings_merge_into_issues(tmp_path, st_report):
+    out, _, _ = st_report
+    findings = tmp_path / "findings.json"
+    findings.write_text(json.dumps([
+        {"priority": 1, "title": "Scores ignore dataset size", "current_state": "mean pooling", "impact": "ranking bias",
+         "fix": "add a length feature", "evidence": "trace.outputs"},
+        {"priority": 2, "title": "Warmup missing", "current_state": "no scheduler", "impact": "early instability",
+         "fix": "linear warmup", "evidence": "recommend.recommendations"}]))
+    review = tmp_path / "with_findings"
+    markdown, evidence = make_report(review, *ST, "--findings", findings, "--skip", "memory", "--skip", "grads")
+    p1 = markdown.split("**Priority 1 (Critical)**:")[1].split("**Priority 2")[0]
+    p2 = markdown.split("**Priority 2 (Important)**:")[1].split("###")[0]
+    assert "1. Scores ignore dataset size" in p1 and "**Fix**: add a length feature" in p1
+    assert "1. Warmup missing" in p2
+    assert evidence["reviewer_findings"][0]["priority"] == 1
+    assert "memory" in evidence["not_measured"] or "memory" not in evidence
+
+
+def test_bad_findings_file_fails_before_any_work(tmp_path):
+    findings = tmp_path / "bad.json"
+    findings.write_text(json.dumps([{"priority": 3, "title": "x", "current_state": "", "impact": "", "fix": ""}]))
+    result = run_script("report", *ST, "--findings", findings, "--out", tmp_path / "never")
+    assert result.returncode == 2 and "priority must be 1 (critical) or 2 (important)" in result.stderr
+    assert not (tmp_path / "never").exists()
+
+
+def test_hugging_face_model_report(tmp_path):
+    markdown, evidence = make_report(tmp_path / "gpt2", "tests/fixtures/hf_models.py:gpt2_tiny",
+                                     "--input", "input_ids=int64[B=2,T=16]<128", "--input", "labels=int64[B,T]<128")
+    for heading in SECTIONS:
+        assert heading in markdown
+    assert evidence["recommend"]["architecture"]["architecture"] == "transformer"
+    assert evidence["grads"]["stability"] == "STABLE"
+    assert "- `input_ids`: shape `[2, 16]`, dtype `torch.int64`" in markdown
+    assert not evidence["not_measured"], evidence["not_measured"]
+    result = run_script("check_grounding", tmp_path / "gpt2" / "analysis.md", tmp_path / "gpt2" / "analysis.json")
+    assert result.returncode == 0, result.stdout
+
+
+def test_compare_two_versions(tmp_path, st_report):
+    base, _, _ = st_report
+    head = tmp_path / "head"
+    make_report(head, *ST, "--kwargs", '{"num_layers": 2}', "--skip", "grads", "--skip", "lint")
+    result = run_script("compare", base / "analysis.json", head / "analysis.json")
+    assert result.returncode == 0, result.stderr
+    # two encoder layers of 789,760 parameters each are gone: 3,488,000 -> 1,908,480
+    assert "3,488,000" in result.stdout and "1,908,480" in result.stdout and "-1,579,520" in result.stdout
