@@ -14,7 +14,7 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import REPO, SCRIPTS, assert_same_state, model_state, run_script
-from model_expert.__main__ import CAPABILITIES
+from model_expert.registry import CAPABILITIES
 from model_expert.cli import main
 from model_expert.errors import UserError
 from model_expert.inputs import SpecInputs, parse_input_spec

@@ -324,10 +324,10 @@ def test_model_is_unchanged_and_installed_capabilities_are_called(files, monkeyp
         cli.add_training_arguments(parser)
         parser.add_argument("--gpu")
 
-    fake = types.ModuleType("model_expert.memory")
-    fake.__spec__ = importlib.machinery.ModuleSpec("model_expert.memory", None)
+    fake = types.ModuleType("model_expert.memory.cli")  # where the registry finds memory's CAPABILITY
+    fake.__spec__ = importlib.machinery.ModuleSpec("model_expert.memory.cli", None)
     fake.CAPABILITY = cli.Capability("memory", 1, "fake", add_arguments, analyse, lambda d, a: "")
-    monkeypatch.setitem(sys.modules, "model_expert.memory", fake)
+    monkeypatch.setitem(sys.modules, "model_expert.memory.cli", fake)
     code = cli.main(rec.CAPABILITY, [f"{files}/models.py:instance", "--json"])
     data = json.loads(capsys.readouterr().out)
     assert code == 0 and calls == ["rtx3060-12gb", "a100-80gb"]

@@ -2,12 +2,10 @@
 
 import json
 import re
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO, SCRIPTS, check_expected, run_script
+from conftest import check_expected, run_script
 
 ST = ["examples/similarity_transformer.py:SimilarityTransformer", "--config", "examples/config.ini:similarity_transformer",
       "--loss", "examples/ranking_loss.py:ranking_loss", "--group", "model_path=model_proj", "--group", "dataset_path=dataset_proj"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import REPO, assert_same_state, model_state
-from model_expert.__main__ import CAPABILITIES
+from model_expert.registry import CAPABILITIES
 from model_expert.cli import main
 from model_expert.target import import_location
 

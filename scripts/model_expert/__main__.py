@@ -5,20 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-# capability name -> module holding CAPABILITY (or a main(argv) function for non-model tools)
-CAPABILITIES = {
-    "params": "model_expert.params",
-    "lint": "model_expert.lint",
-    "trace": "model_expert.trace",
-    "memory": "model_expert.memory.cli",
-    "report": "model_expert.report",
-    "init": "model_expert.init",
-    "flops": "model_expert.flops",
-    "recommend": "model_expert.recommend",
-    "check_grounding": "model_expert.grounding",
-    "compare": "model_expert.compare",
-    "grads": "model_expert.grads",
-}
+from .registry import CAPABILITIES
 
 
 def main(argv: list[str] | None = None) -> int:

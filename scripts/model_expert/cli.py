@@ -163,6 +163,21 @@ class Capability:
         return parser
 
 
+def namespace_for(capability: "Capability", source: argparse.Namespace, overrides: dict[str, Any] | None = None,
+                  skip: frozenset[str] = frozenset()) -> argparse.Namespace:
+    """Options for running CAPABILITY in-process: its parser's defaults, then SOURCE's options of the same
+    name (unset ones and SKIP left out), then OVERRIDES. What the capability lacks is dropped, never an error."""
+    namespace = capability.parser().parse_args([source.target])
+    for key, value in vars(source).items():
+        if key in skip or key == "target" or not hasattr(namespace, key) or value is None or value == []:
+            continue
+        setattr(namespace, key, value)
+    for key, value in (overrides or {}).items():
+        if hasattr(namespace, key):
+            setattr(namespace, key, value)
+    return namespace
+
+
 def write_atomically(path: str, text: str) -> None:
     """Write to a temp file beside PATH, then rename: a reader never sees half a file."""
     directory = os.path.dirname(os.path.abspath(path)) or "."

@@ -533,7 +533,7 @@ def _time_estimate(result: dict[str, Any], gpu: GpuSpec, args: argparse.Namespac
     inference_seconds = estimate["phases"]["forward"]["seconds"]
     batch, tokens = result["batch_size"], result["tokens_per_batch"]
     assumptions = [
-        f"time per phase = max(FLOPs / (peak x MFU), bytes moved / bandwidth); step = forward + backward + optimizer",
+        "time per phase = max(FLOPs / (peak x MFU), bytes moved / bandwidth); step = forward + backward + optimizer",
         f"matmul peak: {gpu.name} {dtype} {gpu.peak_for(dtype) / 1e12:g} TFLOP/s (dense, from gpus.py) for "
         f"--precision {args.precision}" + (" with --allow-tf32" if args.allow_tf32 else ""),
         f"MFU {args.mfu:g}" + (f"; {MFU_SOURCE}" if args.mfu == DEFAULT_MFU else " (from --mfu)"),

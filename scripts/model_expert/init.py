@@ -7,7 +7,6 @@ allows exactly that command. An existing settings.json keeps everything it had.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re

@@ -12,10 +12,6 @@ where a number was not measured the text says "not measured" and names the defau
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib
-import importlib.util
-import io
 import json
 import math
 import os
@@ -25,7 +21,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from . import cli, render
+from . import cli, registry, render
 from .errors import UserError
 from .gpus import GpuSpec, find_gpu
 from .guard import preserved
@@ -585,38 +581,18 @@ def render_slurm(context: dict[str, Any]) -> str:
 
 # ---- gathering evidence from the other capabilities -------------------------------------------------
 
-def _forwarded_options(args: argparse.Namespace) -> list[str]:
-    """The model/input/training options, as the other capabilities' command lines take them."""
-    argv = [args.target, "--device", args.device]
-    for flag, value in (("--kwargs", args.kwargs), ("--config", args.config), ("--checkpoint", args.checkpoint),
-                        ("--inputs", args.inputs), ("--loss", args.loss)):
-        if value:
-            argv += [flag, value]
-    for spec in args.input:
-        argv += ["--input", spec]
-    for dim in args.dim:
-        argv += ["--dim", dim]
-    if args.batch_size is not None:
-        argv += ["--batch-size", str(args.batch_size)]
-    return argv + ["--optimizer", args.optimizer, "--precision", args.precision, "--target-device", args.target_device]
-
-
-def _run_capability(module_name: str, argv: list[str]) -> tuple[dict[str, Any] | None, str]:
-    """Run another capability in-process if it is installed: (its data, '') or (None, why not)."""
-    if importlib.util.find_spec(module_name) is None:
-        return None, f"{module_name} is not installed"
-    capability = getattr(importlib.import_module(module_name), "CAPABILITY", None)
-    if capability is None:
-        return None, f"{module_name} has no CAPABILITY"
-    captured = io.StringIO()
+def _run_capability(name: str, args: argparse.Namespace, overrides: dict[str, Any] | None = None
+                    ) -> tuple[dict[str, Any] | None, str]:
+    """Run another capability in-process with this call's options, if installed: (its data, '') or (None, why not)."""
+    module = registry.load(name)
+    if module is None:
+        return None, f"{name}.py is not installed"
+    namespace = cli.namespace_for(module.CAPABILITY, args, overrides,
+                                  skip=frozenset({"json", "markdown", "debug", "gpu", "evidence"}))
     try:
-        with contextlib.redirect_stderr(captured):
-            namespace = capability.parser().parse_args(argv)
-        return {"schema": capability.schema, **capability.analyse(namespace)}, ""
-    except SystemExit:
-        return None, f"{capability.name}.py refused the options: {captured.getvalue().strip()}"
+        return {"schema": module.CAPABILITY.schema, **module.CAPABILITY.analyse(namespace)}, ""
     except UserError as error:
-        return None, f"{capability.name}.py: {error}"
+        return None, f"{name}.py: {error}"
 
 
 def _read_json(path: str, what: str) -> Any:
@@ -724,20 +700,19 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
         architecture = kind_from_override(kinds) if kinds else detect_kind(model, args.loss, forward_shapes)
     sources["params"] = (f"--params-json {args.params_json}" if args.params_json else
                          "report.py's params section" if params_file else "counted here (params.py)")
-    base_argv = _forwarded_options(args)
     if memory:
         sources["memory"] = ("--memory-json " + " ".join(args.memory_json) if args.memory_json
                              else "report.py's memory sections")
     else:
         for gpu in dict.fromkeys((find_gpu(args.gpu).name, find_gpu(args.cluster_gpu).name)):
-            data, why = _run_capability("model_expert.memory", base_argv + ["--gpu", gpu])
+            data, why = _run_capability("memory", args, {"gpu": gpu})
             if data is not None:
                 memory.append(data)
             sources["memory"] = "measured here (memory.py)" if memory else f"{NOT_MEASURED}: {why}"
     if grads is not None:
         sources["grads"] = f"--grads-json {args.grads_json}" if args.grads_json else "report.py's grads section"
     else:
-        grads, why = _run_capability("model_expert.grads", base_argv)
+        grads, why = _run_capability("grads", args)
         sources["grads"] = "measured here (grads.py)" if grads is not None else f"{NOT_MEASURED}: {why}"
     options = Options(kinds=None, steps=args.steps, global_batch=args.global_batch, gpu=args.gpu,
                       cluster_gpu=args.cluster_gpu, gpus_per_node=args.gpus_per_node, nodes=args.nodes,

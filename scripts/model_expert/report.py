@@ -7,7 +7,6 @@ options of the same name), so the report says exactly what `scripts/<capability>
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import shlex
@@ -15,27 +14,17 @@ import sys
 import time
 from typing import Any, Callable
 
-from . import cli, render
+from . import cli, registry, render
 from .errors import UserError
 
 # Order matters: trace first (a broken forward stops the report there, with the module that failed);
 # recommend last (it reads the params, memory and grads evidence).
 SECTIONS = ("params", "trace", "lint", "grads", "memory", "flops", "recommend")
-SECTION_MODULES = {"params": "model_expert.params", "trace": "model_expert.trace", "lint": "model_expert.lint",
-                   "grads": "model_expert.grads", "memory": "model_expert.memory.cli", "flops": "model_expert.flops",
-                   "recommend": "model_expert.recommend"}
 # Options of the report that only the report reads.
 REPORT_ONLY = {"out", "findings", "skip", "json", "markdown", "debug", "target"}
 # Per-section options that differ from the section's own default when it runs inside the report.
 SECTION_DEFAULTS = {"params": {"depth": 2}, "flops": {"depth": 2}}
 FINDING_KEYS = ("priority", "title", "current_state", "impact", "fix")
-
-
-def load_section_module(name: str):
-    try:
-        return importlib.import_module(SECTION_MODULES[name])
-    except ModuleNotFoundError:
-        return None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,18 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def section_namespace(capability: cli.Capability, args: argparse.Namespace, extra: dict[str, Any]) -> argparse.Namespace:
-    """The section's own defaults, overlaid with the report's options of the same name."""
-    namespace = capability.parser().parse_args([args.target])
-    for key, value in SECTION_DEFAULTS.get(capability.name, {}).items():
-        setattr(namespace, key, value)
-    for key, value in vars(args).items():
-        if key in REPORT_ONLY or not hasattr(namespace, key) or value is None or value == []:
-            continue
-        setattr(namespace, key, value)
-    for key, value in extra.items():
-        if hasattr(namespace, key):
-            setattr(namespace, key, value)
-    return namespace
+    """The section's own defaults, overlaid with the report's options of the same name, then EXTRA."""
+    return cli.namespace_for(capability, args, {**SECTION_DEFAULTS.get(capability.name, {}), **extra},
+                             skip=frozenset(REPORT_ONLY))
 
 
 def read_findings(path: str) -> list[dict[str, Any]]:
@@ -126,7 +106,7 @@ def collect(args: argparse.Namespace, on_progress: Callable[[str], None] = progr
                                 "command": "python scripts/report.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
                                 "loss": args.loss, "not_measured": {}}
     for position, (key, name, overrides) in enumerate(plan, start=1):
-        module = load_section_module(name)
+        module = registry.load(name)
         if module is None:
             evidence["not_measured"][key] = "this installation has no such capability"
             continue

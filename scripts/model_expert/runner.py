@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import torch
@@ -116,28 +115,3 @@ def compute_loss(loss_fn: LossFunction | None, output: Any, origin: str = "--los
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         raise UserError(f"{origin} function returned {shape_text(loss)}; it must return a scalar tensor")
     return loss.reshape(())
-
-
-@dataclass
-class StepResult:
-    output: Any
-    loss: torch.Tensor
-
-
-def forward_backward(model: nn.Module, inputs: ModelInputs, loss_fn: LossFunction | None,
-                     model_name: str = "the model") -> StepResult:
-    """One forward, loss and backward. Gradients accumulate into .grad (the caller's guard restores them)."""
-    output = call_model(model, inputs, model_name)
-    loss = compute_loss(loss_fn, output)
-    if not loss.requires_grad:
-        raise UserError("the loss does not require grad: no parameter of the model reaches it "
-                        "(all frozen, or the output is detached); check requires_grad and the --loss function")
-    with module_stack(model) as stack:
-        try:
-            loss.backward()
-        except (UserError, KeyboardInterrupt):
-            raise
-        except Exception as error:
-            first = (str(error).strip().splitlines() or ["(no message)"])[0]
-            raise ModelCallError(f"backward of {model_name} failed: {type(error).__name__}: {first}") from error
-    return StepResult(output=output, loss=loss.detach())

@@ -1,3 +1,5 @@
 """The memory engine: allocation tracker, device rules, optimizer states, sharding, batch search."""
 
-from .estimate import EstimateOptions, MemoryEstimate, estimate_memory, meta_copy  # noqa: F401
+from .estimate import EstimateOptions, MemoryEstimate, estimate_memory, meta_copy
+
+__all__ = ["EstimateOptions", "MemoryEstimate", "estimate_memory", "meta_copy"]

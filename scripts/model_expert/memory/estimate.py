@@ -18,7 +18,7 @@ from ..inputs import ModelInputs
 from . import device_rules
 from .optimizer_state import OPTIMIZER_RULES, build_optimizer, parameter_bytes, state_tensors, unique_trainable
 from .step import PRECISIONS, MetaGradScaler, cast_inputs, inference_step, training_step
-from .tracker import CATEGORIES, AllocationTracker
+from .tracker import AllocationTracker
 
 # The breakdown every consumer reads: these five keys sum to peak_bytes. Finer roles fold into them.
 BREAKDOWN_KEYS = ("params", "grads", "optimizer_state", "activations", "temporaries")
