@@ -109,7 +109,9 @@ def _scaling(trace: dict[str, Any] | None) -> list[str]:
     for item in vary.get("quadratic_intermediates", []):
         shapes_by_module.setdefault(item["module"], []).append(item["symbolic"])
     for module, shapes in shapes_by_module.items():
-        lines.append(f"**[RISK]** `{module}` builds {' and '.join(shapes)} tensors: memory grows as {vary['dim']}²")
+        lines.append(f"**[CAUTION]** `{module}` builds {' and '.join(shapes)} tensors on the traced attention path: "
+                     f"memory there grows as {vary['dim']}² (CUDA's fused attention, which the memory estimate models, "
+                     f"keeps O({vary['dim']}) per head; the score FLOPs still grow as {vary['dim']}²)")
     for growth in vary.get("flop_growth", []):
         if growth["superlinear"]:
             lines.append(f"`{growth['module']}` FLOPs grow as {vary['dim']}^{growth['exponent']}")
