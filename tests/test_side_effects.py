@@ -35,12 +35,17 @@ def _fixture(name):
     return getattr(import_location(FIXTURES, "TARGET"), name)
 
 
+# (instance, its inputs factory): frozen parts, existing .grad, a hook, BatchNorm; tied weights; a Hugging Face model in eval mode
+CORPUS = [("SIDE_EFFECT_MODEL", "side_effect_inputs"), ("TIED_MODEL", "tied_inputs"), ("GPT2_MODEL", "gpt2_inputs")]
+
+
 @pytest.mark.parametrize("capability", MODEL_CAPABILITIES)
-def test_success_leaves_model_untouched(capability, capsys, tmp_path):
+@pytest.mark.parametrize("target, inputs", CORPUS)
+def test_success_leaves_model_untouched(capability, target, inputs, capsys, tmp_path):
     extra = [a.replace("{tmp}", str(tmp_path / "out")) for a in EXTRA_ARGS.get(capability, [])]
-    model = _fixture("SIDE_EFFECT_MODEL")
+    model = _fixture(target)
     before = model_state(model)
-    code = main(*_argv(capability, "SIDE_EFFECT_MODEL", "side_effect_inputs", extra))
+    code = main(*_argv(capability, target, inputs, extra))
     assert code == 0, capsys.readouterr().err
     assert_same_state(before, model_state(model))
 

@@ -33,7 +33,7 @@ from . import cli, render
 from .errors import UserError
 from .gpus import GpuSpec, find_gpu
 from .guard import preserved
-from .runner import ModelCallError, call_model, compute_loss
+from .runner import ModelCallError, call_model, compute_loss, run_backward
 
 aten = torch.ops.aten
 
@@ -367,17 +367,7 @@ def count_step(model: nn.Module, inputs, loss_fn=None, model_name: str = "the mo
         with counter:
             output = call_model(model, inputs, model_name)
             if backward:
-                loss = compute_loss(loss_fn, output)
-                if not loss.requires_grad:
-                    raise UserError("the loss does not require grad: no parameter of the model reaches it "
-                                    "(all frozen, or the output is detached); check requires_grad and --loss")
-                try:
-                    loss.backward()
-                except (UserError, KeyboardInterrupt):
-                    raise
-                except Exception as error:
-                    first = (str(error).strip().splitlines() or ["(no message)"])[0]
-                    raise ModelCallError(f"backward of {model_name} failed: {type(error).__name__}: {first}") from error
+                run_backward(compute_loss(loss_fn, output), model_name)
     return counter
 
 

@@ -27,7 +27,7 @@ from . import cli, render
 from .errors import UserError
 from .guard import preserved
 from .inputs import ModelInputs
-from .runner import ModelCallError, call_model, compute_loss, floating_leaves
+from .runner import call_model, compute_loss, floating_leaves, run_backward
 
 # --- constants and their sources -------------------------------------------------------------
 FP16_MAX = float(torch.finfo(torch.float16).max)            # 65504: larger activations overflow to inf in fp16
@@ -343,16 +343,7 @@ def run_batch(model: nn.Module, parameters: list[nn.Parameter], inputs: ModelInp
     with autocast:
         output = call_model(model, inputs, model_name)
         loss = compute_loss(loss_fn, output)
-    if not loss.requires_grad:
-        raise UserError("the loss does not require grad: no parameter of the model reaches it "
-                        "(all frozen, or the output is detached); check requires_grad and the --loss function")
-    try:
-        loss.backward()
-    except (UserError, KeyboardInterrupt):
-        raise
-    except Exception as error:
-        first = (str(error).strip().splitlines() or ["(no message)"])[0]
-        raise ModelCallError(f"backward of {model_name} failed: {type(error).__name__}: {first}") from error
+    run_backward(loss, model_name)
 
     indices, norms = gradient_norms(parameters)
     calls, numels, stats = probe.batch_stats()

@@ -115,3 +115,17 @@ def compute_loss(loss_fn: LossFunction | None, output: Any, origin: str = "--los
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         raise UserError(f"{origin} function returned {shape_text(loss)}; it must return a scalar tensor")
     return loss.reshape(())
+
+
+def run_backward(loss: torch.Tensor, model_name: str = "the model") -> None:
+    """loss.backward(), with a loss that reaches no parameter and a failing backward turned into one-line errors."""
+    if not loss.requires_grad:
+        raise UserError("the loss does not require grad: no parameter of the model reaches it "
+                        "(all frozen, or the output is detached); check requires_grad and the --loss function")
+    try:
+        loss.backward()
+    except (UserError, KeyboardInterrupt):
+        raise
+    except Exception as error:
+        first = (str(error).strip().splitlines() or ["(no message)"])[0]
+        raise ModelCallError(f"backward of {model_name} failed: {type(error).__name__}: {first}") from error
