@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import os
 import sys
-import tempfile
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
+from .cli_base import OneLineArgumentParser, json_safe, to_json, write_atomically  # noqa: F401  (re-exported)
 from .errors import UserError  # noqa: F401  (re-exported for capabilities)
 from .inputs import InputSource, ModelInputs, SpecInputs, FactoryInputs
 from .runner import LossFunction
@@ -22,14 +19,6 @@ from .target import DEVICES, LoadedModel, default_input_source, load_function, l
 OPTIMIZERS = ("adamw", "adam", "sgd", "sgd-momentum", "none")
 PRECISIONS = ("fp32", "bf16", "fp16", "bf16-autocast", "fp16-autocast")
 TARGET_DEVICES = ("cuda", "cpu")
-
-
-class OneLineArgumentParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr (exit 2), not the whole usage block."""
-
-    def error(self, message: str):  # type: ignore[override]
-        sys.stderr.write(f"{self.prog}: error: {message}; see {self.prog} --help\n")
-        sys.exit(2)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -126,21 +115,6 @@ def open_session(args: argparse.Namespace) -> Session:
     return Session(loaded=loaded, input_source=source, dim_overrides=parse_dim_overrides(args), loss_fn=loss_fn)
 
 
-def json_safe(value: Any) -> Any:
-    """Non-finite floats become the strings 'nan', 'inf', '-inf' so the JSON stays valid."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
-
-def to_json(data: dict[str, Any]) -> str:
-    return json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n"
-
-
 @dataclass
 class Capability:
     """One script: its options, the analysis returning plain data, and its renderers."""
@@ -176,20 +150,6 @@ def namespace_for(capability: "Capability", source: argparse.Namespace, override
         if hasattr(namespace, key):
             setattr(namespace, key, value)
     return namespace
-
-
-def write_atomically(path: str, text: str) -> None:
-    """Write to a temp file beside PATH, then rename: a reader never sees half a file."""
-    directory = os.path.dirname(os.path.abspath(path)) or "."
-    handle, temp = tempfile.mkstemp(dir=directory, prefix=".model-expert-", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
 
 
 def main(capability: Capability, argv: list[str] | None = None, prog: str | None = None) -> int:

@@ -211,7 +211,7 @@ def render_markdown(result: dict[str, Any], base_name: str, head_name: str) -> s
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
-    from .cli import OneLineArgumentParser
+    from .cli_base import OneLineArgumentParser
     parser = OneLineArgumentParser(prog=prog, description="Compare two evidence files (report analysis.json or "
                                    "a capability's --json) and print what changed as a Markdown table.")
     parser.add_argument("base", metavar="BASE.json")
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None, prog: str = "compare.py") -> int:
         sys.stderr.write(f"{prog}: error: {error}\n")
         return error.exit_code
     if args.json:
-        from .cli import to_json
+        from .cli_base import to_json
         sys.stdout.write(to_json({"schema": SCHEMA, "base": args.base, "head": args.head, **result}))
     else:
         sys.stdout.write(render_markdown(result, args.base, args.head) + "\n")

@@ -399,7 +399,7 @@ def render_text(result: GroundingResult, review_path: str) -> str:
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
-    from .cli import OneLineArgumentParser
+    from .cli_base import OneLineArgumentParser
     parser = OneLineArgumentParser(
         prog=prog, description="Check that every number in a review appears in the evidence JSON "
         "(allowing the rounding the text shows). Exit 0: all grounded; 1: some are not; 2: bad input.")
@@ -421,7 +421,7 @@ def main(argv: list[str] | None = None, prog: str = "check_grounding.py") -> int
         sys.stderr.write(f"{prog}: error: {error}\n")
         return error.exit_code
     if args.json:
-        from .cli import to_json
+        from .cli_base import to_json
         sys.stdout.write(to_json(result.as_json(args.review, args.evidence)))
     else:
         sys.stdout.write(render_text(result, args.review) + "\n")

@@ -1,0 +1,48 @@
+"""Torch-free command-line plumbing, shared by every tool (the JSON-only ones import nothing heavier)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+from typing import Any
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit 2), not the whole usage block."""
+
+    def error(self, message: str):  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message}; see {self.prog} --help\n")
+        sys.exit(2)
+
+
+def json_safe(value: Any) -> Any:
+    """Non-finite floats become the strings 'nan', 'inf', '-inf' so the JSON stays valid."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def to_json(data: dict[str, Any]) -> str:
+    return json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n"
+
+
+def write_atomically(path: str, text: str) -> None:
+    """Write to a temp file beside PATH, then rename: a reader never sees half a file."""
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    handle, temp = tempfile.mkstemp(dir=directory, prefix=".model-expert-", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(temp, path)
+    except BaseException:
+        if os.path.exists(temp):
+            os.unlink(temp)
+        raise
