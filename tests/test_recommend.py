@@ -20,7 +20,7 @@ from model_expert.gpus import find_gpu  # noqa: E402
 from model_expert.target import import_location  # noqa: E402
 
 RTX3060 = find_gpu("rtx3060-12gb").memory_bytes  # int(11.76 * 2**30) = 12,627,203,850
-A100 = find_gpu("a100-80gb").memory_bytes  # int(79.25 * 2**30) = 85,094,039,552
+A100 = find_gpu("a100-40gb").memory_bytes  # the default cluster card: int(39.39 * 2**30) = 42,294,690,447
 SEED_FILE = os.environ.get("MODEL_EXPERT_SEED", "/work/shared/seeds/000_b9b3c2bc5218dda8.txt")
 
 TRANSFORMER = {"architecture": "transformer", "loss_kind": None, "evidence": []}
@@ -83,9 +83,9 @@ def test_transformer_with_measured_memory_and_grads():
     # single GPU: memory.py measured 24 for the 3060's budget; inside the seed's 16-32, so 24.
     assert _value(result, "batch_size", "single_gpu") == 24
     assert _value(result, "grad_accum", "single_gpu") == 11  # ceil(256 / 24) = 11 -> 264
-    # cluster: (85,094,039,552 - 216,473,600) // (400,000,000 / 8) = 1697 fit; clamped to the seed's 32.
+    # cluster (A100 40 GB): (42,294,690,447 - 216,473,600) // (400,000,000 / 8) = 841 fit; clamped to the seed's 32.
     fit = rec.find(result, "memory_fit", "cluster")
-    assert fit["value"] == 1697 and fit["measured"]["per_sample_bytes"] == 50_000_000
+    assert fit["value"] == 841 and fit["measured"]["per_sample_bytes"] == 50_000_000
     assert _value(result, "batch_size", "cluster") == 32
     assert _value(result, "grad_accum", "cluster") == 2  # ceil(256 / (32 x 4)) = 2
     cluster = next(h for h in result["hardware"] if h["role"] == "cluster")
@@ -330,7 +330,7 @@ def test_model_is_unchanged_and_installed_capabilities_are_called(files, monkeyp
     monkeypatch.setitem(sys.modules, "model_expert.memory.cli", fake)
     code = cli.main(rec.CAPABILITY, [f"{files}/models.py:instance", "--json"])
     data = json.loads(capsys.readouterr().out)
-    assert code == 0 and calls == ["rtx3060-12gb", "a100-80gb"]
+    assert code == 0 and calls == ["rtx3060-12gb", "a100-40gb"]
     assert _value(data, "batch_size", "single_gpu") == 20 and _value(data, "batch_size", "cluster") == 32
     assert data["evidence_sources"]["memory"] == "measured here (memory.py)"
     assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -25,7 +25,7 @@ def make_report(out, *args):
 @pytest.fixture(scope="module")
 def st_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("st") / "review"
-    markdown, evidence = make_report(out, *ST, "--vary", "max_images=32,64", "--steps", "20000")
+    markdown, evidence = make_report(out, *ST, "--vary", "max_images=32,64", "--steps", "20000", "--samples-per-epoch", "50000")
     return out, markdown, evidence
 
 
@@ -84,12 +84,17 @@ def test_findings_merge_into_issues(tmp_path, st_report):
         {"priority": 2, "title": "Warmup missing", "current_state": "no scheduler", "impact": "early instability",
          "fix": "linear warmup", "evidence": "recommend.recommendations"}]))
     review = tmp_path / "with_findings"
-    markdown, evidence = make_report(review, *ST, "--findings", findings, "--skip", "memory", "--skip", "grads")
+    markdown, evidence = make_report(review, *ST, "--findings", findings, "--skip", "memory", "--skip", "grads",
+                                     "--samples-per-epoch", "1000")
     p1 = markdown.split("**Priority 1 (Critical)**:")[1].split("**Priority 2")[0]
     p2 = markdown.split("**Priority 2 (Important)**:")[1].split("###")[0]
     assert "1. Scores ignore dataset size" in p1 and "**Fix**: add a length feature" in p1
     assert "1. Warmup missing" in p2
     assert evidence["reviewer_findings"][0]["priority"] == 1
+    # 1,000 samples at batch 8 = ceil(1000 / 8) = 125 steps, each the roofline step time
+    assert evidence["derived"]["steps_per_epoch"] == 125
+    assert evidence["derived"]["epoch_seconds"] == pytest.approx(125 * evidence["flops"]["estimated_step_seconds"])
+    assert "per epoch of 1,000 samples (125 steps at batch 8)" in markdown
     assert "memory" in evidence["not_measured"] or "memory" not in evidence
 
 

@@ -55,6 +55,12 @@ GPUS: dict[str, GpuSpec] = {spec.name: spec for spec in (
     _gpu("h200-141gb",   "NVIDIA H200 SXM 141 GB",           139.8, 67.0,  494.7, 989.4, 989.4, 4800, ("h200",)),
 )}
 
+# The cards the reviews are sized for: a single consumer GPU, and the user's cluster node
+# (Purdue Anvil's GPU nodes carry 4 x NVIDIA A100 40 GB).
+DEFAULT_CONSUMER_GPU = "rtx3060-12gb"
+DEFAULT_CLUSTER_GPU = "a100-40gb"
+DEFAULT_CLUSTER_GPUS_PER_NODE = 4
+
 _BY_ALIAS = {alias: spec for spec in GPUS.values() for alias in (spec.name, *spec.aliases)}
 
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from . import cli, registry, render
 from .errors import UserError
-from .gpus import GpuSpec, find_gpu
+from .gpus import DEFAULT_CLUSTER_GPU, DEFAULT_CLUSTER_GPUS_PER_NODE, DEFAULT_CONSUMER_GPU, GpuSpec, find_gpu
 from .guard import preserved
 from .params import count_parameters
 
@@ -491,9 +491,9 @@ class Options:
     kinds: list[str] | None = None  # --kind override
     steps: int | None = None
     global_batch: int | None = None
-    gpu: str = "rtx3060-12gb"
-    cluster_gpu: str = "a100-80gb"
-    gpus_per_node: int = 4
+    gpu: str = DEFAULT_CONSUMER_GPU
+    cluster_gpu: str = DEFAULT_CLUSTER_GPU
+    gpus_per_node: int = DEFAULT_CLUSTER_GPUS_PER_NODE
     nodes: int = 1
     l1_regularization: bool = False
 
@@ -629,9 +629,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             f"(e.g. transformer,ranking)")
     group.add_argument("--steps", type=int, metavar="N", help="total training steps (sizes the warmup and the schedule)")
     group.add_argument("--global-batch", type=int, metavar="N", help="target global batch; sets gradient accumulation")
-    group.add_argument("--gpu", default="rtx3060-12gb", help="the single (consumer) GPU (default: rtx3060-12gb)")
-    group.add_argument("--cluster-gpu", default="a100-80gb", help="the cluster node's GPU (default: a100-80gb)")
-    group.add_argument("--gpus-per-node", type=int, default=4, metavar="N", help="GPUs per cluster node (default: 4)")
+    group.add_argument("--gpu", default=DEFAULT_CONSUMER_GPU, help=f"the single (consumer) GPU (default: {DEFAULT_CONSUMER_GPU})")
+    group.add_argument("--cluster-gpu", default=DEFAULT_CLUSTER_GPU,
+                       help=f"the cluster node's GPU (default: {DEFAULT_CLUSTER_GPU}, Purdue Anvil's GPU nodes)")
+    group.add_argument("--gpus-per-node", type=int, default=DEFAULT_CLUSTER_GPUS_PER_NODE, metavar="N",
+                       help=f"GPUs per cluster node (default: {DEFAULT_CLUSTER_GPUS_PER_NODE})")
     group.add_argument("--nodes", type=int, default=1, metavar="N", help="cluster nodes (default: 1)")
     group.add_argument("--l1-regularization", action="store_true", help="the loss has an L1 term (autoencoder clipping rule)")
     group = parser.add_argument_group("evidence (otherwise measured here when memory.py/grads.py are installed)")

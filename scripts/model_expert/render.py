@@ -57,10 +57,10 @@ def flops(value: float | None) -> str:
 
 
 def seconds(value_seconds: float | None) -> str:
-    """A duration with three significant digits in s, ms or µs: 0.00241 -> '2.41 ms'."""
+    """A duration with three significant digits in h, min, s, ms or µs: 0.00241 -> '2.41 ms'."""
     if value_seconds is None:
         return "not measured"
-    for scale, unit in ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs")):
+    for scale, unit in ((3600.0, "h"), (60.0, "min"), (1.0, "s"), (1e-3, "ms"), (1e-6, "µs")):
         if abs(value_seconds) >= scale:
             return f"{value_seconds / scale:.3g} {unit}"
     return f"{value_seconds / 1e-6:.3g} µs"

@@ -16,12 +16,13 @@ from typing import Any, Callable
 
 from . import cli, registry, render
 from .errors import UserError
+from .gpus import DEFAULT_CLUSTER_GPU, DEFAULT_CONSUMER_GPU
 
 # Order matters: trace first (a broken forward stops the report there, with the module that failed);
 # recommend last (it reads the params, memory and grads evidence).
 SECTIONS = ("params", "trace", "lint", "grads", "memory", "flops", "recommend")
 # Options of the report that only the report reads.
-REPORT_ONLY = {"out", "findings", "skip", "json", "markdown", "debug", "target"}
+REPORT_ONLY = {"out", "findings", "skip", "json", "markdown", "debug", "target", "samples_per_epoch"}
 # Per-section options that differ from the section's own default when it runs inside the report.
 SECTION_DEFAULTS = {"params": {"depth": 2}, "flops": {"depth": 2}}
 FINDING_KEYS = ("priority", "title", "current_state", "impact", "fix")
@@ -39,9 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--vary", metavar="NAME=V1,V2", help="passed to trace: what scales with a named input dim")
     group.add_argument("--group", action="append", default=[], metavar="NAME=PREFIX", help="passed to grads: parameter groups")
     group.add_argument("--batches", type=int, default=None, help="passed to grads: sampled batches")
-    group.add_argument("--gpu", default="rtx3060-12gb", help="the single-GPU card for memory/flops/recommend (default: rtx3060-12gb)")
-    group.add_argument("--cluster-gpu", default="a100-80gb", help="the cluster card for recommend (default: a100-80gb)")
+    group.add_argument("--gpu", default=DEFAULT_CONSUMER_GPU,
+                       help=f"the single-GPU card for memory/flops/recommend (default: {DEFAULT_CONSUMER_GPU})")
+    group.add_argument("--cluster-gpu", default=DEFAULT_CLUSTER_GPU,
+                       help=f"the cluster card for memory/recommend (default: {DEFAULT_CLUSTER_GPU}, Purdue Anvil's GPU nodes)")
     group.add_argument("--steps", type=int, default=None, help="passed to recommend: total training steps")
+    group.add_argument("--samples-per-epoch", type=int, default=None, metavar="N",
+                       help="dataset size: adds the estimated time per epoch (steps x the roofline step time)")
     group.add_argument("--global-batch", type=int, default=None, help="passed to recommend: target global batch")
     cli.add_output_arguments(parser, markdown=False)
 
@@ -104,7 +109,7 @@ def collect(args: argparse.Namespace, on_progress: Callable[[str], None] = progr
     plan = section_plan(args)
     evidence: dict[str, Any] = {"schema": "model-expert/report/1", "target": args.target,
                                 "command": "python scripts/report.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-                                "loss": args.loss, "not_measured": {}}
+                                "loss": args.loss, "samples_per_epoch": args.samples_per_epoch, "not_measured": {}}
     for position, (key, name, overrides) in enumerate(plan, start=1):
         module = registry.load(name)
         if module is None:
@@ -131,6 +136,8 @@ def collect(args: argparse.Namespace, on_progress: Callable[[str], None] = progr
 
 
 def analyse(args: argparse.Namespace) -> dict[str, Any]:
+    if args.samples_per_epoch is not None and args.samples_per_epoch < 1:
+        raise UserError(f"--samples-per-epoch must be a positive whole number, not {args.samples_per_epoch}")
     if args.findings:
         read_findings(args.findings)  # fail before minutes of work, not after
     out = os.path.abspath(args.out)

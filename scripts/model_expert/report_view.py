@@ -6,6 +6,7 @@ is first written into the evidence's `derived` section by `derive`, so the groun
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from . import render
@@ -48,6 +49,11 @@ def derive(evidence: dict[str, Any]) -> dict[str, Any]:
     activations = _get(evidence, "memory", "breakdown", "activations")
     if batch and activations is not None:
         derived["activation_bytes_per_sample"] = activations / batch
+    step_seconds, flops_batch = _get(evidence, "flops", "estimated_step_seconds"), _get(evidence, "flops", "batch_size")
+    samples = evidence.get("samples_per_epoch")
+    if samples and step_seconds is not None and flops_batch:
+        derived["steps_per_epoch"] = math.ceil(samples / flops_batch)
+        derived["epoch_seconds"] = derived["steps_per_epoch"] * step_seconds
     forward, backward = _get(evidence, "flops", "forward_flops"), _get(evidence, "flops", "backward_flops")
     if forward is not None and backward is not None:
         derived["training_flops_per_batch"] = forward + backward
@@ -223,6 +229,12 @@ def _performance(evidence: dict[str, Any], derived: dict[str, Any]) -> list[str]
                      f"(roofline, MFU {flops.get('mfu')})")
     else:
         lines.append(f"**Estimated training step**: {NOT_MEASURED}")
+    if "epoch_seconds" in derived:
+        lines.append(f"**Estimated Training Time**: {render.seconds(derived['epoch_seconds'])} per epoch of "
+                     f"{render.count(evidence['samples_per_epoch'])} samples ({render.count(derived['steps_per_epoch'])} "
+                     f"steps at batch {flops.get('batch_size')}) on {gpu}")
+    else:
+        lines.append("**Estimated Training Time**: per epoch not measured (pass --samples-per-epoch N)")
     if flops and flops.get("inference_seconds_per_batch") is not None:
         lines.append(f"**Inference Latency**: {render.seconds(flops['inference_seconds_per_batch'])} per batch of "
                      f"{flops.get('batch_size')} on {gpu}")
