@@ -127,3 +127,13 @@ def test_compare_two_versions(tmp_path, st_report):
     assert result.returncode == 0, result.stderr
     # two encoder layers of 789,760 parameters each are gone: 3,488,000 -> 1,908,480
     assert "3,488,000" in result.stdout and "1,908,480" in result.stdout and "-1,579,520" in result.stdout
+
+
+def test_readme_shows_the_current_review():
+    """The README's real review is the expected file (which the Quickstart command reproduces)."""
+    from conftest import REPO
+    readme = (REPO / "README.md").read_text()
+    expected = (REPO / "tests" / "expected" / "analysis_similarity_transformer.md").read_text().replace("--out OUT", "--out review")
+    assert expected in readme, "README's review is stale: paste tests/expected/analysis_similarity_transformer.md into it"
+    quickstart = readme.split("# (1)")[1].splitlines()[1]
+    assert expected.split("Reproduce with:_ `")[1].split("`")[0] in quickstart
