@@ -150,7 +150,10 @@ def test_nothing_measured_is_said_and_defaults_are_the_seeds():
 def test_unknown_kind_and_ranking_composition():
     mlp = _recommend({"model": "MLP", "params": {"total": 1000}, "memory": MEMORY_3060})
     assert _value(mlp, "optimizer") is None and rec.find(mlp, "optimizer")["text"] == "outside the seed's rules"
-    assert _value(mlp, "batch_size", "single_gpu") == 24  # the memory limit, no seed range
+    # no seed range for this kind: the memory limit (24) is reported as a ceiling, no batch is recommended
+    batch = rec.find(mlp, "batch_size", "single_gpu")
+    assert batch["value"] is None and batch["measured"]["max_batch_that_fits"] == 24
+    assert batch["text"].startswith("outside the seed's rules") and "24 is the memory ceiling" in batch["text"]
     ranking_only = _recommend({"model": "MLP", "params": {"total": 1000},
                                "architecture": {"architecture": None, "loss_kind": "ranking", "evidence": []}})
     assert rec.find(ranking_only, "optimizer")["rule"] == "optimizer.ranking"
@@ -335,3 +338,14 @@ def test_model_is_unchanged_and_installed_capabilities_are_called(files, monkeyp
     assert data["evidence_sources"]["memory"] == "measured here (memory.py)"
     assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_l1_term_detected_from_attributes():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("ae_example", "examples/autoencoder.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.ModelAutoEncoder(input_dim=8, hidden_dims=[4], embedding_dim=2)
+    assert rec.l1_attributes(model) == ["l1_weight=0.0001"]
+    model.l1_weight = 0.0  # switched off: no L1 term
+    assert rec.l1_attributes(model) == []

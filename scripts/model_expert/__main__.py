@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(module, "CAPABILITY"):
         from .cli import main as run
         return run(module.CAPABILITY, rest, prog=f"model-expert {name}")
-    return module.main(rest)
+    return module.main(rest, prog=f"model-expert {name}")
 
 
 if __name__ == "__main__":

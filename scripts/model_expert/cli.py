@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import os
+import warnings
 import sys
 import traceback
 from dataclasses import dataclass, field
@@ -152,12 +156,32 @@ def namespace_for(capability: "Capability", source: argparse.Namespace, override
     return namespace
 
 
+@contextlib.contextmanager
+def quiet_libraries(enabled: bool):
+    """Library warnings and Hugging Face log lines would break the one-line error contract and clutter
+    the output; they are shown with --debug."""
+    if not enabled:
+        yield
+        return
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # for a transformers imported from here on
+    hf_logger = logging.getLogger("transformers")
+    level = hf_logger.level
+    hf_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logger.setLevel(level)
+
+
 def main(capability: Capability, argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = capability.parser(prog)
     args = parser.parse_args(argv)
     debug = getattr(args, "debug", False)
     try:
-        data = {"schema": capability.schema, **capability.analyse(args)}
+        with quiet_libraries(not debug):
+            data = {"schema": capability.schema, **capability.analyse(args)}
         if getattr(args, "json", False):
             text = to_json(data)
         elif getattr(args, "markdown", False) and capability.render_markdown is not None:

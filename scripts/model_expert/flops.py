@@ -68,6 +68,7 @@ _DATA_MOVEMENT_OPS = frozenset({
     "tril", "triu", "roll", "flip", "repeat", "select_backward", "slice_backward", "masked_scatter",
     "lift_fresh_copy", "rand", "randn", "randint", "rand_like", "randn_like", "randperm", "resize_",
     "split_with_sizes_copy", "unbind_copy", "_local_scalar_dense", "nonzero", "masked_select",
+    "unsafe_split", "unsafe_split_with_sizes", "unsafe_chunk",
 })
 _NORMALISATION_OPS = frozenset({
     "native_layer_norm", "native_layer_norm_backward", "native_group_norm", "native_group_norm_backward",

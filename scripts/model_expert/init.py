@@ -69,8 +69,8 @@ def install(directory: str, force: bool = False) -> list[str]:
     return [destination for destination, _ in planned]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = OneLineArgumentParser(prog="model-expert init", description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, prog: str = "model-expert init") -> int:
+    parser = OneLineArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("directory", nargs="?", default=".", help="repository root (default: current directory)")
     parser.add_argument("--force", action="store_true", help="replace an existing, different agent or command file")
     args = parser.parse_args(argv)

@@ -54,7 +54,7 @@ class Rule:
 
 RULES: dict[str, Rule] = {rule.id: rule for rule in (
     # ---- static: read from the source ----
-    Rule("tensor-to-python", "RISK", ".item() / .tolist() in forward",
+    Rule("tensor-to-python", "RISK", ".item() / .tolist() / float(t) / int(t) in forward",
          "turns a tensor into Python numbers: anything computed from them carries no gradient, and on a GPU "
          "it waits for the device (a sync every step)",
          "keep the value as a tensor (x.sum(), not x.sum().item()); use .item() only for logging, outside forward"),
@@ -126,6 +126,8 @@ METHOD_RULES = {
     "numpy": "tensor-to-numpy",
     "detach": "detach", "detach_": "detach",
 }
+# Python builtins that turn a tensor into a Python number, like .item(): float(t), int(t), bool(t).
+PYTHON_NUMBER_BUILTINS = ("float", "int", "bool", "complex")
 # Zero-gradient operations, as tensor methods and as torch functions; reported only when they reach a return.
 ZERO_GRADIENT_NAMES = ("argmax", "argmin", "round", "sign", "sgn", "floor", "ceil", "trunc")
 # torch callables (by dotted name; aliases resolved through the function's globals) -> rule.
@@ -627,6 +629,10 @@ class FunctionScanner:
                 if node.args and self.is_tensor_expr(node.args[0]):
                     self.add(rule, node, f"{torch_name}({ast.unparse(node.args[0])}) copies a tensor")
             return
+        if (isinstance(func, ast.Name) and func.id in PYTHON_NUMBER_BUILTINS
+                and self.namespace.get(func.id, getattr(builtins, func.id)) is getattr(builtins, func.id)
+                and node.args and self.is_tensor_expr(node.args[0])):
+            self.add("tensor-to-python", node, f"{func.id}() of `{ast.unparse(node.args[0])}`")
         if not isinstance(func, ast.Attribute):
             self._follow(node)
             return

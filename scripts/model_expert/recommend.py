@@ -278,8 +278,9 @@ def _batch_largest_fit(ctx: Context) -> Decision:
     if fits < 1:
         return Decision(None, f"does not fit: batch 1 exceeds {ctx.role.gpu.name}'s memory", measured,
                         "reduce memory or use a larger card")
-    return Decision(fits, f"{fits} (largest that fits; {OUTSIDE} for the range)", measured,
-                    "the seed gives batch ranges for autoencoders and transformers only; this is the memory limit")
+    return Decision(None, f"{OUTSIDE}: no batch range for this kind; {fits} is the memory ceiling, not a recommendation",
+                    measured, "the seed gives batch ranges for autoencoders and transformers only; the largest batch "
+                    "that fits is an upper bound (pass --kind to apply a range)")
 
 
 def _accumulation(ctx: Context, target: int, reason: str) -> Decision:
@@ -429,7 +430,7 @@ RULES: tuple[Rule, ...] = (
          "For transformers: smaller batch sizes (16-32) often work better despite computational inefficiency",
          None, _is("transformer"), _batch_in_range),
     Rule("batch.largest_fit", "batch_size", None, "the seed gives batch ranges for autoencoders and transformers only; "
-         "the memory limit is used", _always, _batch_largest_fit),
+         "the memory limit is reported as a ceiling, no batch is recommended", _always, _batch_largest_fit),
     Rule("accum.not_applicable", "grad_accum", None, "no per-GPU batch was recommended", 
          lambda ctx: ctx.decided["batch_size"].value is None,
          lambda ctx: Decision(None, "—", {}, "no per-GPU batch to accumulate")),
@@ -651,6 +652,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cli.add_output_arguments(parser)
 
 
+def l1_attributes(model) -> list[str]:
+    """The rule for spotting an L1 term in the loss: a numeric attribute of any submodule whose name
+    contains 'l1' (l1_weight, l1_lambda, l1_penalty) with a value above zero."""
+    found = []
+    for path, module in model.named_modules():
+        for name, value in vars(module).items():
+            if "l1" in name.lower() and isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+                found.append(f"{path + '.' if path else ''}{name}={value:g}")
+    return found
+
+
 def _parse_kinds(values: list[str]) -> list[str]:
     kinds = [k.strip().lower() for value in values for k in value.split(",") if k.strip()]
     for kind in kinds:
@@ -700,6 +712,10 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
     with preserved(model):
         params = params_file or count_parameters(model)
         architecture = kind_from_override(kinds) if kinds else detect_kind(model, args.loss, forward_shapes)
+    l1_terms = l1_attributes(model)
+    l1_regularization = args.l1_regularization or bool(l1_terms)
+    sources["l1_regularization"] = ("--l1-regularization" if args.l1_regularization else
+                                    f"detected: {', '.join(l1_terms)}" if l1_terms else "none detected")
     sources["params"] = (f"--params-json {args.params_json}" if args.params_json else
                          "report.py's params section" if params_file else "counted here (params.py)")
     if memory:
@@ -718,7 +734,7 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
         sources["grads"] = "measured here (grads.py)" if grads is not None else f"{NOT_MEASURED}: {why}"
     options = Options(kinds=None, steps=args.steps, global_batch=args.global_batch, gpu=args.gpu,
                       cluster_gpu=args.cluster_gpu, gpus_per_node=args.gpus_per_node, nodes=args.nodes,
-                      l1_regularization=args.l1_regularization)
+                      l1_regularization=l1_regularization)
     result = recommend({"model": session.loaded.name, "params": params, "architecture": architecture,
                         "memory": memory, "grads": grads}, options)
     result = {"target": args.target, **result, "evidence_sources": sources}

@@ -45,6 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--cluster-gpu", default=DEFAULT_CLUSTER_GPU,
                        help=f"the cluster card for memory/recommend (default: {DEFAULT_CLUSTER_GPU}, Purdue Anvil's GPU nodes)")
     group.add_argument("--steps", type=int, default=None, help="passed to recommend: total training steps")
+    group.add_argument("--kind", action="append", default=[], metavar="KIND",
+                       help="passed to recommend: override the detected architecture kind")
+    group.add_argument("--l1-regularization", action="store_true",
+                       help="passed to recommend: the loss has an L1 term (detected from l1_* attributes otherwise)")
     group.add_argument("--samples-per-epoch", type=int, default=None, metavar="N",
                        help="dataset size: adds the estimated time per epoch (steps x the roofline step time)")
     group.add_argument("--global-batch", type=int, default=None, help="passed to recommend: target global batch")

@@ -69,7 +69,10 @@ def _tensor_rows(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
 
 def _overview(evidence: dict[str, Any], derived: dict[str, Any]) -> dict[str, Any]:
     params, memory, flops = evidence.get("params", {}), evidence.get("memory"), evidence.get("flops")
-    kind = _get(evidence, "recommend", "architecture", "architecture") or NOT_MEASURED
+    if "recommend" in evidence:
+        kind = _get(evidence, "recommend", "architecture", "architecture") or "none of the kind rules matched"
+    else:
+        kind = NOT_MEASURED
     if memory:
         memory_line = (f"{render.mib(memory['peak_bytes'])} peak per training step at batch {memory.get('batch_size', '?')} "
                        f"({memory.get('precision', 'fp32')}, {memory.get('optimizer', 'adamw')}); "
@@ -172,11 +175,16 @@ def _loss(evidence: dict[str, Any]) -> dict[str, str]:
     floating = [o for o in outputs if o["dtype"].startswith(("float", "bfloat"))]
     last_types = [c["type"] for c in _get(evidence, "trace", "calls", default=[]) if c["depth"] == 1][-1:]
     bounded = last_types and last_types[0] in BOUNDED_OUTPUT_MODULES
+    ranking = _get(evidence, "recommend", "architecture", "loss_kind") == "ranking"
+    if bounded:
+        output_range = (f"bounded: the last module is {last_types[0]}"
+                        + ("; a ranking loss wants unbounded logits for smooth gradients" if ranking else ""))
+    else:
+        output_range = "unbounded (no sigmoid/softmax/tanh as the last module)" + (", as a ranking loss wants" if ranking else "")
     return {
         "function": evidence.get("loss") or "default: output.loss if present, else the mean of the floating outputs",
         "receives": ", ".join(f"`{o['name']}` {o['dtype']}{render.shape(o['shape'])}" for o in floating) or NOT_MEASURED,
-        "range": (f"bounded: the last module is {last_types[0]}; a ranking or cross-entropy loss wants unbounded logits"
-                  if bounded else "unbounded (no sigmoid/softmax/tanh as the last module), as a ranking loss wants"),
+        "range": output_range,
     }
 
 

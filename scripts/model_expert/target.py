@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import configparser
+import contextlib
 import copy
 import hashlib
 import importlib
@@ -12,6 +13,7 @@ import inspect
 import json
 import os
 import pickle
+import random
 import sys
 import types
 from dataclasses import dataclass, field
@@ -42,6 +44,17 @@ class LoadedModel:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else "(no message)"
+
+
+@contextlib.contextmanager
+def _global_rng_kept():
+    """Importing the user's code must not move the global RNGs (the guard compares them afterwards)."""
+    torch_state, python_state = torch.get_rng_state(), random.getstate()
+    try:
+        yield
+    finally:
+        torch.set_rng_state(torch_state)
+        random.setstate(python_state)
 
 
 def split_reference(text: str, what: str, example: str) -> tuple[str, str]:
@@ -75,14 +88,16 @@ def import_location(location: str, what: str) -> types.ModuleType:
             module = importlib.util.module_from_spec(spec)
             sys.modules[module_name] = module
             try:
-                spec.loader.exec_module(module)
+                with _global_rng_kept():  # module-level code (an instance built at import) draws random numbers
+                    spec.loader.exec_module(module)
             except BaseException:
                 del sys.modules[module_name]
                 raise
             return module
         if os.getcwd() not in sys.path:
             sys.path.insert(0, os.getcwd())
-        return importlib.import_module(location)
+        with _global_rng_kept():
+            return importlib.import_module(location)
     except UserError:
         raise
     except SyntaxError as error:
@@ -256,15 +271,17 @@ def load_checkpoint(loaded: LoadedModel, path: str) -> None:
     expected = loaded.module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
+    mismatched = [f"{k} {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+                  for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
     if missing or unexpected:
         parts = []
         if missing:
             parts.append(f"missing {len(missing)} key(s): {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
         if unexpected:
             parts.append(f"unexpected {len(unexpected)} key(s): {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}")
+        if mismatched:
+            parts.append(f"wrong shapes for {len(mismatched)} key(s): {'; '.join(mismatched[:3])}")
         raise UserError(f"--checkpoint '{path}' does not match {loaded.name}: {'; '.join(parts)}")
-    mismatched = [f"{k} {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-                  for k in expected if tuple(state[k].shape) != tuple(expected[k].shape)]
     if mismatched:
         raise UserError(f"--checkpoint '{path}' has wrong shapes for {len(mismatched)} key(s): "
                         f"{'; '.join(mismatched[:3])}")
