@@ -223,3 +223,14 @@ def test_units_match_only_evidence_of_their_kind():
     assert not grounding.check_text("step 2.41 ms", evidence).ungrounded
     assert not grounding.check_text("activations 46.7 MiB", evidence).ungrounded  # bytes by the enclosing key
     assert not grounding.check_text("norm 0.045", evidence).ungrounded  # no unit: any value
+
+
+def test_each_grounded_number_names_its_evidence():
+    data = {"params": {"total": 3_488_000, "frozen": 0}, "memory": {"peak_bytes": 112_876_032},
+            "recommend": {"note": "measured 3,488,000 parameters"}}
+    result = grounding.check_text("Total 3,488,000 (3.49M), 0 frozen; peak 107.6 MiB",
+                                  grounding.Evidence(grounding.evidence_entries(data)))
+    paths = {m["number"]: m["evidence_path"] for m in result.matches}
+    # a number leaf wins over the same number quoted in a string; exact before rounded
+    assert paths == {"3,488,000": "params.total", "3.49M": "params.total", "0": "params.frozen",
+                     "107.6 MiB": "memory.peak_bytes"}

@@ -223,54 +223,53 @@ def _key_kind(key: str, inherited: str | None) -> str | None:
     return next((kind for kind, test in KEY_KINDS if test(key.lower())), inherited)
 
 
-def evidence_values_by_kind(value: Any) -> dict[str, list[float]]:
-    """Evidence values of a known kind (bytes, flops, time, rate), for numbers written with a unit."""
-    found: dict[str, list[float]] = {}
-    stack: list[tuple[Any, str | None]] = [(value, None)]
-    while stack:
-        item, kind = stack.pop()
-        if isinstance(item, bool) or item is None:
-            continue
-        if isinstance(item, (int, float)):
-            if kind and math.isfinite(item):
-                found.setdefault(kind, []).append(float(item))
-        elif isinstance(item, str):
-            for token, exempt in numbers_in_line(item):
-                token_kind = UNIT_KINDS.get(token.unit or "") or kind
-                if exempt != "name" and token_kind:
-                    found.setdefault(token_kind, []).extend(v for v, _ in token.candidates())
-        elif isinstance(item, dict):
-            stack.extend((v, _key_kind(str(k), kind)) for k, v in item.items() if k not in NOT_EVIDENCE_KEYS)
-        elif isinstance(item, (list, tuple)):
-            stack.extend((v, kind) for v in item)
-    return found
+@dataclass(frozen=True)
+class EvidenceEntry:
+    value: float
+    path: str  # where in the JSON: memory.breakdown.activations, grads.global_grad_norms[2]
+    kind: str | None  # bytes, flops, time, rate, or None when no key says
 
 
-def evidence_values(value: Any) -> list[float]:
-    """Every number in a JSON value: numeric leaves at any depth, and numbers written in strings
-    (each unit reading applied: '51.6 MiB' gives 51.6 x 2**20). Booleans are not numbers; keys are not
-    evidence, nor anything under a key in NOT_EVIDENCE_KEYS."""
-    found: list[float] = []
-    stack = [value]
+def evidence_entries(value: Any, root: str = "") -> list[EvidenceEntry]:
+    """Every number in a JSON value with its path and kind: numeric leaves at any depth, and numbers
+    written in strings (each unit reading applied: '51.6 MiB' gives 51.6 x 2**20). Booleans are not
+    numbers; keys are not evidence, nor anything under a key in NOT_EVIDENCE_KEYS."""
+    found: list[EvidenceEntry] = []
+    stack: list[tuple[Any, str, str | None]] = [(value, root, None)]
     while stack:
-        item = stack.pop()
+        item, path, kind = stack.pop()
         if isinstance(item, bool) or item is None:
             continue
         if isinstance(item, (int, float)):
             if math.isfinite(item):
-                found.append(float(item))
+                found.append(EvidenceEntry(float(item), path, kind))
         elif isinstance(item, str):
             for token, exempt in numbers_in_line(item):
                 if exempt == "name":
                     continue
-                found.extend(v for v, _ in token.candidates())
-                found.append(token.value)
-                found.extend(v for v, _ in token.parts)
+                token_kind = UNIT_KINDS.get(token.unit or "") or kind
+                readings = [v for v, _ in token.candidates()] + [token.value] + [v for v, _ in token.parts]
+                found.extend(EvidenceEntry(v, f"{path} ('{token.text}')", token_kind) for v in readings)
         elif isinstance(item, dict):
-            stack.extend(v for k, v in item.items() if k not in NOT_EVIDENCE_KEYS)
+            stack.extend((v, f"{path}.{k}" if path else str(k), _key_kind(str(k), kind))
+                         for k, v in item.items() if k not in NOT_EVIDENCE_KEYS)
         elif isinstance(item, (list, tuple)):
-            stack.extend(item)
+            stack.extend((v, f"{path}[{i}]", kind) for i, v in enumerate(item))
     return found
+
+
+def evidence_values_by_kind(value: Any) -> dict[str, list[float]]:
+    """Evidence values of a known kind (bytes, flops, time, rate), for numbers written with a unit."""
+    found: dict[str, list[float]] = {}
+    for entry in evidence_entries(value):
+        if entry.kind:
+            found.setdefault(entry.kind, []).append(entry.value)
+    return found
+
+
+def evidence_values(value: Any) -> list[float]:
+    """Every number in a JSON value (see evidence_entries)."""
+    return [entry.value for entry in evidence_entries(value)]
 
 
 def quoted_rules(value: Any) -> list[str]:
@@ -290,26 +289,56 @@ def quoted_rules(value: Any) -> list[str]:
 
 
 class Evidence:
-    """Sorted evidence values, searched by interval; and the rule texts a review may quote."""
+    """Sorted evidence values, searched by interval, each with where it came from; and the rule texts a
+    review may quote. `values` are floats or EvidenceEntry; `by_kind` (floats by kind) turns on the
+    unit-kind rule for floats given without entries."""
 
-    def __init__(self, values: Iterable[float], quotes: Iterable[str] = (),
+    def __init__(self, values: Iterable[float | EvidenceEntry], quotes: Iterable[str] = (),
                  by_kind: dict[str, Iterable[float]] | None = None):
-        self.values = sorted(set(values))
+        entries = [v if isinstance(v, EvidenceEntry) else EvidenceEntry(float(v), "", None) for v in values]
+        if by_kind is not None:
+            entries += [EvidenceEntry(float(v), "", kind) for kind, kind_values in by_kind.items() for v in kind_values]
+        self.kinded = by_kind is not None or any(e.kind for e in entries)
+        self.entries = sorted({(e.value, e.path): e for e in entries}.values(), key=lambda e: e.value)
+        self.values = [e.value for e in self.entries]
+        self.by_kind: dict[str, list[EvidenceEntry]] = {}
+        for entry in self.entries:
+            if entry.kind:
+                self.by_kind.setdefault(entry.kind, []).append(entry)
         self.quotes = tuple(sorted(set(quotes), key=len, reverse=True))
-        self.by_kind = {kind: sorted(set(v)) for kind, v in by_kind.items()} if by_kind is not None else None
+
+    def match(self, value: float, tolerance: float, kind: str | None = None) -> EvidenceEntry | None:
+        """The evidence entry a written value rounds to (of the given kind when the unit says one)."""
+        entries = self.entries if kind is None or not self.kinded else self.by_kind.get(kind, [])
+        values = self.values if entries is self.entries else [e.value for e in entries]
+        slack = tolerance + 1e-9 * abs(value) + 1e-300
+        low, high = bisect.bisect_left(values, value - slack), bisect.bisect_right(values, value + slack)
+        if low >= high:
+            return None
+        # The most telling of the candidates: an exact value before a rounded one, a number before a
+        # number quoted in a string, a short path before a long one.
+        return min(entries[low:high], key=lambda e: (abs(e.value - value) > 1e-9 * max(abs(value), 1e-300),
+                                                     "('" in e.path, e.path.count("."), len(e.path)))
 
     def contains(self, value: float, tolerance: float, kind: str | None = None) -> bool:
-        values = self.values if kind is None or self.by_kind is None else self.by_kind.get(kind, [])
-        slack = tolerance + 1e-9 * abs(value) + 1e-300
-        index = bisect.bisect_left(values, value - slack)
-        return index < len(values) and values[index] <= value + slack
+        return self.match(value, tolerance, kind) is not None
+
+    def grounding(self, token: NumberToken) -> str | None:
+        """Where the evidence has this number ('' for evidence given without paths), or None."""
+        kind = UNIT_KINDS.get(token.unit or "")
+        for v, t in token.candidates():
+            entry = self.match(v, t, kind)
+            if entry is not None:
+                return entry.path
+        # "32,200,512" is either a grouped number or a list of three; the list reading needs every part.
+        if token.parts:
+            paths = [self.match(v, t) for v, t in token.parts]
+            if all(p is not None for p in paths):
+                return " + ".join(p.path for p in paths)
+        return None
 
     def grounds(self, token: NumberToken) -> bool:
-        kind = UNIT_KINDS.get(token.unit or "")
-        if any(self.contains(v, t, kind) for v, t in token.candidates()):
-            return True
-        # "32,200,512" is either a grouped number or a list of three; the list reading needs every part.
-        return bool(token.parts) and all(self.contains(v, t) for v, t in token.parts)
+        return self.grounding(token) is not None
 
 
 # ---- the check ------------------------------------------------------------------------------
@@ -327,11 +356,13 @@ class GroundingResult:
     grounded: int
     exempt: dict[str, int]
     ungrounded: list[Finding]
+    matches: list[dict[str, Any]] = field(default_factory=list)  # each grounded number and where it was found
 
     def as_json(self, review: str, evidence_files: list[str]) -> dict[str, Any]:
         return {"schema": SCHEMA, "review": review, "evidence": evidence_files,
                 "numbers_checked": self.checked, "grounded": self.grounded,
-                "exempt": self.exempt, "ungrounded": [vars(f) for f in self.ungrounded]}
+                "exempt": self.exempt, "ungrounded": [vars(f) for f in self.ungrounded],
+                "grounded_numbers": self.matches}
 
 
 def check_text(review_text: str, evidence: Evidence) -> GroundingResult:
@@ -339,17 +370,20 @@ def check_text(review_text: str, evidence: Evidence) -> GroundingResult:
     checked = grounded = 0
     exempt: dict[str, int] = {}
     ungrounded: list[Finding] = []
+    matches: list[dict[str, Any]] = []
     for line_number, line in enumerate(review_text.splitlines(), start=1):
         for token, rule in numbers_in_line(line, evidence.quotes):
             if rule is not None:
                 exempt[rule] = exempt.get(rule, 0) + 1
                 continue
             checked += 1
-            if evidence.grounds(token):
+            path = evidence.grounding(token)
+            if path is not None:
                 grounded += 1
+                matches.append({"line_number": line_number, "number": token.text.strip(), "evidence_path": path})
             else:
                 ungrounded.append(Finding(line_number, token.text.strip(), line.strip()))
-    return GroundingResult(checked, grounded, exempt, ungrounded)
+    return GroundingResult(checked, grounded, exempt, ungrounded, matches)
 
 
 def read_evidence_file(path: str) -> Any:
@@ -377,16 +411,14 @@ def read_review(path: str) -> str:
 
 def check_files(review_path: str, evidence_paths: list[str]) -> GroundingResult:
     review = read_review(review_path)
-    values: list[float] = []
+    entries: list[EvidenceEntry] = []
     quotes: list[str] = []
-    by_kind: dict[str, list[float]] = {}
     for path in evidence_paths:
         data = read_evidence_file(path)
-        values.extend(evidence_values(data))
+        root = os.path.basename(path) if len(evidence_paths) > 1 else ""
+        entries.extend(evidence_entries(data, root))
         quotes.extend(quoted_rules(data))
-        for kind, kind_values in evidence_values_by_kind(data).items():
-            by_kind.setdefault(kind, []).extend(kind_values)
-    return check_text(review, Evidence(values, quotes, by_kind))
+    return check_text(review, Evidence(entries, quotes))
 
 
 def render_text(result: GroundingResult, review_path: str) -> str:
@@ -406,6 +438,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("review", metavar="REVIEW.md")
     parser.add_argument("evidence", metavar="EVIDENCE.json", nargs="+", help="JSON written by the scripts' --json")
     parser.add_argument("--json", action="store_true", help="print one JSON object with a 'schema' key")
+    parser.add_argument("--explain", action="store_true", help="also list each grounded number and where the evidence has it")
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     return parser
 
@@ -424,5 +457,8 @@ def main(argv: list[str] | None = None, prog: str = "check_grounding.py") -> int
         from .cli_base import to_json
         sys.stdout.write(to_json(result.as_json(args.review, args.evidence)))
     else:
+        if args.explain:
+            sys.stdout.write("".join(f"{args.review}:{m['line_number']}: {m['number']} <- {m['evidence_path'] or '(evidence)'}\n"
+                                     for m in result.matches))
         sys.stdout.write(render_text(result, args.review) + "\n")
     return 1 if result.ungrounded else 0
