@@ -357,3 +357,97 @@ def test_gpu_validation_dry_run_does_not_rot(tmp_path):
     mlp = rows[1]
     assert mlp["breakdown"]["optimizer_state"] >= 2 * mlp_params  # AdamW: 2 x fp32 params (each block rounded up)
     assert mlp["breakdown"]["optimizer_state"] - 2 * mlp_params < 6 * 512
+
+
+# --- the model's or the user's own checkpointing -------------------------------------------------------
+
+def _seq_inputs(batch=4, length=128):
+    return lambda d: ModelInputs(args=(torch.ones(batch, length, 64, device=d),))
+
+
+def test_user_enabled_hf_checkpointing_matches_real_cpu_and_saves_less():
+    plain_model, ckpt_model = models.tiny_gpt2(), models.tiny_gpt2_checkpointed()
+    inputs = lambda d: _dict_on(models.gpt2_inputs(4), d)  # noqa: E731
+    for target in ("cuda", "cpu"):
+        options = EstimateOptions(target_device=target, optimizer="sgd")
+        plain = estimate_memory(plain_model, inputs, None, options)
+        ckpt = estimate_memory(ckpt_model, inputs, None, options)
+        assert ckpt.activation_bytes_end_of_forward < plain.activation_bytes_end_of_forward
+        assert ckpt.peak_bytes < plain.peak_bytes
+    # Same tolerance as the tool's own --gradient-checkpointing test above (one (4, 32) int64 index tensor).
+    real_ckpt = real_cpu_step(ckpt_model, inputs("cpu"), "sgd")
+    assert abs(ckpt.peak_bytes - real_ckpt) <= 1024, (ckpt.peak_bytes, real_ckpt)
+
+
+@pytest.mark.parametrize("target", ["cuda", "cpu"])
+@pytest.mark.parametrize("build,precision", [
+    (models.CkptAttn, "fp32"), (models.CkptAttn, "bf16-autocast"),
+    (models.CkptMLP, "fp32"), (models.CkptMLP, "bf16-autocast"),
+    (lambda checkpointing: models.CkptMLP(checkpointing, use_reentrant=True), "bf16-autocast"),
+])
+def test_user_checkpoint_call_is_recomputed_under_the_target_rules(build, precision, target):
+    options = EstimateOptions(target_device=target, optimizer="sgd", precision=precision)
+    plain = estimate_memory(build(checkpointing=False), _seq_inputs(), None, options)
+    ckpt = estimate_memory(build(checkpointing=True), _seq_inputs(), None, options)
+    # Without checkpointing the block saves its intermediates (>= one (4, 128, 64) fp32/bf16 tensor);
+    # with it, only the block's input, which is the model's input here (not counted) or pre's output.
+    assert plain.activation_bytes_end_of_forward >= 4 * 128 * 64 * 2
+    assert ckpt.activation_bytes_end_of_forward < plain.activation_bytes_end_of_forward
+
+
+@pytest.mark.parametrize("build", [models.CkptAttn, models.CkptMLP,
+                                   lambda: models.CkptMLP(use_reentrant=True)])
+def test_user_checkpoint_cpu_target_equals_real_cpu_run(build):
+    torch.manual_seed(0)
+    model = build()
+    est = estimate_memory(model, _seq_inputs(), None, EstimateOptions(target_device="cpu", optimizer="sgd-momentum"))
+    assert est.peak_bytes == real_cpu_step(model, _seq_inputs()("cpu"), "sgd-momentum")
+
+
+def test_checkpoint_patch_is_restored_after_success_and_error():
+    import torch.utils.checkpoint as checkpoint_module
+    originals = (checkpoint_module._checkpoint_without_reentrant_generator, checkpoint_module.CheckpointFunction)
+    estimate_memory(models.CkptMLP(), _seq_inputs(), None, EstimateOptions(target_device="cpu"))
+    assert (checkpoint_module._checkpoint_without_reentrant_generator, checkpoint_module.CheckpointFunction) == originals
+
+    class Failing(models.CkptMLP):
+        def forward(self, x):
+            return checkpoint_module.checkpoint(lambda t: t.view(3, -1, 7), x, use_reentrant=False)
+
+    with pytest.raises(UserError):
+        estimate_memory(Failing(), _seq_inputs(), None, EstimateOptions(target_device="cpu"))
+    assert (checkpoint_module._checkpoint_without_reentrant_generator, checkpoint_module.CheckpointFunction) == originals
+
+
+# --- saved activations at the end of the forward -------------------------------------------------------
+
+def _saved_after_forward_and_loss_on_real_cpu(model, inputs: ModelInputs) -> int:
+    """Independent: saved_tensors_hooks on a real CPU forward + default loss; unique storages' nbytes,
+    parameters, buffers and inputs excluded."""
+    from model_expert.runner import default_loss
+    known = {t.untyped_storage()._cdata for t in list(model.parameters()) + list(model.buffers())}
+    known |= {t.untyped_storage()._cdata for t in list(inputs.args) + list(inputs.kwargs.values())}
+    saved = {}
+
+    def pack(t):
+        if t.untyped_storage()._cdata not in known:
+            saved[t.untyped_storage()._cdata] = t.untyped_storage().nbytes()
+        return t
+
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = default_loss(model(*inputs.args, **inputs.kwargs))
+    del loss
+    return sum(saved.values())
+
+
+@pytest.mark.parametrize("build,make_inputs", [
+    (models.TinyMLP, lambda d: ModelInputs(args=(torch.ones(8, 64, device=d),))),
+    (models.tiny_bert, lambda d: _dict_on(models.bert_inputs(4), d)),
+])
+def test_activation_bytes_end_of_forward_equals_saved_tensors_hooks_on_real_cpu(build, make_inputs):
+    torch.manual_seed(0)
+    model = build()
+    est = estimate_memory(model, make_inputs, None, EstimateOptions(target_device="cpu", optimizer="sgd"))
+    real = _saved_after_forward_and_loss_on_real_cpu(copy.deepcopy(model), make_inputs("cpu"))
+    assert est.activation_bytes_end_of_forward == real > 0

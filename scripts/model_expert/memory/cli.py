@@ -62,7 +62,9 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
         "optimizer": args.optimizer, "precision": args.precision, "target_device": args.target_device,
         "gradient_checkpointing": args.gradient_checkpointing,
         "peak_bytes": estimate.peak_bytes, "peak_phase": estimate.peak_phase, "breakdown": estimate.breakdown,
-        "breakdown_detail": estimate.breakdown_detail, "inference_peak_bytes": estimate.inference_peak_bytes,
+        "breakdown_detail": estimate.breakdown_detail,
+        "activation_bytes_end_of_forward": estimate.activation_bytes_end_of_forward,
+        "inference_peak_bytes": estimate.inference_peak_bytes,
         "param_bytes": estimate.param_bytes, "trainable_param_bytes": estimate.trainable_param_bytes,
         "attention_kernels": estimate.sdpa_backends, "assumptions": list(estimate.assumptions),
     }
@@ -116,6 +118,7 @@ def _rows(data: dict[str, Any]) -> list[list[str]]:
     rows = [["Training step peak", b(data["peak_bytes"]) + f", during {data['peak_phase']}"]]
     for key, value in data["breakdown"].items():
         rows.append([f"  {key}", b(value)])
+    rows.append(["Saved for backward at end of forward", b(data["activation_bytes_end_of_forward"])])
     rows.append(["Inference peak (eval, no grad)", b(data["inference_peak_bytes"])])
     if "measured_peak_bytes" in data:
         rows.append(["Measured peak (CUDA)", b(data["measured_peak_bytes"]) + f", estimate error {data['error_percent']:+.1f}%"])
