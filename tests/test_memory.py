@@ -14,6 +14,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
+from model_expert import render  # noqa: E402
 from model_expert.cli import main  # noqa: E402
 from model_expert.errors import UserError  # noqa: E402
 from model_expert.inputs import ModelInputs  # noqa: E402
@@ -451,3 +452,40 @@ def test_activation_bytes_end_of_forward_equals_saved_tensors_hooks_on_real_cpu(
     est = estimate_memory(model, make_inputs, None, EstimateOptions(target_device="cpu", optimizer="sgd"))
     real = _saved_after_forward_and_loss_on_real_cpu(copy.deepcopy(model), make_inputs("cpu"))
     assert est.activation_bytes_end_of_forward == real > 0
+
+
+# --- budget headroom and messages ----------------------------------------------------------------------
+
+def test_gpu_budget_leaves_cuda_context_and_allocator_margin():
+    from model_expert import gpus
+    data = _run_in_process([f"{MODELS}:TinyMLP", "--input", "float32[B=8,64]", "--gpu", "rtx3060-12gb", "--json"])
+    card = int(11.76 * 2**30)  # the table's 11.76 GiB
+    assert data["gpu_memory_bytes"] == card
+    assert data["budget_bytes"] == card - 500 * 2**20 - int(0.05 * card)  # context 500 MiB, 5 % margin
+    assert data["budget_bytes"] == gpus.find_gpu("rtx3060").usable_memory_bytes()
+    best, seen = data["max_batch_size"], {int(k): v for k, v in data["batch_estimates"].items()}
+    assert seen[best] <= data["budget_bytes"] < seen[best + 1]
+    assert seen[best + 1] < card  # the raw card would have taken a bigger batch: the margin is in effect
+    assert any(line.startswith("budget on rtx3060-12gb") for line in data["assumptions"])
+
+
+def test_budget_bytes_is_raw_and_too_small_budget_names_what_batch_1_needs():
+    args = [f"{MODELS}:TinyMLP", "--input", "float32[B=8,64]", "--target-device", "cpu", "--budget-bytes", "100"]
+    data = _run_in_process(args + ["--json"])
+    assert data["budget_bytes"] == 100 and data["max_batch_size"] == 0 and data["fits"] is False
+    result = subprocess.run([sys.executable, "scripts/memory.py", *args], cwd=REPO, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    needs = data["batch_estimates"]["1"]
+    assert f"batch 1 does not fit (needs {render.human_bytes(needs)} ({render.count(needs)} B))" in result.stdout
+    assert "params (+ buffers)" in result.stdout
+
+
+def test_header_says_when_the_batch_dim_is_not_named():
+    import contextlib
+    import io
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        assert main(CAPABILITY, [f"{MODELS}:TinyMLP", "--input", "float32[8,64]", "--target-device", "cpu"]) == 0
+    head = buffer.getvalue().splitlines()[0]
+    assert "batch None" not in head and "batch not named: name a dim B in --input to resize it" in head

@@ -199,6 +199,7 @@ class TargetFunctionMode(TorchFunctionMode):
     weight_cache: dict[int, torch.Tensor] = field(default_factory=dict)
     autocast_enabled: bool = False
     sdpa_backends_used: dict[str, int] = field(default_factory=dict)
+    checkpoint_calls: int = 0  # torch.utils.checkpoint calls seen while recompute_in_backward() is active
 
     def __post_init__(self):
         super().__init__()
@@ -326,6 +327,7 @@ class _CheckpointPatch:
         def generator(fn, preserve_rng_state=True, context_fn=checkpoint_module.noop_context_fn,
                       determinism_check=checkpoint_module._DEFAULT_DETERMINISM_MODE, debug=False, early_stop=True,
                       *args, **kwargs):
+            mode.checkpoint_calls += 1
             debug_on = checkpoint_module._checkpoint_debug_enabled
             if not (debug if debug_on is None else debug_on):  # debug mode insists on the default context_fn
                 context_fn = with_recompute(context_fn)
@@ -336,6 +338,7 @@ class _CheckpointPatch:
             @staticmethod
             def forward(ctx, run_function, preserve_rng_state, *args):
                 autocast_enabled = mode.autocast_enabled
+                mode.checkpoint_calls += 1
 
                 def run_under_mode(*inner):
                     if not _in_backward():  # the forward itself, under the mode already

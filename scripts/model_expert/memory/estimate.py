@@ -201,6 +201,7 @@ def estimate_memory(model: nn.Module, build_inputs: Callable[[str], ModelInputs]
         training_tracker = tracker
         backends = dict(function_mode.sdpa_backends_used)
         activations_end = end_of_forward["activations"]
+        checkpoint_calls = function_mode.checkpoint_calls
     finally:
         for handle in hooks:
             handle.remove()
@@ -213,7 +214,8 @@ def estimate_memory(model: nn.Module, build_inputs: Callable[[str], ModelInputs]
         inference_peak = _estimate_inference(work, inputs, options, precision, workspace_bytes, model_name)
 
     param_bytes = parameter_bytes({id(p): p for p in work.parameters()}.values())
-    assumptions = describe_assumptions(options, precision, training_tracker, backends, workspaces, target)
+    assumptions = describe_assumptions(options, precision, training_tracker, backends, workspaces, target,
+                                       checkpoint_calls)
     return MemoryEstimate(
         peak_bytes=peak_bytes, breakdown=_fold(detail), breakdown_detail=detail, peak_phase=peak_phase,
         inference_peak_bytes=inference_peak, assumptions=assumptions, param_bytes=param_bytes,
@@ -241,7 +243,7 @@ def _estimate_inference(work: nn.Module, inputs: ModelInputs, options: EstimateO
 
 
 def describe_assumptions(options: EstimateOptions, precision, tracker: AllocationTracker, backends: dict[str, int],
-                         workspaces: _Workspaces, target: str) -> list[str]:
+                         workspaces: _Workspaces, target: str, checkpoint_calls: int = 0) -> list[str]:
     """Every modelling choice behind the numbers, in words."""
     lines = [
         "steady step: the 2nd training step (optimizer state already exists); zero_grad(set_to_none=True), "
@@ -271,8 +273,10 @@ def describe_assumptions(options: EstimateOptions, precision, tracker: Allocatio
     if options.gradient_checkpointing:
         lines.append("gradient checkpointing: the model's own gradient_checkpointing_enable(); recomputation in "
                      "backward is traced")
-    lines.append("torch.utils.checkpoint (the model's or the tool's): recomputation in backward runs under the same "
-                 "target-device rules and autocast state as the forward")
+    if checkpoint_calls:
+        lines.append(f"torch.utils.checkpoint x{checkpoint_calls} in the step (the model's own or the tool's): "
+                     f"recomputation in backward runs under the same target-device rules and autocast state as the "
+                     f"forward")
     if tracker.data_dependent_reads:
         lines.append(f"{sum(tracker.data_dependent_reads.values())} data-dependent read(s) (.item(), bool(tensor), "
                      f"asserts) on meta tensors assumed True / 1 / 1.0")
