@@ -14,6 +14,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
+from model_expert import render  # noqa: E402
 from model_expert.cli import main  # noqa: E402
 from model_expert.errors import UserError  # noqa: E402
 from model_expert.inputs import ModelInputs  # noqa: E402
@@ -357,3 +358,134 @@ def test_gpu_validation_dry_run_does_not_rot(tmp_path):
     mlp = rows[1]
     assert mlp["breakdown"]["optimizer_state"] >= 2 * mlp_params  # AdamW: 2 x fp32 params (each block rounded up)
     assert mlp["breakdown"]["optimizer_state"] - 2 * mlp_params < 6 * 512
+
+
+# --- the model's or the user's own checkpointing -------------------------------------------------------
+
+def _seq_inputs(batch=4, length=128):
+    return lambda d: ModelInputs(args=(torch.ones(batch, length, 64, device=d),))
+
+
+def test_user_enabled_hf_checkpointing_matches_real_cpu_and_saves_less():
+    plain_model, ckpt_model = models.tiny_gpt2(), models.tiny_gpt2_checkpointed()
+    inputs = lambda d: _dict_on(models.gpt2_inputs(4), d)  # noqa: E731
+    for target in ("cuda", "cpu"):
+        options = EstimateOptions(target_device=target, optimizer="sgd")
+        plain = estimate_memory(plain_model, inputs, None, options)
+        ckpt = estimate_memory(ckpt_model, inputs, None, options)
+        assert ckpt.activation_bytes_end_of_forward < plain.activation_bytes_end_of_forward
+        assert ckpt.peak_bytes < plain.peak_bytes
+    # Same tolerance as the tool's own --gradient-checkpointing test above (one (4, 32) int64 index tensor).
+    real_ckpt = real_cpu_step(ckpt_model, inputs("cpu"), "sgd")
+    assert abs(ckpt.peak_bytes - real_ckpt) <= 1024, (ckpt.peak_bytes, real_ckpt)
+
+
+@pytest.mark.parametrize("target", ["cuda", "cpu"])
+@pytest.mark.parametrize("build,precision", [
+    (models.CkptAttn, "fp32"), (models.CkptAttn, "bf16-autocast"),
+    (models.CkptMLP, "fp32"), (models.CkptMLP, "bf16-autocast"),
+    (lambda checkpointing: models.CkptMLP(checkpointing, use_reentrant=True), "bf16-autocast"),
+])
+def test_user_checkpoint_call_is_recomputed_under_the_target_rules(build, precision, target):
+    options = EstimateOptions(target_device=target, optimizer="sgd", precision=precision)
+    plain = estimate_memory(build(checkpointing=False), _seq_inputs(), None, options)
+    ckpt = estimate_memory(build(checkpointing=True), _seq_inputs(), None, options)
+    # Without checkpointing the block saves its intermediates (>= one (4, 128, 64) fp32/bf16 tensor);
+    # with it, only the block's input, which is the model's input here (not counted) or pre's output.
+    assert plain.activation_bytes_end_of_forward >= 4 * 128 * 64 * 2
+    assert ckpt.activation_bytes_end_of_forward < plain.activation_bytes_end_of_forward
+
+
+@pytest.mark.parametrize("build", [models.CkptAttn, models.CkptMLP,
+                                   lambda: models.CkptMLP(use_reentrant=True)])
+def test_user_checkpoint_cpu_target_equals_real_cpu_run(build):
+    torch.manual_seed(0)
+    model = build()
+    est = estimate_memory(model, _seq_inputs(), None, EstimateOptions(target_device="cpu", optimizer="sgd-momentum"))
+    assert est.peak_bytes == real_cpu_step(model, _seq_inputs()("cpu"), "sgd-momentum")
+
+
+def test_checkpoint_patch_is_restored_after_success_and_error():
+    import torch.utils.checkpoint as checkpoint_module
+    originals = (checkpoint_module._checkpoint_without_reentrant_generator, checkpoint_module.CheckpointFunction)
+    estimate_memory(models.CkptMLP(), _seq_inputs(), None, EstimateOptions(target_device="cpu"))
+    assert (checkpoint_module._checkpoint_without_reentrant_generator, checkpoint_module.CheckpointFunction) == originals
+
+    class Failing(models.CkptMLP):
+        def forward(self, x):
+            return checkpoint_module.checkpoint(lambda t: t.view(3, -1, 7), x, use_reentrant=False)
+
+    with pytest.raises(UserError):
+        estimate_memory(Failing(), _seq_inputs(), None, EstimateOptions(target_device="cpu"))
+    assert (checkpoint_module._checkpoint_without_reentrant_generator, checkpoint_module.CheckpointFunction) == originals
+
+
+# --- saved activations at the end of the forward -------------------------------------------------------
+
+def _saved_after_forward_and_loss_on_real_cpu(model, inputs: ModelInputs) -> int:
+    """Independent: saved_tensors_hooks on a real CPU forward + default loss; unique storages' nbytes,
+    parameters, buffers and inputs excluded."""
+    from model_expert.runner import default_loss
+    known = {t.untyped_storage()._cdata for t in list(model.parameters()) + list(model.buffers())}
+    known |= {t.untyped_storage()._cdata for t in list(inputs.args) + list(inputs.kwargs.values())}
+    saved = {}
+
+    def pack(t):
+        if t.untyped_storage()._cdata not in known:
+            saved[t.untyped_storage()._cdata] = t.untyped_storage().nbytes()
+        return t
+
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = default_loss(model(*inputs.args, **inputs.kwargs))
+    del loss
+    return sum(saved.values())
+
+
+@pytest.mark.parametrize("build,make_inputs", [
+    (models.TinyMLP, lambda d: ModelInputs(args=(torch.ones(8, 64, device=d),))),
+    (models.tiny_bert, lambda d: _dict_on(models.bert_inputs(4), d)),
+])
+def test_activation_bytes_end_of_forward_equals_saved_tensors_hooks_on_real_cpu(build, make_inputs):
+    torch.manual_seed(0)
+    model = build()
+    est = estimate_memory(model, make_inputs, None, EstimateOptions(target_device="cpu", optimizer="sgd"))
+    real = _saved_after_forward_and_loss_on_real_cpu(copy.deepcopy(model), make_inputs("cpu"))
+    assert est.activation_bytes_end_of_forward == real > 0
+
+
+# --- budget headroom and messages ----------------------------------------------------------------------
+
+def test_gpu_budget_leaves_cuda_context_and_allocator_margin():
+    from model_expert import gpus
+    data = _run_in_process([f"{MODELS}:TinyMLP", "--input", "float32[B=8,64]", "--gpu", "rtx3060-12gb", "--json"])
+    card = int(11.76 * 2**30)  # the table's 11.76 GiB
+    assert data["gpu_memory_bytes"] == card
+    assert data["budget_bytes"] == card - 500 * 2**20 - int(0.05 * card)  # context 500 MiB, 5 % margin
+    assert data["budget_bytes"] == gpus.find_gpu("rtx3060").usable_memory_bytes()
+    best, seen = data["max_batch_size"], {int(k): v for k, v in data["batch_estimates"].items()}
+    assert seen[best] <= data["budget_bytes"] < seen[best + 1]
+    assert seen[best + 1] < card  # the raw card would have taken a bigger batch: the margin is in effect
+    assert any(line.startswith("budget on rtx3060-12gb") for line in data["assumptions"])
+
+
+def test_budget_bytes_is_raw_and_too_small_budget_names_what_batch_1_needs():
+    args = [f"{MODELS}:TinyMLP", "--input", "float32[B=8,64]", "--target-device", "cpu", "--budget-bytes", "100"]
+    data = _run_in_process(args + ["--json"])
+    assert data["budget_bytes"] == 100 and data["max_batch_size"] == 0 and data["fits"] is False
+    result = subprocess.run([sys.executable, "scripts/memory.py", *args], cwd=REPO, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    needs = data["batch_estimates"]["1"]
+    assert f"batch 1 does not fit (needs {render.human_bytes(needs)} ({render.count(needs)} B))" in result.stdout
+    assert "params (+ buffers)" in result.stdout
+
+
+def test_header_says_when_the_batch_dim_is_not_named():
+    import contextlib
+    import io
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        assert main(CAPABILITY, [f"{MODELS}:TinyMLP", "--input", "float32[8,64]", "--target-device", "cpu"]) == 0
+    head = buffer.getvalue().splitlines()[0]
+    assert "batch None" not in head and "batch not named: name a dim B in --input to resize it" in head

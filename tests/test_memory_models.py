@@ -57,3 +57,52 @@ def bert_inputs(batch_size: int = 2):
     ids = torch.zeros(batch_size, 16, dtype=torch.long)
     mask = torch.ones(batch_size, 16, dtype=torch.long)
     return {"input_ids": ids, "attention_mask": mask, "labels": torch.zeros(batch_size, dtype=torch.long)}
+
+
+def tiny_gpt2_checkpointed():
+    """tiny_gpt2 with the model's own gradient checkpointing switched on by the user, before the tool sees it."""
+    import warnings
+    model = tiny_gpt2()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.gradient_checkpointing_enable()
+    return model
+
+
+class CkptAttn(nn.Module):
+    """The user's own torch.utils.checkpoint around a block with scaled_dot_product_attention (x: (B, T, 64))."""
+
+    def __init__(self, checkpointing: bool = True):
+        super().__init__()
+        self.checkpointing = checkpointing
+        self.qkv = nn.Linear(64, 192)
+        self.out = nn.Linear(64, 64)
+
+    def block(self, x):
+        q, k, v = self.qkv(x).view(x.shape[0], x.shape[1], 3, 4, 16).permute(2, 0, 3, 1, 4)  # 3 x (B, 4, T, 16)
+        y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out(y.transpose(1, 2).reshape(x.shape))
+
+    def forward(self, x):
+        if not self.checkpointing:
+            return self.block(x)
+        from torch.utils.checkpoint import checkpoint
+        return checkpoint(self.block, x, use_reentrant=False)
+
+
+class CkptMLP(nn.Module):
+    """The user's own torch.utils.checkpoint around an MLP (x: (B, T, 64)); USE_REENTRANT picks checkpoint's path."""
+
+    def __init__(self, checkpointing: bool = True, use_reentrant: bool = False):
+        super().__init__()
+        self.checkpointing, self.use_reentrant = checkpointing, use_reentrant
+        self.f = nn.Sequential(nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 64))
+        # reentrant checkpoint needs an input that requires grad, so a layer comes first
+        self.pre = nn.Linear(64, 64) if use_reentrant else nn.Identity()
+
+    def forward(self, x):
+        x = self.pre(x)
+        if not self.checkpointing:
+            return self.f(x)
+        from torch.utils.checkpoint import checkpoint
+        return checkpoint(self.f, x, use_reentrant=self.use_reentrant)

@@ -14,7 +14,19 @@ from dataclasses import dataclass, field
 from .errors import UserError
 
 GiB = 2**30
+MiB = 2**20
 TERA = 1e12
+
+# What a training run cannot use of the card, on top of what torch.cuda.max_memory_allocated() counts:
+# - the CUDA context (driver state, PyTorch's and cuBLAS's kernel images, handles), created before any
+#   tensor and invisible to the caching allocator: about 500 MiB on recent (CUDA 12) drivers with lazy
+#   module loading (CUDA_MODULE_LOADING=LAZY, the default since CUDA 11.7). An assumption: it is ~300 MiB
+#   to ~1 GiB depending on card, driver and libraries loaded; check with nvidia-smi after torch.cuda.init().
+CUDA_CONTEXT_BYTES = 500 * MiB
+# - the caching allocator's reserve: it holds whole segments (2 MiB small-pool segments, large blocks
+#   rounded to 2 MiB) and fragments, so memory_reserved() runs ahead of memory_allocated(). A rule-of-thumb
+#   margin of this fraction of the card is kept free; an assumption, not measured per model.
+ALLOCATOR_RESERVE_FRACTION = 0.05
 
 
 @dataclass(frozen=True)
@@ -25,6 +37,10 @@ class GpuSpec:
     peak_flops_per_s: dict[str, float]  # by math dtype: fp32, tf32, bf16, fp16
     memory_bandwidth_bytes_per_s: float
     aliases: tuple[str, ...] = field(default=())
+
+    def usable_memory_bytes(self) -> int:
+        """memory_bytes - CUDA_CONTEXT_BYTES - ALLOCATOR_RESERVE_FRACTION x memory_bytes: what allocated tensors may fill."""
+        return self.memory_bytes - CUDA_CONTEXT_BYTES - int(ALLOCATOR_RESERVE_FRACTION * self.memory_bytes)
 
     def peak_for(self, dtype: str) -> float:
         """Peak FLOP/s for a math dtype; a dtype the card lacks (bf16 on V100) runs at its fp32 rate."""
@@ -62,6 +78,13 @@ DEFAULT_CLUSTER_GPU = "a100-40gb"
 DEFAULT_CLUSTER_GPUS_PER_NODE = 4
 
 _BY_ALIAS = {alias: spec for spec in GPUS.values() for alias in (spec.name, *spec.aliases)}
+
+
+def usable_memory_assumption(spec: GpuSpec) -> str:
+    """The budget rule behind usable_memory_bytes(), in words."""
+    return (f"budget on {spec.name}: {spec.memory_bytes:,} B card memory - {CUDA_CONTEXT_BYTES:,} B CUDA context "
+            f"(assumed ~500 MiB, recent drivers, lazy module loading) - {ALLOCATOR_RESERVE_FRACTION:.0%} allocator "
+            f"reserve/fragmentation margin = {spec.usable_memory_bytes():,} B for allocated tensors")
 
 
 def gpu_names() -> list[str]:

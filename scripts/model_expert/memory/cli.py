@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from .. import cli, render
-from ..gpus import find_gpu
+from ..gpus import find_gpu, usable_memory_assumption
 from ..inputs import BATCH_DIM_NAME
 from .estimate import EstimateOptions, estimate_memory
 from .search import largest_batch
@@ -20,8 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("memory")
     group.add_argument("--gradient-checkpointing", action="store_true",
                        help="call the model's own gradient_checkpointing_enable() (on a copy) first")
-    group.add_argument("--gpu", metavar="NAME", help="budget = this card's memory (e.g. a100-80gb, h100, rtx4090)")
-    group.add_argument("--budget-bytes", type=int, metavar="N", help="budget in bytes (overrides --gpu's memory)")
+    group.add_argument("--gpu", metavar="NAME", help="budget = this card's memory less the CUDA context and an allocator "
+                                                     "margin (e.g. a100-80gb, h100, rtx4090)")
+    group.add_argument("--budget-bytes", type=int, metavar="N",
+                       help="budget in bytes for allocated tensors, taken as given (overrides --gpu's budget)")
     group.add_argument("--world-size", type=int, metavar="N", help="data-parallel GPUs: per-GPU memory and traffic")
     group.add_argument("--strategy", choices=tuple(STRATEGIES), help="with --world-size (default: ddp)")
     group.add_argument("--measure", action="store_true", help="also run the real step on CUDA and print the measured peak")
@@ -62,7 +64,9 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
         "optimizer": args.optimizer, "precision": args.precision, "target_device": args.target_device,
         "gradient_checkpointing": args.gradient_checkpointing,
         "peak_bytes": estimate.peak_bytes, "peak_phase": estimate.peak_phase, "breakdown": estimate.breakdown,
-        "breakdown_detail": estimate.breakdown_detail, "inference_peak_bytes": estimate.inference_peak_bytes,
+        "breakdown_detail": estimate.breakdown_detail,
+        "activation_bytes_end_of_forward": estimate.activation_bytes_end_of_forward,
+        "inference_peak_bytes": estimate.inference_peak_bytes,
         "param_bytes": estimate.param_bytes, "trainable_param_bytes": estimate.trainable_param_bytes,
         "attention_kernels": estimate.sdpa_backends, "assumptions": list(estimate.assumptions),
     }
@@ -85,10 +89,14 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
         data["assumptions"].append(f"{strategy}: {what_if['description']}; per-GPU = the single-GPU breakdown at "
                                    f"the peak with sharded parts / N; ring collectives")
 
-    budget = args.budget_bytes if args.budget_bytes is not None else (gpu.memory_bytes if gpu else None)
+    budget = args.budget_bytes if args.budget_bytes is not None else (gpu.usable_memory_bytes() if gpu else None)
+    if gpu is not None:
+        data["gpu_memory_bytes"] = gpu.memory_bytes
     if budget is not None:
         needed = data.get("per_gpu_peak_bytes", estimate.peak_bytes)
         data.update({"budget_bytes": budget, "gpu": gpu.name if gpu else None, "fits": needed <= budget})
+        data["assumptions"].append(f"budget: {budget:,} B as given by --budget-bytes (no margin taken off)"
+                                   if args.budget_bytes is not None else usable_memory_assumption(gpu))
         if session.input_source.batch_dim_name is None:
             data["max_batch_size"] = None
             data["max_batch_size_note"] = ("the batch cannot be resized: name the batch dim B in --input "
@@ -110,12 +118,36 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
     return data
 
 
+# Table labels for the breakdown keys (the JSON keys stay as they are); every key of the CUDA breakdown is
+# allocator-rounded, params also holds the buffers (breakdown_detail keeps them apart).
+BREAKDOWN_LABELS = {"params": "params (+ buffers, rounded to allocator blocks)",
+                    "activations": "activations (saved for backward, alive at the peak)"}
+
+
+def _largest_batch_text(data: dict[str, Any], b) -> str:
+    best = data["max_batch_size"]
+    if best is None:
+        return "unknown: " + data["max_batch_size_note"]
+    if best == 0:
+        return f"none: batch 1 does not fit (needs {b(data['batch_estimates']['1'])})"
+    return str(best)
+
+
+def _batch_text(batch_size: Any) -> str:
+    return f"batch {batch_size}" if batch_size is not None else \
+        f"batch not named: name a dim {BATCH_DIM_NAME} in --input to resize it"
+
+
 def _rows(data: dict[str, Any]) -> list[list[str]]:
     def b(value):
         return f"{render.human_bytes(value)} ({render.count(value)} B)"
     rows = [["Training step peak", b(data["peak_bytes"]) + f", during {data['peak_phase']}"]]
     for key, value in data["breakdown"].items():
-        rows.append([f"  {key}", b(value)])
+        label = BREAKDOWN_LABELS.get(key, key)
+        if data["target_device"] == "cpu":
+            label = label.replace(", rounded to allocator blocks", "")
+        rows.append([f"  {label}", b(value)])
+    rows.append(["Saved for backward at end of forward", b(data["activation_bytes_end_of_forward"])])
     rows.append(["Inference peak (eval, no grad)", b(data["inference_peak_bytes"])])
     if "measured_peak_bytes" in data:
         rows.append(["Measured peak (CUDA)", b(data["measured_peak_bytes"]) + f", estimate error {data['error_percent']:+.1f}%"])
@@ -124,15 +156,17 @@ def _rows(data: dict[str, Any]) -> list[list[str]]:
         rows.append([f"Per GPU ({data['strategy']}, {data['world_size']} GPUs)", b(data["per_gpu_peak_bytes"])])
         rows.append(["Communicated per step per GPU", b(data["communication_bytes_per_step"])])
     if "budget_bytes" in data:
-        rows.append(["Budget" + (f" ({data['gpu']})" if data.get("gpu") else ""), b(data["budget_bytes"])])
+        if "gpu_memory_bytes" in data and data.get("gpu"):
+            rows.append([f"GPU memory ({data['gpu']})", b(data["gpu_memory_bytes"])])
+        rows.append(["Budget" + (" (less CUDA context and allocator margin)" if data.get("gpu") else ""),
+                     b(data["budget_bytes"])])
         rows.append(["Fits", "yes" if data["fits"] else "no"])
-        rows.append(["Largest batch that fits", "unknown: " + data["max_batch_size_note"]
-                     if data["max_batch_size"] is None else str(data["max_batch_size"])])
+        rows.append(["Largest batch that fits", _largest_batch_text(data, b)])
     return rows
 
 
 def render_table(data: dict[str, Any], args: argparse.Namespace) -> str:
-    head = (f"Memory of {data['model']} ({data['target']}): batch {data['batch_size']}, {data['optimizer']}, "
+    head = (f"Memory of {data['model']} ({data['target']}): {_batch_text(data['batch_size'])}, {data['optimizer']}, "
             f"{data['precision']}, target {data['target_device']}"
             + (", gradient checkpointing" if data["gradient_checkpointing"] else ""))
     return "\n".join([head, "", render.table(_rows(data), []), "", "Assumptions:"]

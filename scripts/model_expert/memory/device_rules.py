@@ -199,6 +199,7 @@ class TargetFunctionMode(TorchFunctionMode):
     weight_cache: dict[int, torch.Tensor] = field(default_factory=dict)
     autocast_enabled: bool = False
     sdpa_backends_used: dict[str, int] = field(default_factory=dict)
+    checkpoint_calls: int = 0  # torch.utils.checkpoint calls seen while recompute_in_backward() is active
 
     def __post_init__(self):
         super().__init__()
@@ -242,13 +243,22 @@ class TargetFunctionMode(TorchFunctionMode):
     def autocast(self):
         return _AutocastRegion(self)
 
-    def checkpoint_contexts(self):
-        """torch.utils.checkpoint context_fn: the recomputation (inside backward, where autograd runs no
-        torch-function mode) runs under this mode again, with autocast as it was in the forward."""
-        return contextlib.nullcontext(), _Recompute(self, self.autocast_enabled)
+    def recompute_in_backward(self):
+        """While active, every torch.utils.checkpoint call (the tool's, the model's own, the user's; reentrant
+        or not) recomputes under this mode, with autocast as it was in the forward: see `_CheckpointPatch`."""
+        return _CheckpointPatch(self)
+
+
+def _in_backward() -> bool:
+    """True while autograd's engine runs a backward node (where checkpoint recomputes)."""
+    return torch._C._current_autograd_node() is not None
 
 
 class _Recompute:
+    """Re-enters MODE with the forward's autocast state and a fresh weight cache. Backward is called from
+    inside the mode's own handler (loss.backward() is a torch function), where the mode is switched off,
+    so the recomputation in backward would otherwise run without it."""
+
     def __init__(self, mode: TargetFunctionMode, autocast_enabled: bool):
         self.mode, self.autocast_enabled = mode, autocast_enabled
 
@@ -261,6 +271,88 @@ class _Recompute:
     def __exit__(self, *exc):
         self.mode.__exit__(*exc)
         self.mode.autocast_enabled, self.mode.weight_cache = self.saved
+        return False
+
+
+class _Nested:
+    """Enter FIRST, then SECOND; exit in reverse (a lazy ExitStack of two)."""
+
+    def __init__(self, first, second):
+        self.first, self.second = first, second
+
+    def __enter__(self):
+        self.first.__enter__()
+        try:
+            self.second.__enter__()
+        except BaseException:
+            self.first.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            suppressed = self.second.__exit__(*exc)
+        finally:
+            self.first.__exit__(*exc)
+        return suppressed
+
+
+class _CheckpointPatch:
+    """torch.utils.checkpoint recomputes inside backward, and backward runs inside this mode's own handler
+    (loss.backward() is a torch function), where the mode is off; so the target's attention kernel and the
+    autocast emulation would be missing from the recomputation (a different number or shape of saved
+    tensors: CheckpointError). While this is active, checkpoint's two paths are
+    wrapped in the module's globals (restored on exit, also on error):
+    - non-reentrant: every context_fn (the default no-op or the caller's) gets `_Recompute` added to its
+      recomputation context;
+    - reentrant: CheckpointFunction's run_function, when called again in backward, runs under `_Recompute`.
+    """
+
+    def __init__(self, mode: TargetFunctionMode):
+        self.mode = mode
+
+    def __enter__(self):
+        import torch.utils.checkpoint as checkpoint_module
+        self.module = checkpoint_module
+        self.saved = (checkpoint_module._checkpoint_without_reentrant_generator, checkpoint_module.CheckpointFunction)
+        original_generator, original_function = self.saved
+        mode = self.mode
+
+        def with_recompute(context_fn):
+            def composed():  # called in the forward: the autocast state is the forward's
+                forward_context, recompute_context = context_fn()
+                return forward_context, _Nested(_Recompute(mode, mode.autocast_enabled), recompute_context)
+            return composed
+
+        def generator(fn, preserve_rng_state=True, context_fn=checkpoint_module.noop_context_fn,
+                      determinism_check=checkpoint_module._DEFAULT_DETERMINISM_MODE, debug=False, early_stop=True,
+                      *args, **kwargs):
+            mode.checkpoint_calls += 1
+            debug_on = checkpoint_module._checkpoint_debug_enabled
+            if not (debug if debug_on is None else debug_on):  # debug mode insists on the default context_fn
+                context_fn = with_recompute(context_fn)
+            return original_generator(fn, preserve_rng_state, context_fn, determinism_check, debug, early_stop,
+                                      *args, **kwargs)
+
+        class CheckpointFunction(original_function):
+            @staticmethod
+            def forward(ctx, run_function, preserve_rng_state, *args):
+                autocast_enabled = mode.autocast_enabled
+                mode.checkpoint_calls += 1
+
+                def run_under_mode(*inner):
+                    if not _in_backward():  # the forward itself, under the mode already
+                        return run_function(*inner)
+                    with _Recompute(mode, autocast_enabled):
+                        return run_function(*inner)
+                return original_function.forward(ctx, run_under_mode, preserve_rng_state, *args)
+
+        checkpoint_module._checkpoint_without_reentrant_generator = generator
+        checkpoint_module.CheckpointFunction = CheckpointFunction
+        return self
+
+    def __exit__(self, *exc):
+        self.module._checkpoint_without_reentrant_generator, self.module.CheckpointFunction = self.saved
         return False
 
 

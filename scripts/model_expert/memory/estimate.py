@@ -4,7 +4,6 @@ the allocation tracker and the target device's rules."""
 from __future__ import annotations
 
 import copy
-import inspect
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -53,6 +52,9 @@ class MemoryEstimate:
     assumptions: list[str]
     param_bytes: int
     trainable_param_bytes: int
+    # What autograd holds for backward once forward + loss are done (saved tensors other than parameters,
+    # buffers and inputs; allocator-rounded): the per-batch part that does not depend on where the peak is.
+    activation_bytes_end_of_forward: int = 0
     sdpa_backends: dict[str, int] = field(default_factory=dict)
     data_dependent_reads: int = 0
     cpu_standin_ops: dict[str, int] = field(default_factory=dict)
@@ -71,25 +73,19 @@ def meta_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def enable_checkpointing(model: nn.Module, model_name: str, context_fn: Callable | None = None) -> None:
+def enable_checkpointing(model: nn.Module, model_name: str) -> None:
     """The model's own gradient checkpointing (Hugging Face style); a clear error if it has none.
 
-    CONTEXT_FN (torch.utils.checkpoint's) lets the recomputation in backward run under the same
-    target-device rules as the forward; it is passed where the method takes checkpoint kwargs.
-    """
-    kwargs_names = {"activation_checkpointing_enable": "activation_checkpointing_kwargs",
-                    "gradient_checkpointing_enable": "gradient_checkpointing_kwargs"}
+    Its recomputation in backward runs under the target-device rules through
+    TargetFunctionMode.recompute_in_backward(), as every other checkpoint call does."""
     for method in CHECKPOINTING_METHODS:
         function = getattr(model, method, None)
         if not callable(function):
             continue
-        call_kwargs = {}
-        if context_fn is not None and kwargs_names[method] in inspect.signature(function).parameters:
-            call_kwargs[kwargs_names[method]] = {"use_reentrant": False, "context_fn": context_fn}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                function(**call_kwargs)
+                function()
             except Exception as error:
                 raise UserError(f"{model_name}.{method}() raised {type(error).__name__}: "
                                 f"{(str(error).splitlines() or [''])[0]}") from error
@@ -158,7 +154,7 @@ def estimate_memory(model: nn.Module, build_inputs: Callable[[str], ModelInputs]
         work = work.to(precision.param_dtype)
     function_mode = device_rules.TargetFunctionMode(target, precision.autocast_dtype, options.sdpa_backend)
     if options.gradient_checkpointing:
-        enable_checkpointing(work, model_name, function_mode.checkpoint_contexts)
+        enable_checkpointing(work, model_name)
     work.train()
     inputs = cast_inputs(build_inputs("meta"), precision.param_dtype)
     trainable = unique_trainable(work.parameters())
@@ -175,7 +171,8 @@ def estimate_memory(model: nn.Module, build_inputs: Callable[[str], ModelInputs]
 
     hooks = [p.register_post_accumulate_grad_hook(lambda p: tracker.relabel(p.grad, "grads")) for p in trainable]
     try:
-        with function_mode, tracker, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with function_mode.recompute_in_backward(), function_mode, tracker, \
+                torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             _register_model(tracker, work, inputs)
             workspaces = _Workspaces(tracker, workspace_bytes, ("main", "autograd"))
             tracker.on_op = workspaces.on_op
@@ -189,8 +186,12 @@ def estimate_memory(model: nn.Module, build_inputs: Callable[[str], ModelInputs]
                     tracker.relabel(tensor, "optimizer_state")
             tracker.reset_peak()
 
+            end_of_forward: dict[str, int] = {}
+
             def phase(name: str) -> None:
                 tracker.phase = name
+                if name == "backward":  # forward + loss done, backward not started
+                    end_of_forward["activations"] = tracker.live_bytes("activations")
 
             loss = training_step(work, inputs, loss_fn, optimizer, function_mode.autocast, scaler, phase, model_name)
             if not loss.requires_grad and loss.grad_fn is None and all(p.grad is None for p in trainable):
@@ -199,6 +200,8 @@ def estimate_memory(model: nn.Module, build_inputs: Callable[[str], ModelInputs]
         peak_phase = tracker.peak_phase
         training_tracker = tracker
         backends = dict(function_mode.sdpa_backends_used)
+        activations_end = end_of_forward["activations"]
+        checkpoint_calls = function_mode.checkpoint_calls
     finally:
         for handle in hooks:
             handle.remove()
@@ -211,11 +214,13 @@ def estimate_memory(model: nn.Module, build_inputs: Callable[[str], ModelInputs]
         inference_peak = _estimate_inference(work, inputs, options, precision, workspace_bytes, model_name)
 
     param_bytes = parameter_bytes({id(p): p for p in work.parameters()}.values())
-    assumptions = describe_assumptions(options, precision, training_tracker, backends, workspaces, target)
+    assumptions = describe_assumptions(options, precision, training_tracker, backends, workspaces, target,
+                                       checkpoint_calls)
     return MemoryEstimate(
         peak_bytes=peak_bytes, breakdown=_fold(detail), breakdown_detail=detail, peak_phase=peak_phase,
         inference_peak_bytes=inference_peak, assumptions=assumptions, param_bytes=param_bytes,
-        trainable_param_bytes=parameter_bytes(trainable), sdpa_backends=backends,
+        trainable_param_bytes=parameter_bytes(trainable), activation_bytes_end_of_forward=activations_end,
+        sdpa_backends=backends,
         data_dependent_reads=sum(training_tracker.data_dependent_reads.values()),
         cpu_standin_ops=dict(training_tracker.cpu_standin_ops))
 
@@ -238,7 +243,7 @@ def _estimate_inference(work: nn.Module, inputs: ModelInputs, options: EstimateO
 
 
 def describe_assumptions(options: EstimateOptions, precision, tracker: AllocationTracker, backends: dict[str, int],
-                         workspaces: _Workspaces, target: str) -> list[str]:
+                         workspaces: _Workspaces, target: str, checkpoint_calls: int = 0) -> list[str]:
     """Every modelling choice behind the numbers, in words."""
     lines = [
         "steady step: the 2nd training step (optimizer state already exists); zero_grad(set_to_none=True), "
@@ -268,6 +273,10 @@ def describe_assumptions(options: EstimateOptions, precision, tracker: Allocatio
     if options.gradient_checkpointing:
         lines.append("gradient checkpointing: the model's own gradient_checkpointing_enable(); recomputation in "
                      "backward is traced")
+    if checkpoint_calls:
+        lines.append(f"torch.utils.checkpoint x{checkpoint_calls} in the step (the model's own or the tool's): "
+                     f"recomputation in backward runs under the same target-device rules and autocast state as the "
+                     f"forward")
     if tracker.data_dependent_reads:
         lines.append(f"{sum(tracker.data_dependent_reads.values())} data-dependent read(s) (.item(), bool(tensor), "
                      f"asserts) on meta tensors assumed True / 1 / 1.0")

@@ -121,6 +121,10 @@ class AllocationTracker(TorchDispatchMode):
         self._peak_snapshot = dict(self.live)
         self._peak_dirty = False
 
+    def live_bytes(self, category: str) -> int:
+        """Bytes (allocator-rounded) of the live storages whose role is CATEGORY, now."""
+        return sum(record.nbytes for record in self.live.values() if record.category == category)
+
     def breakdown_at_peak(self) -> dict[str, int]:
         """Bytes per role of the storages alive at the peak; sums to peak_bytes."""
         snapshot = dict(self.live) if self._peak_dirty else self._peak_snapshot
