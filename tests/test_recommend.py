@@ -19,8 +19,11 @@ from model_expert.errors import UserError  # noqa: E402
 from model_expert.gpus import find_gpu  # noqa: E402
 from model_expert.target import import_location  # noqa: E402
 
-RTX3060 = find_gpu("rtx3060-12gb").memory_bytes  # int(11.76 * 2**30) = 12,627,203,850
-A100 = find_gpu("a100-40gb").memory_bytes  # the default cluster card: int(39.39 * 2**30) = 42,294,690,447
+# memory.py's budget_bytes for a card: its memory less the CUDA context (500 MiB) and the 5 % allocator margin.
+# RTX 3060: 12,627,203,850 - 524,288,000 - 631,360,192 = 11,471,555,658
+RTX3060 = find_gpu("rtx3060-12gb").usable_memory_bytes()
+# A100 40 GB, the default cluster card: 42,294,690,447 - 524,288,000 - 2,114,734,522 = 39,655,667,925
+A100 = find_gpu("a100-40gb").usable_memory_bytes()
 SEED_FILE = os.environ.get("MODEL_EXPERT_SEED", "/work/shared/seeds/000_b9b3c2bc5218dda8.txt")
 
 TRANSFORMER = {"architecture": "transformer", "loss_kind": None, "evidence": []}
@@ -83,9 +86,10 @@ def test_transformer_with_measured_memory_and_grads():
     # single GPU: memory.py measured 24 for the 3060's budget; inside the seed's 16-32, so 24.
     assert _value(result, "batch_size", "single_gpu") == 24
     assert _value(result, "grad_accum", "single_gpu") == 11  # ceil(256 / 24) = 11 -> 264
-    # cluster (A100 40 GB): (42,294,690,447 - 216,473,600) // (400,000,000 / 8) = 841 fit; clamped to the seed's 32.
+    # cluster (A100 40 GB): (39,655,667,925 - 216,473,600) // (400,000,000 / 8) = 788 fit; clamped to the seed's 32.
     fit = rec.find(result, "memory_fit", "cluster")
-    assert fit["value"] == 841 and fit["measured"]["per_sample_bytes"] == 50_000_000
+    assert RTX3060 == 11_471_555_658 and A100 == 39_655_667_925
+    assert fit["value"] == 788 and fit["measured"]["per_sample_bytes"] == 50_000_000
     assert _value(result, "batch_size", "cluster") == 32
     assert _value(result, "grad_accum", "cluster") == 2  # ceil(256 / (32 x 4)) = 2
     cluster = next(h for h in result["hardware"] if h["role"] == "cluster")
@@ -319,7 +323,7 @@ def test_model_is_unchanged_and_installed_capabilities_are_called(files, monkeyp
 
     def analyse(args):
         calls.append(args.gpu)
-        return {"budget_bytes": find_gpu(args.gpu).memory_bytes, "max_batch_size": 20 if args.gpu == "rtx3060-12gb" else 500}
+        return {"budget_bytes": find_gpu(args.gpu).usable_memory_bytes(), "max_batch_size": 20 if args.gpu == "rtx3060-12gb" else 500}
 
     def add_arguments(parser):
         cli.add_model_arguments(parser)

@@ -216,7 +216,7 @@ def _warmup_steps(ctx: Context) -> Decision:
 def _memory_fit(ctx: Context) -> Decision:
     """The largest batch that fits the role's GPU: measured by memory.py, or the seed's per-sample rule."""
     role = ctx.role
-    budget = role.gpu.memory_bytes
+    budget = role.gpu.usable_memory_bytes()  # the card less the CUDA context and the allocator margin (gpus.py)
     for memory in role.memory:
         matches_gpu = memory.get("budget_bytes") == budget or _gpu_name(memory.get("gpu")) == role.gpu.name
         if matches_gpu and isinstance(memory.get("max_batch_size"), int):

@@ -46,7 +46,7 @@ def derive(evidence: dict[str, Any]) -> dict[str, Any]:
     """Numbers the review prints that no single capability printed, computed once and kept as evidence."""
     derived: dict[str, Any] = {}
     batch = _get(evidence, "memory", "batch_size")
-    activations = _get(evidence, "memory", "breakdown", "activations")
+    activations = _get(evidence, "memory", "activation_bytes_end_of_forward")  # saved for backward, forward done
     if batch and activations is not None:
         derived["activation_bytes_per_sample"] = activations / batch
     step_seconds, flops_batch = _get(evidence, "flops", "estimated_step_seconds"), _get(evidence, "flops", "batch_size")
@@ -225,7 +225,8 @@ def _performance(evidence: dict[str, Any], derived: dict[str, Any]) -> list[str]
         lines.append(f"**Training step peak**: {render.mib(memory['peak_bytes'])} at batch {memory.get('batch_size')} — "
                      + ", ".join(f"{name.replace('_', ' ')} {render.mib(value)}" for name, value in breakdown.items()))
         if "activation_bytes_per_sample" in derived:
-            lines.append(f"**Activation Memory per Sample**: {render.mib(derived['activation_bytes_per_sample'])}")
+            lines.append(f"**Activation Memory per Sample**: {render.human_bytes(derived['activation_bytes_per_sample'])} "
+                         "(saved for backward at the end of the forward)")
         lines.append(f"**Inference peak**: {render.mib(memory['inference_peak_bytes'])}")
         if memory.get("max_batch_size") is not None:
             lines.append(f"**Largest batch that fits {memory.get('gpu', 'the budget')}**: {memory['max_batch_size']} "
