@@ -8,7 +8,12 @@ import math
 import os
 import sys
 import tempfile
-from typing import Any
+import traceback
+from typing import Any, Callable, TypeVar
+
+from .errors import UserError
+
+T = TypeVar("T")
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):
@@ -46,3 +51,20 @@ def write_atomically(path: str, text: str) -> None:
         if os.path.exists(temp):
             os.unlink(temp)
         raise
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    """--json and --debug, as every tool has them."""
+    parser.add_argument("--json", action="store_true", help="print one JSON object with a 'schema' key")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+
+
+def call_reporting_errors(prog: str, debug: bool, work: Callable[[], T]) -> tuple[T | None, int]:
+    """(work(), 0), or (None, 2) after one stderr line when it raises a UserError (the traceback with --debug)."""
+    try:
+        return work(), 0
+    except UserError as error:
+        if debug:
+            traceback.print_exc()
+        sys.stderr.write(f"{prog}: error: {error}\n")
+        return None, error.exit_code

@@ -11,12 +11,12 @@ import argparse
 import json
 import os
 import sys
-import traceback
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from . import render
+from .cli_base import OneLineArgumentParser, add_output_options, call_reporting_errors, to_json
 from .errors import UserError
 
 SCHEMA = "model-expert/compare/1"
@@ -211,28 +211,21 @@ def render_markdown(result: dict[str, Any], base_name: str, head_name: str) -> s
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
-    from .cli_base import OneLineArgumentParser
     parser = OneLineArgumentParser(prog=prog, description="Compare two evidence files (report analysis.json or "
                                    "a capability's --json) and print what changed as a Markdown table.")
     parser.add_argument("base", metavar="BASE.json")
     parser.add_argument("head", metavar="HEAD.json")
-    parser.add_argument("--json", action="store_true", help="print one JSON object with a 'schema' key")
-    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    add_output_options(parser)
     return parser
 
 
 def main(argv: list[str] | None = None, prog: str = "compare.py") -> int:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
-    try:
-        result = compare(load_sections(args.base), load_sections(args.head))
-    except UserError as error:
-        if args.debug:
-            traceback.print_exc()
-        sys.stderr.write(f"{prog}: error: {error}\n")
-        return error.exit_code
+    result, code = call_reporting_errors(prog, args.debug, lambda: compare(load_sections(args.base), load_sections(args.head)))
+    if result is None:
+        return code
     if args.json:
-        from .cli_base import to_json
         sys.stdout.write(to_json({"schema": SCHEMA, "base": args.base, "head": args.head, **result}))
     else:
         sys.stdout.write(render_markdown(result, args.base, args.head) + "\n")

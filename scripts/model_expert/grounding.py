@@ -20,10 +20,10 @@ import math
 import os
 import re
 import sys
-import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from .cli_base import OneLineArgumentParser, add_output_options, call_reporting_errors, to_json
 from .errors import UserError
 
 SCHEMA = "model-expert/check_grounding/1"
@@ -431,30 +431,23 @@ def render_text(result: GroundingResult, review_path: str) -> str:
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
-    from .cli_base import OneLineArgumentParser
     parser = OneLineArgumentParser(
         prog=prog, description="Check that every number in a review appears in the evidence JSON "
         "(allowing the rounding the text shows). Exit 0: all grounded; 1: some are not; 2: bad input.")
     parser.add_argument("review", metavar="REVIEW.md")
     parser.add_argument("evidence", metavar="EVIDENCE.json", nargs="+", help="JSON written by the scripts' --json")
-    parser.add_argument("--json", action="store_true", help="print one JSON object with a 'schema' key")
     parser.add_argument("--explain", action="store_true", help="also list each grounded number and where the evidence has it")
-    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    add_output_options(parser)
     return parser
 
 
 def main(argv: list[str] | None = None, prog: str = "check_grounding.py") -> int:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
-    try:
-        result = check_files(args.review, args.evidence)
-    except UserError as error:
-        if args.debug:
-            traceback.print_exc()
-        sys.stderr.write(f"{prog}: error: {error}\n")
-        return error.exit_code
+    result, code = call_reporting_errors(prog, args.debug, lambda: check_files(args.review, args.evidence))
+    if result is None:
+        return code
     if args.json:
-        from .cli_base import to_json
         sys.stdout.write(to_json(result.as_json(args.review, args.evidence)))
     else:
         if args.explain:
