@@ -234,3 +234,11 @@ def test_each_grounded_number_names_its_evidence():
     # a number leaf wins over the same number quoted in a string; exact before rounded
     assert paths == {"3,488,000": "params.total", "3.49M": "params.total", "0": "params.frozen",
                      "107.6 MiB": "memory.peak_bytes"}
+
+
+def test_hash_like_strings_do_not_overflow():
+    # a module name with a sha1 digest ('..._1234e56789') reads as 1234 x 10**56789: not a number to ground
+    data = {"lint": {"module": "model_expert_user_similarity_transformer_1234e56789"}, "params": {"total": 7}}
+    evidence = grounding.Evidence(grounding.evidence_entries(data))
+    assert not grounding.check_text("total 7", evidence).ungrounded
+    assert grounding.numbers_in_line("x 9e999 y") == []

@@ -81,7 +81,11 @@ def _sign(text: str | None) -> float:
 _GROUPED_RE = re.compile(r"^\d{1,3}(,\d{3})+$")
 
 
-def _parse_token(match: re.Match, line: str) -> NumberToken:
+def _parse_token(match: re.Match, line: str) -> NumberToken | None:
+    """The number a match reads, or None for one no float can hold ('3e7d9e4411', a hash, reads as 3 x 10**7...)."""
+    exponent_text = (match.group("exponent") or "0").replace("−", "-")
+    if abs(int(exponent_text)) > 300:
+        return None
     mantissa = match.group("mantissa")
     digits = mantissa.replace(",", "")
     decimals = len(digits.partition(".")[2])
@@ -188,7 +192,7 @@ def numbers_in_line(line: str, quotes: tuple[str, ...] = ()) -> list[tuple[Numbe
     A number without a unit directly followed by a range to a number with one inherits that unit:
     '5–10 %' is 5 % to 10 %; '1e-4 to 5e-4' has none.
     """
-    tokens = [_parse_token(m, line) for m in _NUMBER_RE.finditer(line)]
+    tokens = [token for token in (_parse_token(m, line) for m in _NUMBER_RE.finditer(line)) if token is not None]
     for token, following in zip(tokens, tokens[1:]):
         between = line[token.end:following.start]
         if token.unit is None and following.unit is not None and _RANGE_RE.fullmatch(between):
