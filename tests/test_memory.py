@@ -21,7 +21,7 @@ from model_expert.inputs import ModelInputs  # noqa: E402
 from model_expert.memory import EstimateOptions, estimate_memory, meta_copy  # noqa: E402
 from model_expert.memory import device_rules, sharding  # noqa: E402
 from model_expert.memory.cli import CAPABILITY  # noqa: E402
-from model_expert.memory.estimate import saved_activation_bytes  # noqa: E402
+from model_expert.memory.estimate import _register_model, saved_activation_bytes  # noqa: E402
 from model_expert.memory.optimizer_state import build_optimizer, state_tensors, unique_trainable  # noqa: E402
 from model_expert.memory.search import largest_batch  # noqa: E402
 from model_expert.memory.step import training_step  # noqa: E402
@@ -48,13 +48,7 @@ def real_cpu_step(model, inputs: ModelInputs, optimizer_name, loss_fn=None, chec
     trainable = unique_trainable(work.parameters())
     tracker = AllocationTracker(device_rules.cpu_block_bytes, devices=("cpu",))
     with tracker:
-        for p in work.parameters():
-            tracker.register(p, "params")
-        for b in work.buffers():
-            tracker.register(b, "buffers")
-        for t in torch.utils._pytree.tree_flatten((inputs.args, inputs.kwargs))[0]:
-            if isinstance(t, torch.Tensor):
-                tracker.register(t, "inputs")
+        _register_model(tracker, work, inputs)
         optimizer = build_optimizer(optimizer_name, trainable, foreach=False)
         training_step(work, inputs, loss_fn, optimizer)
         for t in state_tensors(optimizer):
@@ -140,7 +134,10 @@ def _on(args, device):
     return ModelInputs(args=tuple(a.to(device) for a in args))
 
 
-def _saved_on_real_cpu(model, inputs: ModelInputs) -> int:
+def _saved_on_real_cpu(model, inputs: ModelInputs, with_loss: bool = False) -> int:
+    """Independent: saved_tensors_hooks on a real CPU forward (and the default loss when asked);
+    unique storages' nbytes, parameters, buffers and inputs excluded."""
+    from model_expert.runner import default_loss
     known = {t.untyped_storage()._cdata for t in list(model.parameters()) + list(model.buffers())}
     known |= {t.untyped_storage()._cdata for t in list(inputs.args) + list(inputs.kwargs.values())}
     saved = {}
@@ -153,6 +150,8 @@ def _saved_on_real_cpu(model, inputs: ModelInputs) -> int:
     model.train()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = model(*inputs.args, **inputs.kwargs)
+        if with_loss:
+            out = default_loss(out)
     del out
     return sum(saved.values())
 
@@ -422,26 +421,6 @@ def test_checkpoint_patch_is_restored_after_success_and_error():
 
 # --- saved activations at the end of the forward -------------------------------------------------------
 
-def _saved_after_forward_and_loss_on_real_cpu(model, inputs: ModelInputs) -> int:
-    """Independent: saved_tensors_hooks on a real CPU forward + default loss; unique storages' nbytes,
-    parameters, buffers and inputs excluded."""
-    from model_expert.runner import default_loss
-    known = {t.untyped_storage()._cdata for t in list(model.parameters()) + list(model.buffers())}
-    known |= {t.untyped_storage()._cdata for t in list(inputs.args) + list(inputs.kwargs.values())}
-    saved = {}
-
-    def pack(t):
-        if t.untyped_storage()._cdata not in known:
-            saved[t.untyped_storage()._cdata] = t.untyped_storage().nbytes()
-        return t
-
-    model.train()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = default_loss(model(*inputs.args, **inputs.kwargs))
-    del loss
-    return sum(saved.values())
-
-
 @pytest.mark.parametrize("build,make_inputs", [
     (models.TinyMLP, lambda d: ModelInputs(args=(torch.ones(8, 64, device=d),))),
     (models.tiny_bert, lambda d: _dict_on(models.bert_inputs(4), d)),
@@ -450,7 +429,7 @@ def test_activation_bytes_end_of_forward_equals_saved_tensors_hooks_on_real_cpu(
     torch.manual_seed(0)
     model = build()
     est = estimate_memory(model, make_inputs, None, EstimateOptions(target_device="cpu", optimizer="sgd"))
-    real = _saved_after_forward_and_loss_on_real_cpu(copy.deepcopy(model), make_inputs("cpu"))
+    real = _saved_on_real_cpu(copy.deepcopy(model), make_inputs("cpu"), with_loss=True)
     assert est.activation_bytes_end_of_forward == real > 0
 
 
