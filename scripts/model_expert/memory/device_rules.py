@@ -3,7 +3,8 @@
 - its allocator's rounding (CUDA: c10/cuda/CUDACachingAllocator.cpp),
 - the attention kernel scaled_dot_product_attention picks (CUDA flash / memory-efficient save
   O(L) logsumexp per head; the math path saves the O(L x S) probabilities),
-- torch.autocast (emulated above autograd, so the casts and their weight cache are recorded),
+- torch.autocast (emulated above autograd, so the casts and their weight cache are recorded; which
+  function runs in which precision on the target is asked of torch: autocast_policy.py),
 - cuBLAS workspaces (one per thread that runs matmuls: the forward thread and autograd's).
 Each rule is one entry of one table; `assumptions()` states them in words.
 """
@@ -17,6 +18,8 @@ from typing import Any, Callable
 
 import torch
 from torch.overrides import TorchFunctionMode
+
+from . import autocast_policy
 
 MiB = 2**20
 
@@ -66,24 +69,7 @@ def cublas_workspace_bytes(gpu_name: str | None) -> int:
 CUBLAS_OPS = frozenset({"mm", "addmm", "bmm", "baddbmm", "addbmm", "addmv", "mv", "addr", "_addmm_activation",
                         "dot", "vdot"})
 
-# --- autocast ---------------------------------------------------------------------------------------
-# Function names (as torch_function sees them) autocast runs in the lower precision (fp16/bf16) ...
-AUTOCAST_LOWER_PRECISION = frozenset({
-    "linear", "matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "baddbmm", "addmm", "addbmm", "addmv", "addr", "mv",
-    "einsum", "chain_matmul", "multi_dot", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
-    "conv_transpose3d", "conv_tbc", "prelu", "scaled_dot_product_attention", "lstm", "gru", "rnn_tanh", "rnn_relu",
-    "lstm_cell", "gru_cell", "rnn_tanh_cell", "rnn_relu_cell",
-})
-# ... and in fp32 (torch/csrc/autograd autocast_mode.cpp "fp32" and "fp32_set_opt_dtype" lists).
-AUTOCAST_FP32 = frozenset({
-    "acos", "asin", "cosh", "erfinv", "exp", "expm1", "log", "log10", "log2", "log1p", "reciprocal", "rsqrt",
-    "sinh", "tan", "pow", "__pow__", "__rpow__", "softplus", "layer_norm", "group_norm", "norm", "cosine_similarity",
-    "poisson_nll_loss", "cosine_embedding_loss", "nll_loss", "hinge_embedding_loss", "kl_div", "l1_loss",
-    "smooth_l1_loss", "huber_loss", "mse_loss", "margin_ranking_loss", "multilabel_margin_loss", "soft_margin_loss",
-    "triplet_margin_loss", "multi_margin_loss", "binary_cross_entropy_with_logits", "dist", "pdist", "cdist",
-    "renorm", "logsumexp", "softmax", "log_softmax", "softmin", "cross_entropy", "cumsum", "cumprod", "prod", "sum",
-    "normalize", "rms_norm",
-})
+# --- autocast: which function runs in which precision is asked of torch (autocast_policy.py) ----
 # Python-level functions whose body must be seen op by op (their inner linear/bmm/softmax get autocast).
 _REENTER_FUNCTIONS = frozenset({"multi_head_attention_forward"})
 
@@ -204,15 +190,19 @@ class TargetFunctionMode(TorchFunctionMode):
     def __post_init__(self):
         super().__init__()
         self._clones: dict[Any, Callable] = {}
+        self.autocast_rules: dict[str, str] = {}
+        if self.autocast_dtype is not None:
+            self.autocast_rules = autocast_policy.autocast_policy(self.target_device, self.autocast_dtype)
 
     def __torch_function__(self, func, types_, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
         if self.autocast_enabled and self.autocast_dtype is not None:
-            if name in AUTOCAST_LOWER_PRECISION:
+            rule = self.autocast_rules.get(name)
+            if rule == autocast_policy.LOWER:
                 args = tuple(_cast_floating(a, self.autocast_dtype, self.weight_cache) for a in args)
                 kwargs = {k: _cast_floating(v, self.autocast_dtype, self.weight_cache) for k, v in kwargs.items()}
-            elif name in AUTOCAST_FP32:
+            elif rule == autocast_policy.FP32:
                 args = tuple(_cast_floating(a, torch.float32, None) for a in args)
                 kwargs = {k: _cast_floating(v, torch.float32, None) for k, v in kwargs.items()}
         if name == "scaled_dot_product_attention":

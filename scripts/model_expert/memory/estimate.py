@@ -265,8 +265,9 @@ def describe_assumptions(options: EstimateOptions, precision, tracker: Allocatio
         lines.append("scaled_dot_product_attention kernel: " + ", ".join(f"{k} x{v}" for k, v in sorted(backends.items()))
                      + (" (flash/efficient save O(L) logsumexp per head, math saves O(L*S) probabilities)"))
     if precision.autocast_dtype is not None:
-        lines.append("autocast: emulated above autograd from autocast's op lists; weight casts cached for the forward "
-                     "region, as torch.autocast does")
+        lines.append(f"autocast: emulated above autograd; which functions run in the lower precision and which in "
+                     f"fp32 on {target} is asked of this torch's own autocast kernels (autocast_policy.py); weight casts "
+                     f"cached for the forward region, as torch.autocast does")
     if precision.grad_scaler:
         lines.append("GradScaler: the step is assumed not skipped (no inf/nan at the current scale); a skipped early "
                      "step delays the optimizer state")
