@@ -26,7 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="budget in bytes for allocated tensors, taken as given (overrides --gpu's budget)")
     group.add_argument("--world-size", type=int, metavar="N", help="data-parallel GPUs: per-GPU memory and traffic")
     group.add_argument("--strategy", choices=tuple(STRATEGIES), help="with --world-size (default: ddp)")
-    group.add_argument("--measure", action="store_true", help="also run the real step on CUDA and print the measured peak")
+    group.add_argument("--measure", action="store_true",
+                       help="also run the real step on the target device (cuda, or cpu) and print the peak its "
+                            "allocator measured beside the estimate")
     cli.add_output_arguments(parser)
 
 
@@ -38,8 +40,8 @@ def _validate(args: argparse.Namespace) -> None:
     if args.strategy and args.world_size is None:
         raise cli.UserError(f"--strategy {args.strategy} needs --world-size N")
     if args.measure:
-        from .measure import require_cuda
-        require_cuda()
+        from .measure import require_device
+        require_device(args.target_device)
 
 
 def analyse(args: argparse.Namespace) -> dict[str, Any]:
@@ -109,13 +111,29 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
             data["batch_estimates"] = {str(k): v for k, v in sorted(seen.items())}
 
     if args.measure:
-        from .measure import measure_on_cuda
-        measured = measure_on_cuda(session.model, build(None), session.loss_fn, args.optimizer, args.precision,
-                                   args.gradient_checkpointing, name)
+        from .measure import measure_step
+        measured = measure_step(session.model, build(None), session.loss_fn, args.optimizer, args.precision,
+                                args.gradient_checkpointing, name, device=args.target_device)
+        data["measured_device"] = args.target_device
         data["measured_peak_bytes"] = measured["peak_bytes"]
         data["measured_inference_peak_bytes"] = measured["inference_peak_bytes"]
-        data["error_percent"] = 100.0 * (estimate.peak_bytes - measured["peak_bytes"]) / measured["peak_bytes"]
+        data["error_percent"] = percent_error(estimate.peak_bytes, measured["peak_bytes"])
+        data["inference_error_percent"] = percent_error(estimate.inference_peak_bytes, measured["inference_peak_bytes"])
+        data["assumptions"].append(MEASURED_HOW[args.target_device])
     return data
+
+
+MEASURED_HOW = {
+    "cuda": "measured: torch.cuda.max_memory_allocated() of the steady step (after warm-up steps until the "
+            "optimizer state exists), above what was allocated before the model was copied to the GPU",
+    "cpu": "measured: the CPU allocator's own allocation and free events (torch.profiler, profile_memory=True), "
+           "summed from before the model was copied; the CPU target has no allocator rounding",
+}
+
+
+def percent_error(estimate: int, measured: int) -> float | None:
+    """(estimate - measured) / measured in percent: positive over-estimates, negative under-estimates."""
+    return None if measured <= 0 else 100.0 * (estimate - measured) / measured
 
 
 # Table labels for the breakdown keys (the JSON keys stay as they are); every key of the CUDA breakdown is
@@ -131,6 +149,10 @@ def _largest_batch_text(data: dict[str, Any], b) -> str:
     if best == 0:
         return f"none: batch 1 does not fit (needs {b(data['batch_estimates']['1'])})"
     return str(best)
+
+
+def _error_text(error_percent: float | None) -> str:
+    return "" if error_percent is None else f", estimate error {error_percent:+.1f}%"
 
 
 def _batch_text(batch_size: Any) -> str:
@@ -150,8 +172,11 @@ def _rows(data: dict[str, Any]) -> list[list[str]]:
     rows.append(["Saved for backward at end of forward", b(data["activation_bytes_end_of_forward"])])
     rows.append(["Inference peak (eval, no grad)", b(data["inference_peak_bytes"])])
     if "measured_peak_bytes" in data:
-        rows.append(["Measured peak (CUDA)", b(data["measured_peak_bytes"]) + f", estimate error {data['error_percent']:+.1f}%"])
-        rows.append(["Measured inference peak", b(data["measured_inference_peak_bytes"])])
+        where = data["measured_device"].upper() if data["measured_device"] == "cuda" else data["measured_device"]
+        rows.append([f"Measured training peak ({where})",
+                     b(data["measured_peak_bytes"]) + _error_text(data["error_percent"])])
+        rows.append([f"Measured inference peak ({where})",
+                     b(data["measured_inference_peak_bytes"]) + _error_text(data["inference_error_percent"])])
     if "per_gpu_peak_bytes" in data:
         rows.append([f"Per GPU ({data['strategy']}, {data['world_size']} GPUs)", b(data["per_gpu_peak_bytes"])])
         rows.append(["Communicated per step per GPU", b(data["communication_bytes_per_step"])])
