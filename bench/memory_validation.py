@@ -1,16 +1,22 @@
 #!/usr/bin/env python3
-"""Estimated vs measured peak memory of real training steps on a CUDA GPU.
+"""Estimated vs measured peak memory of real training steps, beside what other tools say.
 
 Each configuration is a real model (Hugging Face GPT-2/BERT/T5/Llama-style built from configs,
 torch's TransformerEncoder with a padding mask, an LSTM, a CNN, an MLP, the project's examples
-when present) with a precision, an optimizer and optionally gradient checkpointing. On CUDA it
-runs the shared training step (memory/step.py) until the optimizer state exists, resets the peak
-stats, runs one more step and reads torch.cuda.max_memory_allocated(); the estimate comes from
-the meta-tensor engine with the card's name. `--dry-run` runs the estimates only (on CPU), so a
-test can keep this script from rotting.
+when present) with a precision, an optimizer and optionally gradient checkpointing. The measured
+side is memory/measure.py: the shared training step (memory/step.py) until the optimizer state
+exists, then one more step, counted by the device's allocator (CUDA: max_memory_allocated; CPU:
+the allocator's events through torch.profiler). The estimate comes from the meta-tensor engine
+for that device (and the card's name on CUDA). Beside it, the same step as three other tools see
+it (memory_baselines.py: PyTorch's MemTracker under FakeTensorMode, torchinfo, 4 x model size),
+and on CUDA the measured step time against flops.py's roofline.
 
-Usage: python bench/gpu_memory_validation.py [--dry-run] [--only NAME ...] [--out results.json|results.md]
-Targets (issue 3): median |error| <= 5 %, worst <= 15 %, no under-estimate worse than -10 %.
+Usage: python bench/memory_validation.py [--device cuda|cpu] [--dry-run] [--only WORD ...]
+                                         [--out results.json|results.md] [--time-budget-s S]
+`--dry-run` runs the estimates and the fake-tensor baseline only (no GPU needed), so a test keeps
+this script from rotting. `--device cpu` validates the engine against the CPU allocator (the CUDA
+rules are then not exercised). Targets (issue 3, CUDA): median |error| <= 5 %, worst <= 15 %,
+no under-estimate worse than -10 %.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Any, Callable
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "scripts"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
@@ -33,6 +40,7 @@ from torch import nn  # noqa: E402
 from model_expert import render  # noqa: E402
 from model_expert.inputs import ModelInputs  # noqa: E402
 from model_expert.memory import EstimateOptions, estimate_memory  # noqa: E402
+from memory_baselines import BASELINE_TITLES, BASELINES  # noqa: E402
 
 
 @dataclass
@@ -203,94 +211,214 @@ def gpu_name_for_estimate() -> str | None:
     return name
 
 
-def run(config: Config, dry_run: bool, gpu: str | None) -> dict[str, Any]:
+def percent_error(estimate: int | None, measured: int | None) -> float | None:
+    if estimate is None or not measured:
+        return None
+    return 100.0 * (estimate - measured) / measured
+
+
+def roofline_step_seconds(config: Config, gpu: str | None) -> float | None:
+    """flops.py's step-time estimate for this card (counted on meta), or None without a known card."""
+    from model_expert import flops
+    from model_expert.gpus import find_gpu
+    from model_expert.errors import UserError
+    try:
+        spec = find_gpu(gpu) if gpu else None
+    except UserError:
+        return None
+    if spec is None:
+        return None
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        model = config.build()
+    counter = flops.count_step(model, config.inputs("meta"), config.loss, config.name)
+    counted = flops.step_flops(counter, model, config.precision, config.optimizer)
+    return flops.time_estimate(counted, spec, config.precision)["estimated_step_seconds"]
+
+
+def run(config: Config, device: str, dry_run: bool, gpu: str | None, timed_steps: int) -> dict[str, Any]:
+    from memory_baselines import run_baselines
+    from model_expert.memory.step import PRECISIONS, cast_inputs
     torch.manual_seed(0)
     with torch.device("meta"):
         model_meta = config.build()
     started = time.perf_counter()
     estimate = estimate_memory(model_meta, config.inputs, config.loss, EstimateOptions(
-        optimizer=config.optimizer, precision=config.precision, target_device="cuda", gpu_name=gpu,
+        optimizer=config.optimizer, precision=config.precision, target_device=device, gpu_name=gpu,
         gradient_checkpointing=config.checkpointing), model_name=config.name)
-    row = {"name": config.name, "estimate_bytes": estimate.peak_bytes, "estimate_phase": estimate.peak_phase,
-           "estimate_inference_bytes": estimate.inference_peak_bytes, "estimate_seconds": time.perf_counter() - started,
-           "breakdown": estimate.breakdown}
-    if dry_run:
-        return row
-    from model_expert.memory.measure import measure_on_cuda
-    torch.manual_seed(0)
-    model = config.build()
-    measured = measure_on_cuda(model, config.inputs, config.loss, config.optimizer, config.precision,
-                               config.checkpointing, config.name)
-    row["measured_bytes"] = measured["peak_bytes"]
-    row["measured_inference_bytes"] = measured["inference_peak_bytes"]
-    row["error_percent"] = 100.0 * (estimate.peak_bytes - measured["peak_bytes"]) / measured["peak_bytes"]
-    row["inference_error_percent"] = (100.0 * (estimate.inference_peak_bytes - measured["inference_peak_bytes"])
-                                      / measured["inference_peak_bytes"])
-    del model
+    row: dict[str, Any] = {
+        "name": config.name, "estimate_bytes": estimate.peak_bytes, "estimate_phase": estimate.peak_phase,
+        "estimate_inference_bytes": estimate.inference_peak_bytes, "estimate_seconds": time.perf_counter() - started,
+        "breakdown": estimate.breakdown}
+    real_model = None
+    if not dry_run:
+        from model_expert.memory.measure import measure_step
+        torch.manual_seed(0)
+        model = config.build()
+        measured = measure_step(model, config.inputs, config.loss, config.optimizer, config.precision,
+                                config.checkpointing, config.name, device=device, timed_steps=timed_steps)
+        row["measured_bytes"] = measured["peak_bytes"]
+        row["measured_inference_bytes"] = measured["inference_peak_bytes"]
+        row["error_percent"] = percent_error(estimate.peak_bytes, measured["peak_bytes"])
+        row["inference_error_percent"] = percent_error(estimate.inference_peak_bytes, measured["inference_peak_bytes"])
+        if "step_seconds_median" in measured:
+            row["measured_step_seconds"] = measured["step_seconds_median"]
+            row["roofline_step_seconds"] = roofline_step_seconds(config, gpu)
+        real_model = model.to(device)
+        if PRECISIONS[config.precision].param_dtype is not None:
+            real_model = real_model.to(PRECISIONS[config.precision].param_dtype)
+
+    def inputs_cast(target: str) -> ModelInputs:
+        dtype = PRECISIONS[config.precision].param_dtype
+        return cast_inputs(config.inputs(target), dtype)
+    row["baselines"] = run_baselines(config.build, inputs_cast, config.loss, config.optimizer, config.precision,
+                                     device, config.checkpointing, real_model)
+    for name, answer in row["baselines"].items():
+        answer["error_percent"] = percent_error(answer.get("bytes"), row.get("measured_bytes"))
+    del real_model
+    if device == "cuda":
+        torch.cuda.empty_cache()
     return row
 
 
+def _median_abs(values: list[float]) -> float | None:
+    return statistics.median(abs(v) for v in values) if values else None
+
+
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    errors = [r["error_percent"] for r in rows if "error_percent" in r]
+    errors = [r["error_percent"] for r in rows if r.get("error_percent") is not None]
     if not errors:
         return {}
-    return {"median_abs_error_percent": statistics.median(abs(e) for e in errors),
-            "worst_abs_error_percent": max(abs(e) for e in errors),
-            "worst_under_estimate_percent": min(errors),
-            "inference_median_abs_error_percent": statistics.median(abs(r["inference_error_percent"]) for r in rows
-                                                                    if "inference_error_percent" in r)}
+    summary: dict[str, Any] = {
+        "configurations": len(errors),
+        "median_abs_error_percent": _median_abs(errors),
+        "worst_abs_error_percent": max(abs(e) for e in errors),
+        "worst_under_estimate_percent": min(errors),
+        "inference_median_abs_error_percent": _median_abs(
+            [r["inference_error_percent"] for r in rows if r.get("inference_error_percent") is not None]),
+        "baselines": {}}
+    for name in BASELINES:
+        answers = [r["baselines"][name] for r in rows if name in r.get("baselines", {})]
+        baseline_errors = [a["error_percent"] for a in answers if a.get("error_percent") is not None]
+        summary["baselines"][name] = {
+            "median_abs_error_percent": _median_abs(baseline_errors),
+            "worst_under_estimate_percent": min(baseline_errors) if baseline_errors else None,
+            "under_estimates": sum(e < 0 for e in baseline_errors),
+            "failed": sum("failed" in a for a in answers)}
+    return summary
+
+
+def _error_cell(error: float | None) -> str:
+    return "-" if error is None else f"{error:+.1f}%"
+
+
+def _baseline_cell(answer: dict[str, Any] | None) -> str:
+    if answer is None:
+        return "-"
+    if "failed" in answer:
+        return "failed"
+    if answer.get("error_percent") is not None:
+        return _error_cell(answer["error_percent"])
+    return render.mib(answer["bytes"])
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1e3:,.1f}"
 
 
 def markdown(rows, summary, device) -> str:
-    body = [[r["name"], render.mib(r["estimate_bytes"]), render.mib(r.get("measured_bytes")),
-             f"{r['error_percent']:+.1f}%" if "error_percent" in r else "-",
-             f"{r['inference_error_percent']:+.1f}%" if "inference_error_percent" in r else "-",
-             f"{r['estimate_seconds']:.1f}"] for r in rows]
-    lines = [f"Device: {device}", "",
-             render.markdown_table(body, ["configuration", "estimate", "measured", "error", "inference error", "est. s"])]
+    measured = any("measured_bytes" in r for r in rows)
+    timed = any("measured_step_seconds" in r for r in rows)
+    head = ["configuration", "measured", "model-expert", "error", "inference error"] if measured else \
+        ["configuration", "model-expert"]
+    head += [BASELINE_TITLES[name] + (" error" if measured else "") for name in BASELINES]
+    if timed:
+        head += ["step ms measured", "step ms roofline"]
+    body = []
+    for r in rows:
+        line = [r["name"]]
+        if measured:
+            line += [render.mib(r.get("measured_bytes")), render.mib(r["estimate_bytes"]),
+                     _error_cell(r.get("error_percent")), _error_cell(r.get("inference_error_percent"))]
+        else:
+            line += [render.mib(r["estimate_bytes"])]
+        line += [_baseline_cell(r.get("baselines", {}).get(name)) for name in BASELINES]
+        if timed:
+            line += [_ms(r.get("measured_step_seconds")), _ms(r.get("roofline_step_seconds"))]
+        body.append(line)
+    lines = [f"Device: {device}", "", render.markdown_table(body, head)]
     if summary:
-        lines += ["", f"median |error| {summary['median_abs_error_percent']:.1f}%, worst |error| "
-                      f"{summary['worst_abs_error_percent']:.1f}%, worst under-estimate "
-                      f"{summary['worst_under_estimate_percent']:+.1f}%"]
+        lines += ["", f"model-expert over {summary['configurations']} configurations: median |error| "
+                      f"{summary['median_abs_error_percent']:.1f}%, worst |error| {summary['worst_abs_error_percent']:.1f}%, "
+                      f"worst under-estimate {summary['worst_under_estimate_percent']:+.1f}%"]
+        for name, stats in summary["baselines"].items():
+            median = stats["median_abs_error_percent"]
+            lines.append(f"{BASELINE_TITLES[name]}: median |error| "
+                         + ("-" if median is None else f"{median:.1f}%")
+                         + f", under-estimates {stats['under_estimates']}, failed {stats['failed']}")
+    failures = [f"{r['name']} / {BASELINE_TITLES[name]}: {a['failed']}" for r in rows
+                for name, a in r.get("baselines", {}).items() if "failed" in a]
+    if failures:
+        lines += ["", "Baseline failures:", ""] + [f"- {line}" for line in failures]
     return "\n".join(lines) + "\n"
+
+
+def write_results(path: str, rows, summary, device) -> None:
+    text = markdown([r for r in rows if "error" not in r], summary, device)
+    failed = [r for r in rows if "error" in r]
+    if failed:
+        text += "\nFailed: " + "; ".join(f"{r['name']}: {r['error']}" for r in failed) + "\n"
+    content = text if path.endswith(".md") else \
+        json.dumps({"device": device, "rows": rows, "summary": summary}, indent=2) + "\n"
+    with open(path, "w", encoding="utf-8") as stream:
+        stream.write(content)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dry-run", action="store_true", help="estimates only (no GPU needed)")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="the device to validate (default: cuda)")
+    parser.add_argument("--dry-run", action="store_true", help="estimates and the fake-tensor baseline only")
     parser.add_argument("--only", nargs="*", help="run configurations whose name contains one of these words")
-    parser.add_argument("--out", help="write the results to this .json or .md file")
+    parser.add_argument("--out", action="append", default=[],
+                        help="write the results to this .json or .md file (repeatable; rewritten after each row)")
+    parser.add_argument("--timed-steps", type=int, default=5, help="CUDA: steps timed after the measured one")
+    parser.add_argument("--time-budget-s", type=float, default=None,
+                        help="start no new configuration after this many seconds (the rest are listed as skipped)")
     args = parser.parse_args()
-    if not args.dry_run and not torch.cuda.is_available():
-        sys.stderr.write("gpu_memory_validation.py: error: no CUDA GPU; run with --dry-run for the estimates alone\n")
+    if args.device == "cuda" and not args.dry_run and not torch.cuda.is_available():
+        sys.stderr.write("memory_validation.py: error: no CUDA GPU; use --dry-run, or --device cpu to validate "
+                         "against the CPU allocator\n")
         return 2
-    gpu = gpu_name_for_estimate()
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() and not args.dry_run else "none (dry run)"
+    gpu = gpu_name_for_estimate() if args.device == "cuda" else None
+    if args.dry_run:
+        device_text = f"none (dry run; estimates for {args.device})"
+    elif args.device == "cuda":
+        device_text = f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+    else:
+        device_text = f"CPU ({os.cpu_count()} cores), torch {torch.__version__}"
     configs = [c for c in configurations() if not args.only or any(word in c.name for word in args.only)]
-    rows = []
+    rows: list[dict[str, Any]] = []
+    started = time.perf_counter()
     for config in configs:
+        if args.time_budget_s is not None and time.perf_counter() - started > args.time_budget_s:
+            rows.append({"name": config.name, "error": "skipped: --time-budget-s spent", "estimate_bytes": None})
+            continue
         try:
-            row = run(config, args.dry_run, gpu)
+            row = run(config, args.device, args.dry_run, gpu, args.timed_steps)
         except Exception as error:  # one broken configuration must not hide the others
             row = {"name": config.name, "error": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
                    "estimate_bytes": None, "estimate_seconds": 0.0}
         rows.append(row)
-        shown = {k: v for k, v in row.items() if k != "breakdown"}
-        print(json.dumps(shown), flush=True)
+        print(json.dumps({k: v for k, v in row.items() if k != "breakdown"}), flush=True)
+        summary = summarise([r for r in rows if "error" not in r])
+        for path in args.out:
+            write_results(path, rows, summary, device_text)
     good = [r for r in rows if "error" not in r]
     summary = summarise(good)
-    text = markdown(good, summary, device)
+    print(markdown(good, summary, device_text))
     failed = [r for r in rows if "error" in r]
-    if failed:
-        text += "\nFailed: " + "; ".join(f"{r['name']}: {r['error']}" for r in failed) + "\n"
-    print(text)
-    if args.out:
-        if args.out.endswith(".md"):
-            content = text
-        else:
-            content = json.dumps({"device": device, "rows": rows, "summary": summary}, indent=2) + "\n"
-        with open(args.out, "w", encoding="utf-8") as stream:
-            stream.write(content)
+    for r in failed:
+        print(f"Failed: {r['name']}: {r['error']}")
     return 1 if failed else 0
 
 

@@ -346,9 +346,9 @@ def test_user_model_is_unchanged():
     assert all(p.grad is None and p.dtype == torch.float32 and p.device.type == "cpu" for p in model.parameters())
 
 
-def test_gpu_validation_dry_run_does_not_rot(tmp_path):
+def test_memory_validation_dry_run_does_not_rot(tmp_path):
     out = tmp_path / "results.json"
-    result = subprocess.run([sys.executable, "bench/gpu_memory_validation.py", "--dry-run", "--only", "MLP", "CNN fp32",
+    result = subprocess.run([sys.executable, "bench/memory_validation.py", "--dry-run", "--only", "MLP", "CNN fp32",
                              "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     rows = json.loads(out.read_text())["rows"]
@@ -357,6 +357,23 @@ def test_gpu_validation_dry_run_does_not_rot(tmp_path):
     mlp = rows[1]
     assert mlp["breakdown"]["optimizer_state"] >= 2 * mlp_params  # AdamW: 2 x fp32 params (each block rounded up)
     assert mlp["breakdown"]["optimizer_state"] - 2 * mlp_params < 6 * 512
+    assert mlp["baselines"]["four_x_model_size"]["bytes"] == 4 * mlp_params
+
+
+def test_memory_validation_on_cpu_measures_and_compares(tmp_path):
+    out_json, out_md = tmp_path / "results.json", tmp_path / "results.md"
+    result = subprocess.run([sys.executable, "bench/memory_validation.py", "--device", "cpu", "--only", "MLP",
+                             "--out", str(out_json), "--out", str(out_md)], cwd=REPO, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out_json.read_text())
+    row = data["rows"][0]
+    assert abs(row["error_percent"]) < 0.01  # the CPU allocator's count, independent of the estimate
+    assert row["baselines"]["four_x_model_size"]["error_percent"] == pytest.approx(
+        100 * (row["baselines"]["four_x_model_size"]["bytes"] - row["measured_bytes"]) / row["measured_bytes"])
+    assert set(row["baselines"]) == {"memtracker_fake", "torchinfo", "four_x_model_size"}
+    assert data["summary"]["configurations"] == 1
+    assert "| MLP fp32 adamw" in out_md.read_text() and "4 × model size" in out_md.read_text()
 
 
 # --- the model's or the user's own checkpointing -------------------------------------------------------

@@ -482,60 +482,67 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
                             f"run; rerun with --device cpu (and small --batch-size/--dim if memory is short)") from error
         raise
 
-    data = summarise(counter, model, args.depth)
-    parameters = _unique_parameters(model)
-    trainable_elements = sum(p.numel() for p in parameters if p.requires_grad)
-    floating_parameter_elements = sum(p.numel() for p in parameters if p.is_floating_point())
-    precision = PRECISIONS[args.precision]
-    optimizer_flops = optimizer_step_flops(trainable_elements, args.optimizer)
-    bytes_moved = {
-        "forward": phase_bytes(counter.traffic["forward"], precision, floating_parameter_elements),
-        "backward": phase_bytes(counter.traffic["backward"], precision, floating_parameter_elements),
-        "optimizer": optimizer_step_bytes(trainable_elements, args.optimizer, precision.parameter_bytes),
-    }
     dims = _known_dims(session)
-    result: dict[str, Any] = {
-        "target": args.target, "model": session.loaded.name, "device": args.device,
-        "inputs": inputs.describe(), "precision": args.precision, "optimizer": args.optimizer,
-        "forward_flops": data.pop("forward_flops"), "backward_flops": data.pop("backward_flops"),
-    }
-    result["step_flops"] = result["forward_flops"] + result["backward_flops"]
-    result["optimizer_flops"] = optimizer_flops
-    result["trainable_parameters"] = trainable_elements
+    result: dict[str, Any] = {"target": args.target, "model": session.loaded.name, "device": args.device,
+                              "inputs": inputs.describe()}
+    result.update(step_flops(counter, model, args.precision, args.optimizer, args.depth))
     result["batch_size"] = dims.get("B")
     result["tokens_per_batch"] = dims["B"] * dims["T"] if "B" in dims and "T" in dims else None
-    result["bytes_moved"] = bytes_moved
-    result["depth"] = args.depth
-    result.update(data)
     if gpu is not None:
-        result.update(_time_estimate(result, gpu, args, precision))
+        result.update(time_estimate(result, gpu, args.precision, args.mfu, args.allow_tf32))
     return result
 
 
-def _time_estimate(result: dict[str, Any], gpu: GpuSpec, args: argparse.Namespace,
-                   precision: PrecisionRule) -> dict[str, Any]:
-    dtype = math_dtype(args.precision, args.allow_tf32)
+def step_flops(counter: StepFlopCounter, model: nn.Module, precision_name: str, optimizer: str,
+               depth: int = 2) -> dict[str, Any]:
+    """FLOPs and bytes moved per phase of one training step, from a finished counter (see count_step)."""
+    data = summarise(counter, model, depth)
+    parameters = _unique_parameters(model)
+    trainable_elements = sum(p.numel() for p in parameters if p.requires_grad)
+    floating_parameter_elements = sum(p.numel() for p in parameters if p.is_floating_point())
+    precision = PRECISIONS[precision_name]
+    bytes_moved = {
+        "forward": phase_bytes(counter.traffic["forward"], precision, floating_parameter_elements),
+        "backward": phase_bytes(counter.traffic["backward"], precision, floating_parameter_elements),
+        "optimizer": optimizer_step_bytes(trainable_elements, optimizer, precision.parameter_bytes),
+    }
+    result: dict[str, Any] = {"precision": precision_name, "optimizer": optimizer,
+                              "forward_flops": data.pop("forward_flops"), "backward_flops": data.pop("backward_flops")}
+    result["step_flops"] = result["forward_flops"] + result["backward_flops"]
+    result["optimizer_flops"] = optimizer_step_flops(trainable_elements, optimizer)
+    result["trainable_parameters"] = trainable_elements
+    result["bytes_moved"] = bytes_moved
+    result["depth"] = depth
+    result.update(data)
+    return result
+
+
+def time_estimate(result: dict[str, Any], gpu: GpuSpec, precision_name: str, mfu: float = DEFAULT_MFU,
+                  allow_tf32: bool = False) -> dict[str, Any]:
+    """The roofline step time on GPU for a step_flops() result, with its assumptions in words."""
+    precision = PRECISIONS[precision_name]
+    dtype = math_dtype(precision_name, allow_tf32)
     moved = result["bytes_moved"]
     estimate = estimate_step_time(forward_flops=result["forward_flops"], backward_flops=result["backward_flops"],
                                   optimizer_flops=result["optimizer_flops"], forward_bytes=moved["forward"],
                                   backward_bytes=moved["backward"], optimizer_bytes=moved["optimizer"],
-                                  gpu=gpu, dtype=dtype, mfu=args.mfu)
+                                  gpu=gpu, dtype=dtype, mfu=mfu)
     step_seconds = estimate["step_seconds"]
     inference_seconds = estimate["phases"]["forward"]["seconds"]
     batch, tokens = result["batch_size"], result["tokens_per_batch"]
     assumptions = [
         "time per phase = max(FLOPs / (peak x MFU), bytes moved / bandwidth); step = forward + backward + optimizer",
         f"matmul peak: {gpu.name} {dtype} {gpu.peak_for(dtype) / 1e12:g} TFLOP/s (dense, from gpus.py) for "
-        f"--precision {args.precision}" + (" with --allow-tf32" if args.allow_tf32 else ""),
-        f"MFU {args.mfu:g}" + (f"; {MFU_SOURCE}" if args.mfu == DEFAULT_MFU else " (from --mfu)"),
+        f"--precision {precision_name}" + (" with --allow-tf32" if allow_tf32 else ""),
+        f"MFU {mfu:g}" + (f"; {MFU_SOURCE}" if mfu == DEFAULT_MFU else " (from --mfu)"),
         f"bandwidth: {gpu.memory_bandwidth_bytes_per_s / 1e9:g} GB/s (gpus.py)",
         "bytes moved per forward/backward phase: every executed non-view aten op reads each tensor input and "
         "writes each output once (eager PyTorch, no fusion, no cache reuse): includes weight reads by matmuls, "
         "activation writes and re-reads, gradient writes; *_like/new_* creation ops write only their output, "
         "empty* ops nothing",
         f"floating tensors counted at {precision.activation_bytes} bytes per element for --precision "
-        f"{args.precision}, whatever dtype the model was loaded in (FLOPs do not depend on dtype)",
-        f"optimizer step ({args.optimizer}): {OPTIMIZER_STEPS[args.optimizer].derivation}; each tensor touched "
+        f"{precision_name}, whatever dtype the model was loaded in (FLOPs do not depend on dtype)",
+        f"optimizer step ({result['optimizer']}): {OPTIMIZER_STEPS[result['optimizer']].derivation}; each tensor touched "
         f"once at {precision.parameter_bytes} bytes per element (a fused kernel; foreach temporaries not counted); "
         f"elementwise peak {gpu.peak_for('fp32') / 1e12:g} TFLOP/s (fp32 CUDA cores) x MFU",
         "attention FLOPs are not discounted for causal masks (FlopCounterMode's convention); backward counts "
@@ -556,7 +563,7 @@ def _time_estimate(result: dict[str, Any], gpu: GpuSpec, args: argparse.Namespac
         "gpu": {"name": gpu.name, "description": gpu.description, "math_dtype": dtype,
                 "peak_flops_per_s": estimate["matmul_peak_flops_per_s"],
                 "memory_bandwidth_bytes_per_s": gpu.memory_bandwidth_bytes_per_s},
-        "mfu": args.mfu,
+        "mfu": mfu,
         "phases": estimate["phases"],
         "estimated_step_seconds": step_seconds,
         "inference_seconds_per_batch": inference_seconds,
