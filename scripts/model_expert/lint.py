@@ -868,8 +868,8 @@ class FunctionRecorder:
         self.calls: dict[type, RecordedCall] = {}
 
     def __enter__(self) -> "FunctionRecorder":
-        self._original = Function.__dict__["apply"]
-        original_function = self._original.__func__
+        self._original = Function.__dict__["apply"]  # a classmethod, or (torch >= 2.14) a C classmethod_descriptor
+        original = self._original
         recorder = self
 
         def apply(cls, *args, **kwargs):
@@ -878,7 +878,7 @@ class FunctionRecorder:
                 record = recorder.calls[cls] = RecordedCall(cls, 0, [_record_argument(a) for a in args],
                                                             {k: _record_argument(v) for k, v in kwargs.items()})
             record.calls += 1
-            return original_function(cls, *args, **kwargs)
+            return original.__get__(None, cls)(*args, **kwargs)
 
         Function.apply = classmethod(apply)  # type: ignore[method-assign]
         return self
