@@ -228,10 +228,20 @@ def roofline_step_seconds(config: Config, gpu: str | None) -> float | None:
         return None
     if spec is None:
         return None
-    torch.manual_seed(0)
-    with torch.device("meta"):
-        model = config.build()
-    counter = flops.count_step(model, config.inputs("meta"), config.loss, config.name)
+    from model_expert.runner import ModelCallError
+    for device in ("meta", "cpu"):  # a model that reads its data (BERT's mask checks) is counted on the CPU
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = config.build()
+        if config.checkpointing:
+            from model_expert.memory.estimate import enable_checkpointing
+            enable_checkpointing(model, config.name)  # the recomputed forward is counted in backward
+        try:
+            counter = flops.count_step(model, config.inputs(device), config.loss, config.name)
+            break
+        except ModelCallError:
+            if device == "cpu":
+                raise
     counted = flops.step_flops(counter, model, config.precision, config.optimizer)
     return flops.time_estimate(counted, spec, config.precision)["estimated_step_seconds"]
 
@@ -275,6 +285,8 @@ def run(config: Config, device: str, dry_run: bool, gpu: str | None, timed_steps
                                      device, config.checkpointing, real_model)
     for name, answer in row["baselines"].items():
         answer["error_percent"] = percent_error(answer.get("bytes"), row.get("measured_bytes"))
+    if not dry_run:
+        del model
     del real_model
     if device == "cuda":
         torch.cuda.empty_cache()

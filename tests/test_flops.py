@@ -60,7 +60,7 @@ MODELS = textwrap.dedent('''
             return self.left(a) @ self.right(b).T
 
     class ReadsValues(nn.Module):
-        """Data-dependent: needs tensor values, which meta tensors lack."""
+        """Reads a value (.item()): on meta it is assumed to be 1.0, and the FLOPs do not depend on it."""
         def __init__(self):
             super().__init__()
             self.proj = nn.Linear(8, 8)
@@ -68,6 +68,16 @@ MODELS = textwrap.dedent('''
         def forward(self, x):
             y = self.proj(x)
             return y * float(y.sum().item())
+
+    class SelectsByValue(nn.Module):
+        """Data-dependent shape (boolean-mask indexing): needs tensor values, which meta tensors lack."""
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(8, 8)
+
+        def forward(self, x):
+            y = self.proj(x)
+            return y[y > 0]
 ''')
 
 
@@ -349,12 +359,45 @@ def test_model_unchanged_when_backward_fails():
     assert model.training and model.proj.weight.grad is None
 
 
-def test_meta_data_dependent_op_is_explained(models_file, capsys):
-    code = cli.main(flops.CAPABILITY, [f"{models_file}:ReadsValues", "--device", "meta", "--input", "float32[2,8]"])
+def test_meta_data_dependent_shape_is_explained(models_file, capsys):
+    code = cli.main(flops.CAPABILITY, [f"{models_file}:SelectsByValue", "--device", "meta", "--input", "float32[2,8]"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
-    assert "'(the model itself)'" in err or "ReadsValues" in err
+    assert "'(the model itself)'" in err or "SelectsByValue" in err
     assert "--device cpu" in err and "data-dependent" in err
+
+
+def test_meta_value_reads_are_assumed_counted_and_shown(models_file, capsys):
+    """.item() on meta returns 1.0 (as memory.py assumes); the count equals the CPU count and the read is said."""
+    meta = run_json([f"{models_file}:ReadsValues", "--device", "meta", "--input", "float32[2,8]"], capsys)
+    cpu = run_json([f"{models_file}:ReadsValues", "--device", "cpu", "--input", "float32[2,8]"], capsys)
+    assert meta["data_dependent_reads"] == 1 and cpu["data_dependent_reads"] == 0
+    assert (meta["forward_flops"], meta["backward_flops"]) == (cpu["forward_flops"], cpu["backward_flops"])
+    assert meta["forward_flops"] == 2 * 2 * 8 * 8  # the Linear(8, 8) on 2 rows
+    code = cli.main(flops.CAPABILITY, [f"{models_file}:ReadsValues", "--device", "meta", "--input", "float32[2,8]"])
+    out = capsys.readouterr().out
+    assert code == 0 and "Assumed: 1 data-dependent read(s)" in out
+
+
+def test_hf_bert_with_padding_mask_counts_on_meta_as_on_cpu():
+    """BERT's attention-mask checks read values; on meta they are assumed, and the FLOPs equal the CPU's."""
+    import transformers
+    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64, vocab_size=100, max_position_embeddings=64)
+    counts = {}
+    for device in ("meta", "cpu"):
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = transformers.BertForSequenceClassification(config)
+            ids = torch.zeros(2, 16, dtype=torch.long)
+            mask = torch.ones(2, 16, dtype=torch.long)
+        if device == "cpu":
+            mask[:, 12:] = 0
+        counter = flops.count_step(model, ModelInputs(kwargs={"input_ids": ids, "attention_mask": mask}))
+        counts[device] = (sum(counter.phase_counts["forward"]["Global"].values()),
+                          sum(counter.phase_counts["backward"]["Global"].values()), counter.scalar_reads.reads)
+    assert counts["meta"][:2] == counts["cpu"][:2] and counts["meta"][0] > 0
+    assert counts["meta"][2] >= 1 and counts["cpu"][2] == 0
 
 
 @pytest.mark.parametrize("argv, message", [

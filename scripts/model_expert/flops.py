@@ -27,12 +27,14 @@ import torch
 from torch import nn
 from torch.utils import flop_counter as _fc
 from torch.utils._pytree import tree_flatten
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.module_tracker import ModuleTracker
 
 from . import cli, render
 from .errors import UserError
 from .gpus import GpuSpec, find_gpu
 from .guard import preserved
+from .memory.tracker import plausible_scalar
 from .runner import ModelCallError, call_model, compute_loss, run_backward
 
 aten = torch.ops.aten
@@ -210,6 +212,21 @@ class GradAwareModuleTracker(ModuleTracker):
             self._hooks.append(parameter.register_post_accumulate_grad_hook(on_accumulated))
 
 
+class MetaScalarReads(TorchDispatchMode):
+    """On meta tensors, `.item()` / `bool(tensor)` (Hugging Face's mask and packed-sequence checks) return the
+    value memory/tracker.py assumes (True, 1, 1.0) instead of failing; each read is counted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default and args[0].device.type == "meta":
+            self.reads += 1
+            return plausible_scalar(args[0])
+        return func(*args, **(kwargs or {}))
+
+
 class StepFlopCounter(_fc.FlopCounterMode):
     """FlopCounterMode that also keeps forward/backward apart, lists ops without a formula, and counts traffic.
 
@@ -224,6 +241,16 @@ class StepFlopCounter(_fc.FlopCounterMode):
             phase: defaultdict(lambda: defaultdict(int)) for phase in ("forward", "backward")}
         self.uncounted_calls: dict[str, dict[Any, int]] = {"forward": defaultdict(int), "backward": defaultdict(int)}
         self.traffic = {"forward": PhaseTraffic(), "backward": PhaseTraffic()}
+        self.scalar_reads = MetaScalarReads()
+
+    def __enter__(self):
+        super().__enter__()
+        self.scalar_reads.__enter__()  # innermost: sees .item() before the counter does
+        return self
+
+    def __exit__(self, *exc_info):
+        self.scalar_reads.__exit__(*exc_info)
+        return super().__exit__(*exc_info)
 
     def _count_flops(self, func_packet, out, args, kwargs):  # overrides FlopCounterMode's leaf-op hook
         phase = "backward" if self.mod_tracker.is_bw else "forward"
@@ -351,7 +378,8 @@ def estimate_step_time(*, forward_flops: int, backward_flops: int, optimizer_flo
 # ---------------------------------------------------------------------------------------------
 # Running the model.
 
-_META_DATA_HINTS = ("meta tensor", "on meta", "meta device", "data-dependent", "cannot be called on meta")
+_META_DATA_HINTS = ("meta tensor", "on meta", "meta device", "data-dependent", "cannot be called on meta", "register_meta",
+                    "data-independent")
 
 
 def _meta_failure(error: BaseException) -> bool:
@@ -511,6 +539,7 @@ def step_flops(counter: StepFlopCounter, model: nn.Module, precision_name: str, 
     result["step_flops"] = result["forward_flops"] + result["backward_flops"]
     result["optimizer_flops"] = optimizer_step_flops(trainable_elements, optimizer)
     result["trainable_parameters"] = trainable_elements
+    result["data_dependent_reads"] = counter.scalar_reads.reads
     result["bytes_moved"] = bytes_moved
     result["depth"] = depth
     result.update(data)
@@ -529,7 +558,7 @@ def time_estimate(result: dict[str, Any], gpu: GpuSpec, precision_name: str, mfu
                                   gpu=gpu, dtype=dtype, mfu=mfu)
     step_seconds = estimate["step_seconds"]
     inference_seconds = estimate["phases"]["forward"]["seconds"]
-    batch, tokens = result["batch_size"], result["tokens_per_batch"]
+    batch, tokens = result.get("batch_size"), result.get("tokens_per_batch")
     assumptions = [
         "time per phase = max(FLOPs / (peak x MFU), bytes moved / bandwidth); step = forward + backward + optimizer",
         f"matmul peak: {gpu.name} {dtype} {gpu.peak_for(dtype) / 1e12:g} TFLOP/s (dense, from gpus.py) for "
@@ -633,6 +662,11 @@ def _uncounted_rows(data: dict[str, Any]) -> list[list[str]]:
     return [[op, render.count(n), data["uncounted_op_rules"][op]] for op, n in data["uncounted_ops"].items()]
 
 
+def _data_dependent_text(data: dict[str, Any]) -> str:
+    return (f"Assumed: {data['data_dependent_reads']} data-dependent read(s) (.item(), bool(tensor)) on meta tensors "
+            f"returned True / 1 / 1.0; the branch they chose is the one counted")
+
+
 def render_table(data: dict[str, Any], args: argparse.Namespace) -> str:
     parts = [f"FLOPs of one training step of {data['model']} ({data['target']}), device {data['device']}", "",
              render.table(_summary_rows(data), ["quantity", "value", "exact"]), "",
@@ -644,6 +678,8 @@ def render_table(data: dict[str, Any], args: argparse.Namespace) -> str:
     if data["unsupported_ops"]:
         parts += ["", "WARNING: ops with no FLOP formula (their FLOPs are missing from the totals): "
                   + ", ".join(f"{op} x{n}" for op, n in data["unsupported_ops"].items())]
+    if data.get("data_dependent_reads"):
+        parts += ["", _data_dependent_text(data)]
     parts += ["", "Ops not counted (calls; rule)", render.table(_uncounted_rows(data), ["op", "calls", "rule"])]
     if "phases" in data:
         parts += ["", *_throughput_lines(data), "",
@@ -658,6 +694,8 @@ def render_markdown(data: dict[str, Any], args: argparse.Namespace) -> str:
              render.markdown_table([[f"`{m['name']}`", m["type"], render.flops(m["forward_flops"]),
                                      render.flops(m["backward_flops"])] for m in data["modules"]],
                                    ["module", "type", "forward", "backward"])]
+    if data.get("data_dependent_reads"):
+        parts += ["", _data_dependent_text(data)]
     if data["unsupported_ops"]:
         parts += ["", "**Not counted, no formula:** " + ", ".join(f"`{op}` x{n}" for op, n in data["unsupported_ops"].items())]
     if "phases" in data:

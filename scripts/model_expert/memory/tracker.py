@@ -42,7 +42,7 @@ class StorageRecord:
     phase: str
 
 
-def _plausible_scalar(tensor: torch.Tensor) -> Any:
+def plausible_scalar(tensor: torch.Tensor) -> Any:
     """The value `.item()` returns on a meta tensor: True for bool (checks pass), 1 for ints, 1.0 for floats."""
     if tensor.dtype == torch.bool:
         return True
@@ -138,7 +138,7 @@ class AllocationTracker(TorchDispatchMode):
         kwargs = kwargs or {}
         if func is aten._local_scalar_dense.default and args[0].device.type == "meta":
             self.data_dependent_reads[".item() / bool() on a tensor"] += 1
-            return _plausible_scalar(args[0])
+            return plausible_scalar(args[0])
         try:
             out = func(*args, **kwargs)
         except NotImplementedError:
