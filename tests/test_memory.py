@@ -360,6 +360,16 @@ def test_memory_validation_dry_run_does_not_rot(tmp_path):
     assert mlp["baselines"]["four_x_model_size"]["bytes"] == 4 * mlp_params
 
 
+def test_gpu_session_script_writes_both_result_files_to_out(tmp_path):
+    """bench/gpu_session.sh is the one device call a GPU session makes; its plumbing is checked here (dry run)."""
+    result = subprocess.run(["bash", "bench/gpu_session.sh", "--dry-run", "--only", "MLP"], cwd=REPO,
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "OUT": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert "torch " in result.stdout
+    assert json.loads((tmp_path / "results_gpu.json").read_text())["rows"][0]["name"] == "MLP fp32 adamw"
+    assert "| MLP fp32 adamw" in (tmp_path / "results_gpu.md").read_text()
+
+
 def test_memory_validation_on_cpu_measures_and_compares(tmp_path):
     out_json, out_md = tmp_path / "results.json", tmp_path / "results.md"
     result = subprocess.run([sys.executable, "bench/memory_validation.py", "--device", "cpu", "--only", "MLP",
