@@ -99,11 +99,16 @@ def t5():
         decoder_start_token_id=0, pad_token_id=0))
 
 
-def llama():
+def llama(kv_heads: int = 8):
     import transformers
     return transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        hidden_size=512, intermediate_size=1376, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=8,
-        vocab_size=16000, max_position_embeddings=1024))
+        hidden_size=512, intermediate_size=1376, num_hidden_layers=4, num_attention_heads=8,
+        num_key_value_heads=kv_heads, vocab_size=16000, max_position_embeddings=1024))
+
+
+def llama_gqa():
+    """Grouped-query attention: 8 query heads share 2 key/value heads (Llama 3, Qwen, Mistral)."""
+    return llama(kv_heads=2)
 
 
 class MaskedEncoder(nn.Module):
@@ -191,6 +196,7 @@ def configurations() -> list[Config]:
         Config("llama fp32 sgd", llama, lm_inputs(4, 1024, 16000), "fp32", "sgd"),
         Config("llama bf16-autocast adamw", llama, lm_inputs(4, 1024, 16000), "bf16-autocast"),
         Config("llama bf16 adamw checkpointing", llama, lm_inputs(4, 1024, 16000), "bf16", "adamw", True),
+        Config("llama-gqa bf16-autocast adamw", llama_gqa, lm_inputs(4, 1024, 16000), "bf16-autocast"),
         Config("TransformerEncoder+mask fp32 adamw", MaskedEncoder, encoder_inputs(32, 256)),
         Config("TransformerEncoder+mask fp16-autocast adamw", MaskedEncoder, encoder_inputs(32, 256), "fp16-autocast"),
         Config("LSTM fp32 sgd", LSTMRegressor, dense_inputs(32, 128, 256), "fp32", "sgd"),

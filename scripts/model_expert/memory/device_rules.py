@@ -101,10 +101,13 @@ def _sdpa_arguments(args, kwargs):
 
 
 def cuda_sdpa_backend(query: torch.Tensor, key: torch.Tensor, attn_mask: torch.Tensor | None, dropout_p: float = 0.0,
-                      is_causal: bool = False) -> str:
-    """The kernel CUDA (sm80+) picks: flash for fp16/bf16 without a mask, memory-efficient otherwise, math if neither fits."""
+                      is_causal: bool = False, enable_gqa: bool = False) -> str:
+    """The kernel CUDA (sm80+) picks: flash for fp16/bf16 without a mask, memory-efficient otherwise, math if neither
+    fits. Both fused kernels take fewer key/value heads as they are (sdp_utils.cpp: GQA supported on CUDA)."""
     head_dim = query.shape[-1]
     if query.dim() != 4 or key.shape[-1] != head_dim:
+        return "math"
+    if key.shape[-3] != query.shape[-3] and not (enable_gqa and query.shape[-3] % key.shape[-3] == 0):
         return "math"
     if query.dtype in (torch.float16, torch.bfloat16) and attn_mask is None and head_dim <= 256 and head_dim % 8 == 0:
         return "flash"
@@ -114,14 +117,18 @@ def cuda_sdpa_backend(query: torch.Tensor, key: torch.Tensor, attn_mask: torch.T
 
 
 def cpu_sdpa_backend(query: torch.Tensor, key: torch.Tensor, attn_mask: torch.Tensor | None, dropout_p: float = 0.0,
-                     is_causal: bool = False) -> str:
-    """The kernel CPU picks, asked of torch itself on one-element stand-ins of the same rank, dtype and head size."""
+                     is_causal: bool = False, enable_gqa: bool = False) -> str:
+    """The kernel CPU picks, asked of torch itself on small stand-ins of the same rank, dtype, head counts and
+    head size."""
     if query.dim() != 4:
         return "math"
-    q = torch.zeros(1, 1, 1, query.shape[-1], dtype=query.dtype, requires_grad=query.requires_grad)
-    k = torch.zeros(1, 1, 1, key.shape[-1], dtype=key.dtype)
+    q = torch.zeros(1, query.shape[-3], 1, query.shape[-1], dtype=query.dtype, requires_grad=query.requires_grad)
+    k = torch.zeros(1, key.shape[-3], 1, key.shape[-1], dtype=key.dtype)
     mask = None if attn_mask is None else torch.zeros([1] * attn_mask.dim(), dtype=attn_mask.dtype)
-    choice = torch._fused_sdp_choice(q, k, k, mask, dropout_p, is_causal)
+    try:
+        choice = torch._fused_sdp_choice(q, k, k, mask, dropout_p, is_causal, enable_gqa=enable_gqa)
+    except TypeError:  # torch < 2.5: no grouped-query attention in SDPA
+        choice = torch._fused_sdp_choice(q, k, k, mask, dropout_p, is_causal)
     return "flash_cpu" if choice == 1 else "math"
 
 
@@ -155,7 +162,11 @@ def run_sdpa(backend: str, original: Callable, args, kwargs) -> torch.Tensor:
     needs_grad = any(t.requires_grad for t in (query, key, value))
     if backend == "math":
         return original(*args, **kwargs)
-    key, value = _expand_gqa(query, key, value, a["enable_gqa"])
+    # Flash reads fewer key/value heads as they are (attention.cpp passes them on unexpanded). The memory-
+    # efficient kernel does too on CUDA, but its meta backward cannot (a gradient of the query's head count):
+    # there the heads are expanded, which over-states the key/value bytes saved for backward.
+    if backend == "efficient":
+        key, value = _expand_gqa(query, key, value, a["enable_gqa"])
     if backend == "flash":
         return torch.ops.aten._scaled_dot_product_flash_attention(
             query, key, value, a["dropout_p"], a["is_causal"], False, scale=a["scale"])[0]
@@ -208,7 +219,7 @@ class TargetFunctionMode(TorchFunctionMode):
         if name == "scaled_dot_product_attention":
             a = _sdpa_arguments(args, kwargs)
             backend = self.sdpa_override or SDPA_BACKEND_CHOOSERS[self.target_device](
-                a["query"], a["key"], a["attn_mask"], a["dropout_p"], a["is_causal"])
+                a["query"], a["key"], a["attn_mask"], a["dropout_p"], a["is_causal"], a["enable_gqa"])
             self.sdpa_backends_used[backend] = self.sdpa_backends_used.get(backend, 0) + 1
             return run_sdpa(backend, func, args, kwargs)
         if name in _REENTER_FUNCTIONS and isinstance(func, types.FunctionType):
