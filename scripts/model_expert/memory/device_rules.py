@@ -312,28 +312,39 @@ class _CheckpointPatch:
     def __init__(self, mode: TargetFunctionMode):
         self.mode = mode
 
+    # torch >= 2.14 routes every non-reentrant call through the _impl (args and kwargs as a tuple and a dict,
+    # options by keyword); older torch through the generator itself (options by position).
+    GENERATOR_NAMES = ("_checkpoint_without_reentrant_generator_impl", "_checkpoint_without_reentrant_generator")
+
     def __enter__(self):
         import torch.utils.checkpoint as checkpoint_module
         self.module = checkpoint_module
-        self.saved = (checkpoint_module._checkpoint_without_reentrant_generator, checkpoint_module.CheckpointFunction)
+        self.generator_name = next(name for name in self.GENERATOR_NAMES if hasattr(checkpoint_module, name))
+        self.saved = (getattr(checkpoint_module, self.generator_name), checkpoint_module.CheckpointFunction)
         original_generator, original_function = self.saved
         mode = self.mode
 
-        def with_recompute(context_fn):
+        def with_recompute(context_fn, debug):
+            mode.checkpoint_calls += 1
+            debug_on = checkpoint_module._checkpoint_debug_enabled
+            if debug if debug_on is None else debug_on:  # debug mode insists on the default context_fn
+                return context_fn
+
             def composed():  # called in the forward: the autocast state is the forward's
                 forward_context, recompute_context = context_fn()
                 return forward_context, _Nested(_Recompute(mode, mode.autocast_enabled), recompute_context)
             return composed
 
-        def generator(fn, preserve_rng_state=True, context_fn=checkpoint_module.noop_context_fn,
-                      determinism_check=checkpoint_module._DEFAULT_DETERMINISM_MODE, debug=False, early_stop=True,
-                      *args, **kwargs):
-            mode.checkpoint_calls += 1
-            debug_on = checkpoint_module._checkpoint_debug_enabled
-            if not (debug if debug_on is None else debug_on):  # debug mode insists on the default context_fn
-                context_fn = with_recompute(context_fn)
-            return original_generator(fn, preserve_rng_state, context_fn, determinism_check, debug, early_stop,
-                                      *args, **kwargs)
+        if self.generator_name.endswith("_impl"):
+            def generator(fn, args, kwargs, *, context_fn=checkpoint_module.noop_context_fn, debug=False, **options):
+                return original_generator(fn, args, kwargs, context_fn=with_recompute(context_fn, debug), debug=debug,
+                                          **options)
+        else:
+            def generator(fn, preserve_rng_state=True, context_fn=checkpoint_module.noop_context_fn,
+                          determinism_check=checkpoint_module._DEFAULT_DETERMINISM_MODE, debug=False, early_stop=True,
+                          *args, **kwargs):
+                return original_generator(fn, preserve_rng_state, with_recompute(context_fn, debug), determinism_check,
+                                          debug, early_stop, *args, **kwargs)
 
         class CheckpointFunction(original_function):
             @staticmethod
@@ -348,12 +359,13 @@ class _CheckpointPatch:
                         return run_function(*inner)
                 return original_function.forward(ctx, run_under_mode, preserve_rng_state, *args)
 
-        checkpoint_module._checkpoint_without_reentrant_generator = generator
+        setattr(checkpoint_module, self.generator_name, generator)
         checkpoint_module.CheckpointFunction = CheckpointFunction
         return self
 
     def __exit__(self, *exc):
-        self.module._checkpoint_without_reentrant_generator, self.module.CheckpointFunction = self.saved
+        setattr(self.module, self.generator_name, self.saved[0])
+        self.module.CheckpointFunction = self.saved[1]
         return False
 
 
