@@ -228,6 +228,8 @@ def _performance(evidence: dict[str, Any], derived: dict[str, Any]) -> list[str]
             lines.append(f"**Activation Memory per Sample**: {render.human_bytes(derived['activation_bytes_per_sample'])} "
                          "(saved for backward at the end of the forward)")
         lines.append(f"**Inference peak**: {render.mib(memory['inference_peak_bytes'])}")
+        for note in memory.get("unmodelled_buffers", []):
+            lines.append(f"**[CAUTION]** not in these numbers: {note}")
         if memory.get("max_batch_size") is not None:
             lines.append(f"**Largest batch that fits {memory.get('gpu', 'the budget')}**: {memory['max_batch_size']} "
                          f"(budget {render.mib(memory.get('budget_bytes'))})")

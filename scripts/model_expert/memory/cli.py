@@ -71,6 +71,7 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
         "inference_peak_bytes": estimate.inference_peak_bytes,
         "param_bytes": estimate.param_bytes, "trainable_param_bytes": estimate.trainable_param_bytes,
         "attention_kernels": estimate.sdpa_backends, "assumptions": list(estimate.assumptions),
+        "unmodelled_buffers": list(estimate.unmodelled_buffers),
     }
 
     strategy = args.strategy or "ddp"

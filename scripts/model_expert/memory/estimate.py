@@ -58,6 +58,8 @@ class MemoryEstimate:
     sdpa_backends: dict[str, int] = field(default_factory=dict)
     data_dependent_reads: int = 0
     cpu_standin_ops: dict[str, int] = field(default_factory=dict)
+    # Memory the estimate knows it does not see (library kernels' own buffers), each with its measured size.
+    unmodelled_buffers: list[str] = field(default_factory=list)
 
 
 def meta_copy(model: nn.Module) -> nn.Module:
@@ -214,15 +216,16 @@ def estimate_memory(model: nn.Module, build_inputs: Callable[[str], ModelInputs]
         inference_peak = _estimate_inference(work, inputs, options, precision, workspace_bytes, model_name)
 
     param_bytes = parameter_bytes({id(p): p for p in work.parameters()}.values())
+    unmodelled = unmodelled_buffers(_library_kernel_modules(work), precision, target)
     assumptions = describe_assumptions(options, precision, training_tracker, backends, workspaces, target,
-                                       checkpoint_calls, _library_kernel_modules(work))
+                                       checkpoint_calls) + unmodelled
     return MemoryEstimate(
         peak_bytes=peak_bytes, breakdown=_fold(detail), breakdown_detail=detail, peak_phase=peak_phase,
         inference_peak_bytes=inference_peak, assumptions=assumptions, param_bytes=param_bytes,
         trainable_param_bytes=parameter_bytes(trainable), activation_bytes_end_of_forward=activations_end,
         sdpa_backends=backends,
         data_dependent_reads=sum(training_tracker.data_dependent_reads.values()),
-        cpu_standin_ops=dict(training_tracker.cpu_standin_ops))
+        cpu_standin_ops=dict(training_tracker.cpu_standin_ops), unmodelled_buffers=unmodelled)
 
 
 def _estimate_inference(work: nn.Module, inputs: ModelInputs, options: EstimateOptions, precision, workspace_bytes: int,
@@ -265,9 +268,20 @@ HALF_CPU_NOTE = ("CPU kernels computing in bf16/fp16 keep fp32 scratch of their 
                  "above the estimate for the SimilarityTransformer with bf16-autocast")
 
 
+def unmodelled_buffers(library_kernels: set[str], precision, target: str) -> list[str]:
+    """The notes for what this model's step allocates that the estimate cannot see."""
+    notes = []
+    if "rnn" in library_kernels:
+        notes.append(RNN_BUFFER_NOTE)
+    if "conv" in library_kernels:
+        notes.append(CONV_BUFFER_NOTE)
+    if target == "cpu" and (precision.autocast_dtype is not None or precision.param_dtype is not None):
+        notes.append(HALF_CPU_NOTE)
+    return notes
+
+
 def describe_assumptions(options: EstimateOptions, precision, tracker: AllocationTracker, backends: dict[str, int],
-                         workspaces: _Workspaces, target: str, checkpoint_calls: int = 0,
-                         library_kernels: set[str] = frozenset()) -> list[str]:
+                         workspaces: _Workspaces, target: str, checkpoint_calls: int = 0) -> list[str]:
     """Every modelling choice behind the numbers, in words."""
     lines = [
         "steady step: the 2nd training step (optimizer state already exists); zero_grad(set_to_none=True), "
@@ -308,12 +322,6 @@ def describe_assumptions(options: EstimateOptions, precision, tracker: Allocatio
     if tracker.cpu_standin_ops:
         lines.append("ops without a meta kernel run on CPU stand-ins (floats/bools = 1, ints = 0): "
                      + ", ".join(f"{k} x{v}" for k, v in sorted(tracker.cpu_standin_ops.items())))
-    if "rnn" in library_kernels:
-        lines.append(RNN_BUFFER_NOTE)
-    if "conv" in library_kernels:
-        lines.append(CONV_BUFFER_NOTE)
-    if target == "cpu" and (precision.autocast_dtype is not None or precision.param_dtype is not None):
-        lines.append(HALF_CPU_NOTE)
     return lines
 
 
