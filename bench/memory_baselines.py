@@ -50,11 +50,15 @@ def memtracker_fake_peak(build: Callable[[], nn.Module], build_inputs: Callable[
     precision = PRECISIONS[precision_name]
     if device == "cuda" and not torch.backends.cuda.is_built():
         raise RuntimeError("not run: fake CUDA parameters need a CUDA build of torch")
+    default_dtype = torch.get_default_dtype()
     with FakeTensorMode():
-        with torch.device(device):
-            model = build()
-        if precision.param_dtype is not None:
-            model = model.to(precision.param_dtype)
+        # Built in the parameter dtype: Module.to(dtype) on fake parameters fails ("Couldn't swap").
+        torch.set_default_dtype(precision.param_dtype or default_dtype)
+        try:
+            with torch.device(device):
+                model = build()
+        finally:
+            torch.set_default_dtype(default_dtype)
         if checkpointing:
             model.gradient_checkpointing_enable()
         model.train()

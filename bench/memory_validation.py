@@ -366,12 +366,12 @@ def markdown(rows, summary, device) -> str:
         body.append(line)
     lines = [f"Device: {device}", "", render.markdown_table(body, head)]
     if summary:
-        lines += ["", f"model-expert over {summary['configurations']} configurations: median |error| "
+        lines += ["", f"- model-expert over {summary['configurations']} configurations: median |error| "
                       f"{summary['median_abs_error_percent']:.1f}%, worst |error| {summary['worst_abs_error_percent']:.1f}%, "
                       f"worst under-estimate {summary['worst_under_estimate_percent']:+.1f}%"]
         for name, stats in summary["baselines"].items():
             median = stats["median_abs_error_percent"]
-            lines.append(f"{BASELINE_TITLES[name]}: median |error| "
+            lines.append(f"- {BASELINE_TITLES[name]}: median |error| "
                          + ("-" if median is None else f"{median:.1f}%")
                          + f", under-estimates {stats['under_estimates']}, failed {stats['failed']}")
     failures = [f"{r['name']} / {BASELINE_TITLES[name]}: {a['failed']}" for r in rows
