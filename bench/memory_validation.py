@@ -277,6 +277,8 @@ def run(config: Config, device: str, dry_run: bool, gpu: str | None, timed_steps
         row["measured_inference_bytes"] = measured["inference_peak_bytes"]
         row["error_percent"] = percent_error(estimate.peak_bytes, measured["peak_bytes"])
         row["inference_error_percent"] = percent_error(estimate.inference_peak_bytes, measured["inference_peak_bytes"])
+        if "reserved_peak_bytes" in measured:  # checks gpus.py's 5 % allocator margin
+            row["measured_reserved_bytes"] = measured["reserved_peak_bytes"]
         if "step_seconds_median" in measured:
             row["measured_step_seconds"] = measured["step_seconds_median"]
             row["roofline_step_seconds"] = roofline_step_seconds(config, gpu)
@@ -314,6 +316,9 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "worst_under_estimate_percent": min(errors),
         "inference_median_abs_error_percent": _median_abs(
             [r["inference_error_percent"] for r in rows if r.get("inference_error_percent") is not None]),
+        "reserved_over_allocated_max": max((r["measured_reserved_bytes"] / r["measured_bytes"] for r in rows
+                                            if r.get("measured_reserved_bytes") and r.get("measured_bytes")),
+                                           default=None),
         "baselines": {}}
     for name in BASELINES:
         answers = [r["baselines"][name] for r in rows if name in r.get("baselines", {})]
@@ -369,6 +374,9 @@ def markdown(rows, summary, device) -> str:
         lines += ["", f"- model-expert over {summary['configurations']} configurations: median |error| "
                       f"{summary['median_abs_error_percent']:.1f}%, worst |error| {summary['worst_abs_error_percent']:.1f}%, "
                       f"worst under-estimate {summary['worst_under_estimate_percent']:+.1f}%"]
+        if summary.get("reserved_over_allocated_max") is not None:
+            lines.append(f"- reserved / allocated at the peak (the caching allocator's cache; gpus.py keeps a 5 % "
+                         f"margin for it): at most {summary['reserved_over_allocated_max']:.3f}")
         for name, stats in summary["baselines"].items():
             median = stats["median_abs_error_percent"]
             lines.append(f"- {BASELINE_TITLES[name]}: median |error| "

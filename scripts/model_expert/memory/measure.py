@@ -53,10 +53,12 @@ def clean_cuda() -> int:
 
 
 class CudaMeter:
-    """Peak bytes allocated inside each window, above the baseline taken when the meter starts."""
+    """Peak bytes allocated inside each window, above the baseline taken when the meter starts; and the peak
+    the caching allocator reserved from the driver (allocated + cached free blocks: what nvidia-smi sees)."""
 
     def __init__(self) -> None:
         self.peaks: dict[str, int] = {}
+        self.reserved_peaks: dict[str, int] = {}
 
     @contextlib.contextmanager
     def session(self) -> Iterator["CudaMeter"]:
@@ -76,6 +78,7 @@ class CudaMeter:
         yield
         torch.cuda.synchronize()
         self.peaks[label] = torch.cuda.max_memory_allocated() - self.baseline
+        self.reserved_peaks[label] = torch.cuda.max_memory_reserved()
 
     @staticmethod
     def synchronize() -> None:
@@ -87,6 +90,7 @@ class CpuMeter:
 
     def __init__(self) -> None:
         self.peaks: dict[str, int] = {}
+        self.reserved_peaks: dict[str, int] = {}  # the CPU allocator reserves nothing beyond what it hands out
         self._windows: list[str] = []
 
     @contextlib.contextmanager
@@ -202,6 +206,8 @@ def measure_step(model: nn.Module, build_inputs: Callable[[str], ModelInputs], l
         del work, inputs, trainable
     result: dict[str, object] = {"peak_bytes": int(meter.peaks["training"]),
                                  "inference_peak_bytes": int(meter.peaks["inference"]), "device": device}
+    if "training" in meter.reserved_peaks:
+        result["reserved_peak_bytes"] = int(meter.reserved_peaks["training"])
     if step_seconds:
         result["step_seconds_median"] = statistics.median(step_seconds)
         result["timed_steps"] = len(step_seconds)
