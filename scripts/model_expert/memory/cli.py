@@ -120,6 +120,8 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
         data["measured_inference_peak_bytes"] = measured["inference_peak_bytes"]
         data["error_percent"] = percent_error(estimate.peak_bytes, measured["peak_bytes"])
         data["inference_error_percent"] = percent_error(estimate.inference_peak_bytes, measured["inference_peak_bytes"])
+        if "reserved_peak_bytes" in measured:
+            data["measured_reserved_peak_bytes"] = measured["reserved_peak_bytes"]
         data["assumptions"].append(MEASURED_HOW[args.target_device])
     return data
 
@@ -178,6 +180,8 @@ def _rows(data: dict[str, Any]) -> list[list[str]]:
                      b(data["measured_peak_bytes"]) + _error_text(data["error_percent"])])
         rows.append([f"Measured inference peak ({where})",
                      b(data["measured_inference_peak_bytes"]) + _error_text(data["inference_error_percent"])])
+        if "measured_reserved_peak_bytes" in data:
+            rows.append(["Measured reserved peak (allocated + allocator cache)", b(data["measured_reserved_peak_bytes"])])
     if "per_gpu_peak_bytes" in data:
         rows.append([f"Per GPU ({data['strategy']}, {data['world_size']} GPUs)", b(data["per_gpu_peak_bytes"])])
         rows.append(["Communicated per step per GPU", b(data["communication_bytes_per_step"])])
