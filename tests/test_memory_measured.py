@@ -174,3 +174,17 @@ def test_probing_leaves_autocast_as_it_was():
     assert not torch.is_autocast_enabled("cpu") and not torch.is_autocast_enabled("cuda")
     assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.get_autocast_dtype("cuda") == torch.float16
     assert torch.is_autocast_cache_enabled()
+
+
+def test_cuda_measurement_rows_render_from_data():
+    """The CUDA rows (no GPU here): rendered from the data a CUDA --measure adds, reserved peak included."""
+    from model_expert.memory.cli import render_table
+    result = subprocess.run(
+        [sys.executable, "scripts/memory.py", f"{MODELS}:TinyMLP", "--input", "float32[B=8,64]", "--target-device",
+         "cpu", "--measure", "--json"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    data.update(measured_device="cuda", measured_reserved_peak_bytes=2 * 2**20)
+    text = render_table(data, None)
+    assert "Measured training peak (CUDA)" in text
+    assert "Measured reserved peak (allocated + allocator cache)  2.00 MiB (2,097,152 B)" in text
