@@ -112,6 +112,7 @@ def test_cli_measure_on_cpu_prints_both_and_the_error(tmp_path):
         [sys.executable, "scripts/memory.py", f"{MODELS}:MaskedEncoder", "--inputs", f"{MODELS}:masked_encoder_inputs",
          "--target-device", "cpu", "--measure", "--json"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # Kineto's "profiler_start" lines are kept off stderr
     data = json.loads(result.stdout)
     assert data["measured_device"] == "cpu"
     assert abs(data["error_percent"]) < 0.5

@@ -42,6 +42,9 @@ def _validate(args: argparse.Namespace) -> None:
     if args.measure:
         from .measure import require_device
         require_device(args.target_device)
+        if args.device == "meta":
+            raise cli.UserError("--measure runs the real step and needs real weights; --device meta has none: "
+                                "drop --device meta (the estimate still runs on meta tensors)")
 
 
 def analyse(args: argparse.Namespace) -> dict[str, Any]:

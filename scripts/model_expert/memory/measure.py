@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import gc
+import os
 import statistics
+import sys
 import time
 from typing import Callable, Iterator
 
@@ -97,9 +99,15 @@ class CpuMeter:
     def session(self) -> Iterator["CpuMeter"]:
         from torch.profiler import ProfilerActivity, profile
         gc.collect()
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+        profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        with _native_stderr_silenced():  # Kineto writes "profiler_start" lines to fd 2
+            profiler.start()
+        try:
             yield self
             gc.collect()
+        finally:
+            with _native_stderr_silenced():
+                profiler.stop()
         self.peaks.update(peaks_in_windows(profiler.profiler.kineto_results.events(), self._windows))
 
     @contextlib.contextmanager
@@ -112,6 +120,20 @@ class CpuMeter:
     @staticmethod
     def synchronize() -> None:
         pass
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 points to /dev/null meanwhile: C++ log lines cannot break the one-line error contract."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _window_name(label: str) -> str:
