@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 from torch.overrides import TorchFunctionMode
 
-from . import autocast_policy
+from . import autocast_policy, cpu_lstm
 
 MiB = 2**20
 
@@ -197,6 +197,7 @@ class TargetFunctionMode(TorchFunctionMode):
     autocast_enabled: bool = False
     sdpa_backends_used: dict[str, int] = field(default_factory=dict)
     checkpoint_calls: int = 0  # torch.utils.checkpoint calls seen while recompute_in_backward() is active
+    cpu_lstm_calls: int = 0  # nn.LSTM calls replayed as the CPU's oneDNN kernels
 
     def __post_init__(self):
         super().__init__()
@@ -222,6 +223,9 @@ class TargetFunctionMode(TorchFunctionMode):
                 a["query"], a["key"], a["attn_mask"], a["dropout_p"], a["is_causal"], a["enable_gqa"])
             self.sdpa_backends_used[backend] = self.sdpa_backends_used.get(backend, 0) + 1
             return run_sdpa(backend, func, args, kwargs)
+        if name == "lstm" and self.target_device == "cpu" and cpu_lstm.applies(args, kwargs):
+            self.cpu_lstm_calls += 1
+            return cpu_lstm.run(args)
         if name in _REENTER_FUNCTIONS and isinstance(func, types.FunctionType):
             with self:  # see the body's own ops (its linear, bmm, softmax)
                 return self._unguarded(func)(*args, **kwargs)
