@@ -62,14 +62,14 @@ def _watched(run) -> tuple[Any, int, int]:
     """RUN() under the CPU allocator's watch: its result, the peak of the running total of what was allocated
     inside (frees of older blocks are not seen), and that total at the end."""
     from torch.profiler import ProfilerActivity, profile
-    from .measure import _native_stderr_silenced
+    from .measure import native_stderr_silenced
     profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-    with _native_stderr_silenced():
+    with native_stderr_silenced():
         profiler.start()
     try:
         result = run()
     finally:
-        with _native_stderr_silenced():
+        with native_stderr_silenced():
             profiler.stop()
     changes = sorted((e.start_ns(), e.nbytes()) for e in profiler.profiler.kineto_results.events()
                      if e.name() == "[memory]")

@@ -100,13 +100,13 @@ class CpuMeter:
         from torch.profiler import ProfilerActivity, profile
         gc.collect()
         profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-        with _native_stderr_silenced():  # Kineto writes "profiler_start" lines to fd 2
+        with native_stderr_silenced():  # Kineto writes "profiler_start" lines to fd 2
             profiler.start()
         try:
             yield self
             gc.collect()
         finally:
-            with _native_stderr_silenced():
+            with native_stderr_silenced():
                 profiler.stop()
         self.peaks.update(peaks_in_windows(profiler.profiler.kineto_results.events(), self._windows))
 
@@ -123,7 +123,7 @@ class CpuMeter:
 
 
 @contextlib.contextmanager
-def _native_stderr_silenced() -> Iterator[None]:
+def native_stderr_silenced() -> Iterator[None]:
     """File descriptor 2 points to /dev/null meanwhile: C++ log lines cannot break the one-line error contract."""
     sys.stderr.flush()
     saved = os.dup(2)
