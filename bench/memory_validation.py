@@ -243,7 +243,8 @@ def roofline_step_seconds(config: Config, gpu: str | None) -> float | None:
             from model_expert.memory.estimate import enable_checkpointing
             enable_checkpointing(model, config.name)  # the recomputed forward is counted in backward
         try:
-            counter = flops.count_step(model, config.inputs(device), config.loss, config.name)
+            counter = flops.count_step(model, config.inputs(device), config.loss, config.name,
+                                       target_device="cuda" if device == "meta" else None)
             break
         except ModelCallError:
             if device == "cpu":

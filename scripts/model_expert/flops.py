@@ -19,6 +19,7 @@ its outputs once) plus formula-based optimizer traffic. Its assumptions travel i
 from __future__ import annotations
 
 import argparse
+import contextlib
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -34,6 +35,7 @@ from . import cli, render
 from .errors import UserError
 from .gpus import GpuSpec, find_gpu
 from .guard import preserved
+from .memory.device_rules import TargetFunctionMode
 from .memory.tracker import plausible_scalar
 from .runner import ModelCallError, call_model, compute_loss, run_backward
 
@@ -242,6 +244,8 @@ class StepFlopCounter(_fc.FlopCounterMode):
         self.uncounted_calls: dict[str, dict[Any, int]] = {"forward": defaultdict(int), "backward": defaultdict(int)}
         self.traffic = {"forward": PhaseTraffic(), "backward": PhaseTraffic()}
         self.scalar_reads = MetaScalarReads()
+        self.attention_kernels: dict[str, int] = {}  # kernel -> calls, when counted under a target's rules
+        self.kernels_of: str | None = None  # that target, or None: torch's own path on the model's device
 
     def __enter__(self):
         super().__enter__()
@@ -388,15 +392,24 @@ def _meta_failure(error: BaseException) -> bool:
 
 
 def count_step(model: nn.Module, inputs, loss_fn=None, model_name: str = "the model",
-               backward: bool = True) -> StepFlopCounter:
-    """Run forward (+ loss + backward) of the model in train mode under a StepFlopCounter. Guarded."""
+               backward: bool = True, target_device: str | None = None) -> StepFlopCounter:
+    """Run forward (+ loss + backward) of the model in train mode under a StepFlopCounter. Guarded.
+
+    With TARGET_DEVICE, scaled_dot_product_attention runs the kernel that device picks (memory/device_rules.py),
+    so the count is that kernel's (fused backward: 2.5x forward, recomputing the scores) and the bytes moved
+    leave out score matrices it never writes; without, torch's own path on the model's device."""
     with preserved(model):
         model.train()
         counter = StepFlopCounter()
-        with counter:
-            output = call_model(model, inputs, model_name)
-            if backward:
-                run_backward(compute_loss(loss_fn, output), model_name)
+        rules = TargetFunctionMode(target_device) if target_device else None
+        with (rules or contextlib.nullcontext()), (rules.recompute_in_backward() if rules else contextlib.nullcontext()):
+            with counter:
+                output = call_model(model, inputs, model_name)
+                if backward:
+                    run_backward(compute_loss(loss_fn, output), model_name)
+    if rules is not None:
+        counter.attention_kernels = dict(rules.sdpa_backends_used)
+        counter.kernels_of = target_device
     return counter
 
 
@@ -502,7 +515,9 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
     inputs = session.build_inputs()
     model = session.model
     try:
-        counter = count_step(model, inputs, session.loss_fn, session.loaded.name)
+        # The target's kernels can be traced only on meta tensors (or on the target itself).
+        rules_target = args.target_device if args.device in ("meta", args.target_device) else None
+        counter = count_step(model, inputs, session.loss_fn, session.loaded.name, target_device=rules_target)
     except ModelCallError as error:
         if args.device == "meta" and _meta_failure(error):
             raise UserError(f"{error}. On --device meta tensors have shapes but no values, so a data-dependent "
@@ -540,10 +555,26 @@ def step_flops(counter: StepFlopCounter, model: nn.Module, precision_name: str, 
     result["optimizer_flops"] = optimizer_step_flops(trainable_elements, optimizer)
     result["trainable_parameters"] = trainable_elements
     result["data_dependent_reads"] = counter.scalar_reads.reads
+    result["attention_kernels"] = dict(counter.attention_kernels)
+    result["attention_kernels_of"] = counter.kernels_of
     result["bytes_moved"] = bytes_moved
     result["depth"] = depth
     result.update(data)
     return result
+
+
+def _attention_assumption(kernels: dict[str, int], target: str | None) -> str:
+    if target is None:
+        return ("scaled_dot_product_attention counted as torch ran it on the model's device, not as the target's "
+                "kernels (those are traced on --device meta): a math path's T x T scores are in the byte model")
+    if not kernels:
+        return "no scaled_dot_product_attention call in the step"
+    used = ", ".join(f"{name} x{calls}" for name, calls in sorted(kernels.items()))
+    if set(kernels) <= {"math"}:
+        return (f"scaled_dot_product_attention counted as the target's {used} path: its T x T score tensors are in "
+                f"the byte model")
+    return (f"scaled_dot_product_attention counted as the kernels the target picks ({used}, memory/device_rules.py): "
+            f"fused kernels never write the T x T scores, so they are not in the byte model")
 
 
 def time_estimate(result: dict[str, Any], gpu: GpuSpec, precision_name: str, mfu: float = DEFAULT_MFU,
@@ -575,10 +606,8 @@ def time_estimate(result: dict[str, Any], gpu: GpuSpec, precision_name: str, mfu
         f"once at {precision.parameter_bytes} bytes per element (a fused kernel; foreach temporaries not counted); "
         f"elementwise peak {gpu.peak_for('fp32') / 1e12:g} TFLOP/s (fp32 CUDA cores) x MFU",
         "attention FLOPs are not discounted for causal masks (FlopCounterMode's convention); backward counts "
-        "what the traced kernels do (math SDPA on meta: 2x forward, no score recompute; fused kernels: 2.5x)",
-        "scaled_dot_product_attention on meta runs PyTorch's math path, so the byte model includes its T x T "
-        "score tensors, which CUDA's fused flash/memory-efficient kernels never write: for long sequences the "
-        "memory side of forward and backward is overestimated",
+        "what the traced kernels do (fused kernels: 2.5x forward, recomputing the scores; math: 2x)",
+        _attention_assumption(result.get("attention_kernels", {}), result.get("attention_kernels_of")),
         "inference latency = the forward phase of the training step (train-mode forward; eval mode skips dropout)",
         "one card, no data-parallel communication, no host-device copies, no kernel-launch overhead",
     ]
