@@ -201,7 +201,9 @@ def run(args: tuple) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
                 else:
                     weights[holder - 1] = _HoldUntilBackward.apply(weights[holder - 1], workspace, backward_scratch)
                 del workspace
-            scratch = torch.empty(sizes.transient, dtype=torch.uint8, device=layer_input.device)
+            # A workspace no graph keeps is freed as the kernel returns: transient, like the scratch.
+            transient = sizes.transient + (0 if in_graph else sizes.workspace)
+            scratch = torch.empty(transient, dtype=torch.uint8, device=layer_input.device)
             out, h, c, _ = torch.ops.aten.mkldnn_rnn_layer(
                 this_input, *weights, h0[index], c0[index], direction > 0, [], LSTM_MODE, hidden, num_layers,
                 has_biases, bidirectional, batch_first, train)
