@@ -246,3 +246,11 @@ def test_lstm_on_the_cuda_target_keeps_its_caution():
                                None, EstimateOptions(target_device="cuda"))
     assert len(estimate.unmodelled_buffers) == 1 and "cuDNN" in estimate.unmodelled_buffers[0]
     assert not any("oneDNN's mkldnn_rnn_layer" in line for line in estimate.assumptions)
+
+
+def test_asking_the_cpu_about_onednn_leaves_the_rng_alone():
+    from model_expert.memory import cpu_lstm
+    cpu_lstm.cpu_takes_onednn.cache_clear()
+    state = torch.get_rng_state()
+    cpu_lstm.cpu_takes_onednn(torch.float32, True)
+    assert torch.equal(state, torch.get_rng_state())

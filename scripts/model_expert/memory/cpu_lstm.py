@@ -8,7 +8,8 @@ mkldnn_rnn_layer per layer and direction, cat of the directions, dropout between
 final states. What the kernel allocates is asked of the real kernel, on zero tensors of the same
 sizes, under the CPU allocator's watch (torch.profiler): the workspace it returns, which the autograd
 graph keeps until the layer's backward has run, and the transient bytes (weight reorders, scratchpad)
-it frees before returning. Its backward's transient bytes are asked the same way and held while that backward runs.
+it frees before returning. Its backward's transient bytes are asked the same way and held while that
+backward runs.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import contextlib
 import functools
 from dataclasses import dataclass
 from typing import Any
+
 import torch
 
 LSTM_MODE = 2  # ideep::rnn_kind::LSTM, the mode at::lstm passes to mkldnn_rnn_layer
@@ -36,7 +38,7 @@ def cpu_takes_onednn(dtype: torch.dtype, grad_enabled: bool) -> bool:
                 Watch.seen = True
             return func(*args, **(kwargs or {}))
 
-    with _outside_every_mode():
+    with _outside_every_mode(), torch.random.fork_rng(devices=[]):  # its initialisation must not move the RNG
         lstm = torch.nn.LSTM(4, 4, device="cpu").to(dtype)
         with torch.set_grad_enabled(grad_enabled), Watch():
             lstm(torch.zeros(1, 1, 4, dtype=dtype, device="cpu"))
