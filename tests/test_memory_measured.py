@@ -170,11 +170,13 @@ def test_cpu_autocast_policy_is_the_cpus():
 
 def test_probing_leaves_autocast_as_it_was():
     autocast_policy.autocast_policy.cache_clear()
+    rng = torch.get_rng_state()
     autocast_policy.autocast_policy("cuda", torch.float16)
     autocast_policy.autocast_policy("cpu", torch.bfloat16)
     assert not torch.is_autocast_enabled("cpu") and not torch.is_autocast_enabled("cuda")
     assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.get_autocast_dtype("cuda") == torch.float16
     assert torch.is_autocast_cache_enabled()
+    assert torch.equal(rng, torch.get_rng_state())
 
 
 def test_cuda_measurement_rows_render_from_data():

@@ -171,7 +171,7 @@ def autocast_policy(device: str, lower: torch.dtype) -> dict[str, str]:
         context = _probe_context(device)
     except Exception:  # noqa: BLE001 - no fake CUDA in this torch: the written answer throughout
         return {name: fallback(name) for name in names}
-    with context:
+    with context, torch.random.fork_rng(devices=[]):  # a probe (dropout) must not move the user's RNG
         for name in names:
             probe, target_probe = PROBES.get(name), _CLASS_TARGET_PROBES.get(name)
             answer = None
