@@ -14,12 +14,11 @@ backward runs.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from dataclasses import dataclass
-from typing import Any
 
 import torch
+
+from .cpu_kernels import HoldUntilBackward, KernelBytes, ScratchInBackward, linear_in_batch, outside_every_mode, watched
 
 LSTM_MODE = 2  # ideep::rnn_kind::LSTM, the mode at::lstm passes to mkldnn_rnn_layer
 
@@ -38,48 +37,11 @@ def cpu_takes_onednn(dtype: torch.dtype, grad_enabled: bool) -> bool:
                 Watch.seen = True
             return func(*args, **(kwargs or {}))
 
-    with _outside_every_mode(), torch.random.fork_rng(devices=[]):  # its initialisation must not move the RNG
+    with outside_every_mode(), torch.random.fork_rng(devices=[]):  # its initialisation must not move the RNG
         lstm = torch.nn.LSTM(4, 4, device="cpu").to(dtype)
         with torch.set_grad_enabled(grad_enabled), Watch():
             lstm(torch.zeros(1, 1, 4, dtype=dtype, device="cpu"))
     return Watch.seen
-
-
-@contextlib.contextmanager
-def _outside_every_mode():
-    """Real CPU work from inside the estimate's own modes (the allocation tracker, the target's function mode)."""
-    from torch.utils._python_dispatch import _disable_current_modes
-    with _disable_current_modes(), torch._C.DisableTorchFunction():
-        yield
-
-
-@dataclass(frozen=True)
-class KernelBytes:
-    workspace: int  # returned by the kernel and saved for backward (0 without grad)
-    transient: int  # allocated inside the kernel and freed before it returns (weight reorders, scratchpad)
-    backward_transient: int = 0  # the same for its backward kernel (0 without grad)
-
-
-def _watched(run) -> tuple[Any, int, int]:
-    """RUN() under the CPU allocator's watch: its result, the peak of the running total of what was allocated
-    inside (frees of older blocks are not seen), and that total at the end."""
-    from torch.profiler import ProfilerActivity, profile
-    from .measure import native_stderr_silenced
-    profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-    with native_stderr_silenced():
-        profiler.start()
-    try:
-        result = run()
-    finally:
-        with native_stderr_silenced():
-            profiler.stop()
-    changes = sorted((e.start_ns(), e.nbytes()) for e in profiler.profiler.kineto_results.events()
-                     if e.name() == "[memory]")
-    total = peak = 0
-    for _, change in changes:
-        total += change
-        peak = max(peak, total)
-    return result, peak, total
 
 
 @functools.lru_cache(maxsize=None)
@@ -88,18 +50,18 @@ def _kernel_bytes_at(steps: int, batch: int, input_size: int, hidden: int, dtype
     """One real mkldnn_rnn_layer call (and, with grad, its backward) on zeros, watched by the CPU allocator."""
     def zeros(*shape, grad=False):
         return torch.zeros(*shape, dtype=dtype, device="cpu", requires_grad=grad and grad_enabled)
-    with _outside_every_mode(), torch.set_grad_enabled(grad_enabled):
+    with outside_every_mode(), torch.set_grad_enabled(grad_enabled):
         tensors = [zeros(steps, batch, input_size, grad=True), zeros(4 * hidden, input_size, grad=True),
                    zeros(4 * hidden, hidden, grad=True), zeros(4 * hidden, grad=True), zeros(4 * hidden, grad=True),
                    zeros(batch, hidden), zeros(batch, hidden)]
-        outputs, peak, _ = _watched(lambda: torch.ops.aten.mkldnn_rnn_layer(
+        outputs, peak, _ = watched(lambda: torch.ops.aten.mkldnn_rnn_layer(
             *tensors, False, [], LSTM_MODE, hidden, num_layers, True, bidirectional, batch_first, train))
         kept = sum(o.numel() * o.element_size() for o in outputs if o is not None)
         workspace = outputs[3].numel() * outputs[3].element_size() if outputs[3] is not None else 0
         backward_transient = 0
         if grad_enabled and outputs[0].requires_grad:
             seed = torch.ones_like(outputs[0])
-            _, backward_peak, backward_kept = _watched(
+            _, backward_peak, backward_kept = watched(
                 lambda: torch.autograd.grad(outputs[0], tensors[:5], seed))
             backward_transient = max(backward_peak - backward_kept, 0)
     return KernelBytes(workspace=workspace, transient=max(peak - kept, 0), backward_transient=backward_transient)
@@ -110,52 +72,11 @@ EXACT_BATCH_LIMIT = 64  # up to this batch the kernel is asked at the batch itse
 
 def kernel_bytes(steps: int, batch: int, input_size: int, hidden: int, dtype: torch.dtype, num_layers: int,
                  bidirectional: bool, batch_first: bool, train: bool) -> KernelBytes:
-    """oneDNN's workspace and transient bytes for one layer and direction. Small batches are not linear (page
-    rounding, minimum scratch), so the kernel is asked at the batch itself up to EXACT_BATCH_LIMIT, and larger
-    batches are extrapolated linearly from 32 and 64."""
-    def at(b: int) -> KernelBytes:
-        return _kernel_bytes_at(steps, b, input_size, hidden, dtype, num_layers, bidirectional, batch_first, train,
-                                torch.is_grad_enabled())
-    if batch <= EXACT_BATCH_LIMIT:
-        return at(batch)
-    low, high = at(EXACT_BATCH_LIMIT // 2), at(EXACT_BATCH_LIMIT)
-
-    def extrapolate(at_low: int, at_high: int) -> int:
-        slope = (at_high - at_low) / (EXACT_BATCH_LIMIT - EXACT_BATCH_LIMIT // 2)
-        return max(int(round(at_high + (batch - EXACT_BATCH_LIMIT) * slope)), 0)
-    return KernelBytes(extrapolate(low.workspace, high.workspace), extrapolate(low.transient, high.transient),
-                       extrapolate(low.backward_transient, high.backward_transient))
-
-
-class _HoldUntilBackward(torch.autograd.Function):
-    """Passes TENSOR on (a view: no bytes) and keeps HELD saved until this node's backward, which autograd runs
-    after the backward of whatever consumed TENSOR; that backward also empties SCRATCH."""
-
-    @staticmethod
-    def forward(ctx, tensor, held, scratch):
-        ctx.save_for_backward(held)
-        ctx.scratch = scratch
-        return tensor.view_as(tensor)
-
-    @staticmethod
-    def backward(ctx, grad):
-        ctx.scratch.clear()
-        return grad, None, None
-
-
-class _ScratchInBackward(torch.autograd.Function):
-    """Passes TENSOR on (a view); its backward, which runs just before the backward of whatever produced
-    TENSOR, puts NBYTES of scratch into SCRATCH, where _HoldUntilBackward finds and frees it just after."""
-
-    @staticmethod
-    def forward(ctx, tensor, nbytes, scratch):
-        ctx.nbytes, ctx.scratch, ctx.device = nbytes, scratch, tensor.device
-        return tensor.view_as(tensor)
-
-    @staticmethod
-    def backward(ctx, grad):
-        ctx.scratch.append(torch.empty(ctx.nbytes, dtype=torch.uint8, device=ctx.device))
-        return grad, None, None
+    """oneDNN's workspace and transient bytes for one layer and direction (asked at the batch itself up to
+    EXACT_BATCH_LIMIT, linear beyond)."""
+    return linear_in_batch(lambda b: _kernel_bytes_at(steps, b, input_size, hidden, dtype, num_layers, bidirectional,
+                                                      batch_first, train, torch.is_grad_enabled()),
+                           batch, EXACT_BATCH_LIMIT)
 
 
 def applies(args: tuple, kwargs: dict) -> bool:
@@ -199,9 +120,9 @@ def run(args: tuple) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             if in_graph:
                 workspace = torch.empty(sizes.workspace, dtype=torch.uint8, device=layer_input.device)
                 if holder == 0:
-                    this_input = _HoldUntilBackward.apply(layer_input, workspace, backward_scratch)
+                    this_input = HoldUntilBackward.apply(layer_input, workspace, backward_scratch)
                 else:
-                    weights[holder - 1] = _HoldUntilBackward.apply(weights[holder - 1], workspace, backward_scratch)
+                    weights[holder - 1] = HoldUntilBackward.apply(weights[holder - 1], workspace, backward_scratch)
                 del workspace
             # A workspace no graph keeps is freed as the kernel returns: transient, like the scratch.
             transient = sizes.transient + (0 if in_graph else sizes.workspace)
@@ -211,7 +132,7 @@ def run(args: tuple) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
                 has_biases, bidirectional, batch_first, train)
             del scratch
             if in_graph and sizes.backward_transient:
-                out = _ScratchInBackward.apply(out, sizes.backward_transient, backward_scratch)
+                out = ScratchInBackward.apply(out, sizes.backward_transient, backward_scratch)
             outputs.append(out)
             hy.append(h)
             cy.append(c)

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 from torch.overrides import TorchFunctionMode
 
-from . import autocast_policy, cpu_lstm
+from . import autocast_policy, cpu_conv, cpu_lstm
 
 MiB = 2**20
 
@@ -198,6 +198,7 @@ class TargetFunctionMode(TorchFunctionMode):
     sdpa_backends_used: dict[str, int] = field(default_factory=dict)
     checkpoint_calls: int = 0  # torch.utils.checkpoint calls seen while recompute_in_backward() is active
     cpu_lstm_calls: int = 0  # nn.LSTM calls replayed as the CPU's oneDNN kernels
+    cpu_conv_calls: int = 0  # convolutions with the CPU kernel's own transient bytes
 
     def __post_init__(self):
         super().__init__()
@@ -226,6 +227,9 @@ class TargetFunctionMode(TorchFunctionMode):
         if name == "lstm" and self.target_device == "cpu" and cpu_lstm.applies(args, kwargs):
             self.cpu_lstm_calls += 1
             return cpu_lstm.run(args)
+        if self.target_device == "cpu" and cpu_conv.applies(name, args, kwargs):
+            self.cpu_conv_calls += 1
+            return cpu_conv.run(name, func, args, kwargs)
         if name in _REENTER_FUNCTIONS and isinstance(func, types.FunctionType):
             with self:  # see the body's own ops (its linear, bmm, softmax)
                 return self._unguarded(func)(*args, **kwargs)
