@@ -462,3 +462,24 @@ def test_table_and_markdown_render(models_file, capsys):
     assert "| 1,912 " in markdown and "| 3,464 " in markdown and "| 7,616 " in markdown
     assert step_row.split("|")[4].strip() == "12.9 ns"
     assert "**Not counted, no formula:** `aten._fft_c2c` x1, `aten._fft_r2c` x1" in markdown
+
+
+def test_cpu_target_counts_an_lstm_and_a_conv_as_torch_runs_them():
+    """The CPU target's memory-only replays (oneDNN's LSTM and convolution buffers) stay out of FLOP counting:
+    the same FLOPs as with no target, and no op without a formula."""
+    class SeqConv(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv1d(8, 8, 3, padding=1)
+            self.lstm = nn.LSTM(8, 16, batch_first=True)
+
+        def forward(self, x):
+            return self.lstm(self.conv(x).transpose(1, 2))[0].sum()
+    x = torch.empty(2, 8, 12, device="meta")
+    with torch.device("meta"):
+        model = SeqConv()
+    plain = flops.count_step(model, ModelInputs(args=(x,)))
+    cpu = flops.count_step(model, ModelInputs(args=(x,)), target_device="cpu")
+    assert plain.get_total_flops() == cpu.get_total_flops() > 0
+    data = flops.summarise(cpu, model, 1)
+    assert data["unsupported_ops"] == {}

@@ -401,7 +401,7 @@ def count_step(model: nn.Module, inputs, loss_fn=None, model_name: str = "the mo
     with preserved(model):
         model.train()
         counter = StepFlopCounter()
-        rules = TargetFunctionMode(target_device) if target_device else None
+        rules = TargetFunctionMode(target_device, memory_kernels=False) if target_device else None
         with (rules or contextlib.nullcontext()), (rules.recompute_in_backward() if rules else contextlib.nullcontext()):
             with counter:
                 output = call_model(model, inputs, model_name)

@@ -197,11 +197,13 @@ class TargetFunctionMode(TorchFunctionMode):
     autocast_enabled: bool = False
     sdpa_backends_used: dict[str, int] = field(default_factory=dict)
     checkpoint_calls: int = 0  # torch.utils.checkpoint calls seen while recompute_in_backward() is active
+    memory_kernels: bool = True  # on the CPU target, replay what oneDNN's LSTM/conv allocate (memory, not FLOPs)
     cpu_lstm_calls: int = 0  # nn.LSTM calls replayed as the CPU's oneDNN kernels
     cpu_conv_calls: int = 0  # convolutions with the CPU kernel's own transient bytes
 
     def __post_init__(self):
         super().__init__()
+        self.replays_cpu_kernels = self.memory_kernels and self.target_device == "cpu"
         self._clones: dict[Any, Callable] = {}
         self.autocast_rules: dict[str, str] = {}
         if self.autocast_dtype is not None:
@@ -224,10 +226,10 @@ class TargetFunctionMode(TorchFunctionMode):
                 a["query"], a["key"], a["attn_mask"], a["dropout_p"], a["is_causal"], a["enable_gqa"])
             self.sdpa_backends_used[backend] = self.sdpa_backends_used.get(backend, 0) + 1
             return run_sdpa(backend, func, args, kwargs)
-        if name == "lstm" and self.target_device == "cpu" and cpu_lstm.applies(args, kwargs):
+        if name == "lstm" and self.replays_cpu_kernels and cpu_lstm.applies(args, kwargs):
             self.cpu_lstm_calls += 1
             return cpu_lstm.run(args)
-        if self.target_device == "cpu" and cpu_conv.applies(name, args, kwargs):
+        if self.replays_cpu_kernels and cpu_conv.applies(name, args, kwargs):
             self.cpu_conv_calls += 1
             return cpu_conv.run(name, func, args, kwargs)
         if name in _REENTER_FUNCTIONS and isinstance(func, types.FunctionType):
