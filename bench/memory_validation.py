@@ -40,6 +40,7 @@ from torch import nn  # noqa: E402
 from model_expert import render  # noqa: E402
 from model_expert.inputs import ModelInputs  # noqa: E402
 from model_expert.memory import EstimateOptions, estimate_memory  # noqa: E402
+from model_expert.memory.cli import percent_error  # noqa: E402
 from memory_baselines import BASELINE_TITLES, BASELINES  # noqa: E402
 
 
@@ -215,12 +216,6 @@ def gpu_name_for_estimate() -> str | None:
         if key in name:
             return {"4090": "rtx4090", "3090": "rtx3090", "4060": "rtx4060ti", "3060": "rtx3060"}.get(key, key)
     return name
-
-
-def percent_error(estimate: int | None, measured: int | None) -> float | None:
-    if estimate is None or not measured:
-        return None
-    return 100.0 * (estimate - measured) / measured
 
 
 def roofline_step_seconds(config: Config, gpu: str | None) -> float | None:

@@ -12,13 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from claude_harness import (  # noqa: E402
-    ClaudeInstallError,
-    ClaudeUnavailable,
-    find_claude,
-    run_scripted,
-    write_project,
-)
+from claude_harness import run_scripted, write_project  # noqa: E402
 from fake_anthropic import DELEGATION_TOOL_NAMES, DelegationScript  # noqa: E402
 
 if shutil.which("node") is None or shutil.which("npm") is None:
@@ -47,16 +41,6 @@ argument-hint: <label>
 # "Bash(<prefix> *)" is the current wildcard form; "Bash(<prefix>:*)" is the
 # legacy prefix form (also accepted by 2.1.x).
 SETTINGS = {"permissions": {"allow": ["Bash(python -c *)"]}}
-
-
-@pytest.fixture(scope="module")
-def claude():
-    try:
-        return find_claude()
-    except ClaudeUnavailable as e:  # pragma: no cover
-        pytest.skip(str(e))
-    except ClaudeInstallError as e:
-        pytest.fail(f"could not install the Claude Code CLI with npm:\n{e}", pytrace=False)
 
 
 @pytest.fixture

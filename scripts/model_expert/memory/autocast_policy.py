@@ -91,7 +91,6 @@ _CLASS_TARGET_PROBES: dict[str, Callable[[Make, Callable[..., torch.Tensor]], to
     "multi_margin_loss": lambda m, i: F.multi_margin_loss(m(2, 4), i(2)),
     "multilabel_margin_loss": lambda m, i: F.multilabel_margin_loss(m(2, 4), i(2, 4)),
 }
-_ALIASES = {"__matmul__": "matmul", "__rmatmul__": "matmul", "__pow__": "pow", "__rpow__": "pow"}
 
 # torch 2.13's CUDA answer, for a probe that cannot run (old torch, a function it lacks); RNNs are
 # lower precision on both devices (cuDNN / oneDNN) and run through _VF, which no small probe reaches.
@@ -182,5 +181,5 @@ def autocast_policy(device: str, lower: torch.dtype) -> dict[str, str]:
                     return torch.zeros(shape, dtype=torch.long, device=device)
                 answer = _classify(device, lower,
                                    lambda dtype, p=target_probe: p(_tensor_factory(device, dtype), indices))
-            policy[name] = answer if answer is not None else fallback(_ALIASES.get(name, name))
+            policy[name] = answer if answer is not None else fallback(name)
     return policy

@@ -137,9 +137,12 @@ MEASURED_HOW = {
 }
 
 
-def percent_error(estimate: int, measured: int) -> float | None:
-    """(estimate - measured) / measured in percent: positive over-estimates, negative under-estimates."""
-    return None if measured <= 0 else 100.0 * (estimate - measured) / measured
+def percent_error(estimate: int | None, measured: int | None) -> float | None:
+    """(estimate - measured) / measured in percent: positive over-estimates, negative under-estimates; None
+    where either side is missing (or nothing was measured)."""
+    if estimate is None or not measured or measured <= 0:
+        return None
+    return 100.0 * (estimate - measured) / measured
 
 
 # Table labels for the breakdown keys (the JSON keys stay as they are); every key of the CUDA breakdown is

@@ -11,8 +11,10 @@ backward's transient bytes alive while that backward runs. Used by cpu_lstm.py a
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -32,23 +34,49 @@ class KernelBytes:
     backward_transient: int = 0  # the same for its backward kernel (0 without grad)
 
 
-def watched(run) -> tuple[Any, int, int]:
-    """RUN() under the CPU allocator's watch: its result, the peak of the running total of what was allocated
-    inside (frees of older blocks are not seen), and that total at the end."""
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 points to /dev/null meanwhile: C++ log lines cannot break the one-line error contract."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@contextlib.contextmanager
+def cpu_allocator_events() -> Iterator[list]:
+    """torch.profiler(profile_memory=True) around the block; the list it yields holds the profiler's events once
+    the block is done. Kineto's "profiler_start"/"profiler_stop" lines are kept off stderr."""
     from torch.profiler import ProfilerActivity, profile
-    from .measure import native_stderr_silenced
+    events: list = []
     profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
     with native_stderr_silenced():
         profiler.start()
     try:
-        result = run()
+        yield events
     finally:
         with native_stderr_silenced():
             profiler.stop()
-    changes = sorted((e.start_ns(), e.nbytes()) for e in profiler.profiler.kineto_results.events()
-                     if e.name() == "[memory]")
+    events.extend(profiler.profiler.kineto_results.events())
+
+
+def memory_changes(events) -> list[tuple[int, int]]:
+    """(time in ns, bytes) of every allocation (positive) and free (negative) among EVENTS, in time order."""
+    return sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
+
+
+def watched(run) -> tuple[Any, int, int]:
+    """RUN() under the CPU allocator's watch: its result, the peak of the running total of what was allocated
+    inside (frees of older blocks are not seen), and that total at the end."""
+    with cpu_allocator_events() as events:
+        result = run()
     total = peak = 0
-    for _, change in changes:
+    for _, change in memory_changes(events):
         total += change
         peak = max(peak, total)
     return result, peak, total

@@ -203,7 +203,6 @@ def estimate_memory(model: nn.Module, build_inputs: Callable[[str], ModelInputs]
         training_tracker = tracker
         backends = dict(function_mode.sdpa_backends_used)
         activations_end = end_of_forward["activations"]
-        checkpoint_calls = function_mode.checkpoint_calls
     finally:
         for handle in hooks:
             handle.remove()
@@ -218,8 +217,7 @@ def estimate_memory(model: nn.Module, build_inputs: Callable[[str], ModelInputs]
     param_bytes = parameter_bytes({id(p): p for p in work.parameters()}.values())
     unmodelled = unmodelled_buffers(_library_kernel_modules(work), precision, target)
     assumptions = describe_assumptions(options, precision, training_tracker, backends, workspaces, target,
-                                       checkpoint_calls, function_mode.cpu_lstm_calls,
-                                       function_mode.cpu_conv_calls) + unmodelled
+                                       function_mode) + unmodelled
     return MemoryEstimate(
         peak_bytes=peak_bytes, breakdown=_fold(detail), breakdown_detail=detail, peak_phase=peak_phase,
         inference_peak_bytes=inference_peak, assumptions=assumptions, param_bytes=param_bytes,
@@ -282,9 +280,12 @@ def unmodelled_buffers(library_kernels: set[str], precision, target: str) -> lis
 
 
 def describe_assumptions(options: EstimateOptions, precision, tracker: AllocationTracker, backends: dict[str, int],
-                         workspaces: _Workspaces, target: str, checkpoint_calls: int = 0,
-                         cpu_lstm_calls: int = 0, cpu_conv_calls: int = 0) -> list[str]:
-    """Every modelling choice behind the numbers, in words."""
+                         workspaces: _Workspaces, target: str,
+                         function_mode: device_rules.TargetFunctionMode | None = None) -> list[str]:
+    """Every modelling choice behind the numbers, in words (FUNCTION_MODE: what the step's target rules saw)."""
+    checkpoint_calls = function_mode.checkpoint_calls if function_mode else 0
+    cpu_lstm_calls = function_mode.cpu_lstm_calls if function_mode else 0
+    cpu_conv_calls = function_mode.cpu_conv_calls if function_mode else 0
     lines = [
         "steady step: the 2nd training step (optimizer state already exists); zero_grad(set_to_none=True), "
         "forward + loss, backward, optimizer step; the output stays alive until the step ends",

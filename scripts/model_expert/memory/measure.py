@@ -13,9 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import gc
-import os
 import statistics
-import sys
 import time
 from typing import Callable, Iterator
 
@@ -26,6 +24,7 @@ from torch.utils._pytree import tree_map
 from ..errors import UserError
 from ..guard import preserved
 from ..inputs import ModelInputs
+from .cpu_kernels import cpu_allocator_events, memory_changes
 from .estimate import enable_checkpointing
 from .optimizer_state import build_optimizer, state_tensors, unique_trainable
 from .step import PRECISIONS, cast_inputs, inference_step, training_step
@@ -82,10 +81,6 @@ class CudaMeter:
         self.peaks[label] = torch.cuda.max_memory_allocated() - self.baseline
         self.reserved_peaks[label] = torch.cuda.max_memory_reserved()
 
-    @staticmethod
-    def synchronize() -> None:
-        torch.cuda.synchronize()
-
 
 class CpuMeter:
     """Peak of the CPU allocator's running total inside each window, from the profiler's memory events."""
@@ -97,18 +92,11 @@ class CpuMeter:
 
     @contextlib.contextmanager
     def session(self) -> Iterator["CpuMeter"]:
-        from torch.profiler import ProfilerActivity, profile
         gc.collect()
-        profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-        with native_stderr_silenced():  # Kineto writes "profiler_start" lines to fd 2
-            profiler.start()
-        try:
+        with cpu_allocator_events() as events:
             yield self
             gc.collect()
-        finally:
-            with native_stderr_silenced():
-                profiler.stop()
-        self.peaks.update(peaks_in_windows(profiler.profiler.kineto_results.events(), self._windows))
+        self.peaks.update(peaks_in_windows(events, self._windows))
 
     @contextlib.contextmanager
     def window(self, label: str, fresh_workspaces: bool = False) -> Iterator[None]:
@@ -116,24 +104,6 @@ class CpuMeter:
         self._windows.append(label)
         with torch.profiler.record_function(_window_name(label)):
             yield
-
-    @staticmethod
-    def synchronize() -> None:
-        pass
-
-
-@contextlib.contextmanager
-def native_stderr_silenced() -> Iterator[None]:
-    """File descriptor 2 points to /dev/null meanwhile: C++ log lines cannot break the one-line error contract."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def _window_name(label: str) -> str:
@@ -151,7 +121,7 @@ def peaks_in_windows(events, labels: list[str]) -> dict[str, int]:
     missing = [label for label in labels if label not in spans]
     if missing:
         raise RuntimeError(f"the profiler recorded no range for {missing}")
-    changes = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
+    changes = memory_changes(events)
     peaks = {}
     for label, (start, end) in spans.items():
         total = peak = 0
@@ -213,10 +183,10 @@ def measure_step(model: nn.Module, build_inputs: Callable[[str], ModelInputs], l
             step()
         if device == "cuda":
             for _ in range(timed_steps):
-                meter.synchronize()
+                torch.cuda.synchronize()
                 started = time.perf_counter()
                 step()
-                meter.synchronize()
+                torch.cuda.synchronize()
                 step_seconds.append(time.perf_counter() - started)
 
         del optimizer, scaler
