@@ -47,6 +47,7 @@ __all__ = [
     "ClaudeRun",
     "node_tools_available",
     "find_claude",
+    "claude_or_skip",
     "install_claude",
     "make_home",
     "claude_env",
@@ -400,3 +401,14 @@ def run_scripted(prompt: str, project_dir: Path, policy: Policy, *, server_lifet
     with api:
         run = run_claude(prompt, project_dir, api.base_url, **kwargs)
     return run, api
+
+
+def claude_or_skip() -> str:
+    """find_claude() for a pytest fixture: skip where Claude Code cannot be had, fail where npm could not install it."""
+    import pytest
+    try:
+        return find_claude()
+    except ClaudeUnavailable as error:  # pragma: no cover
+        pytest.skip(str(error))
+    except ClaudeInstallError as error:
+        pytest.fail(f"could not install the Claude Code CLI with npm:\n{error}", pytrace=False)

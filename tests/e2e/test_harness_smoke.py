@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from claude_harness import run_scripted, write_project  # noqa: E402
+from claude_harness import claude_or_skip, run_scripted, write_project  # noqa: E402
 from fake_anthropic import DELEGATION_TOOL_NAMES, DelegationScript  # noqa: E402
 
 if shutil.which("node") is None or shutil.which("npm") is None:
@@ -55,6 +55,11 @@ def _run(claude, project, tmp_path, commands):
     run, api = run_scripted("/demo smoke-label", project, script, home=tmp_path / "home",
                             claude=claude, timeout=120)
     return run, api
+
+
+@pytest.fixture(scope="module")
+def claude():
+    return claude_or_skip()
 
 
 def test_slash_command_delegates_and_allowed_commands_run(claude, project, tmp_path):

@@ -18,7 +18,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from claude_harness import run_scripted  # noqa: E402
+from claude_harness import claude_or_skip, run_scripted  # noqa: E402
 from fake_anthropic import DELEGATION_TOOL_NAMES, DelegationScript  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,6 +40,11 @@ def agent_commands() -> list[str]:
     keep = [c for c in commands if "--findings" not in c and "compare.py" not in c]  # those need the agent's own files
     assert any(c.startswith("python scripts/report.py") for c in keep)
     return keep
+
+
+@pytest.fixture(scope="module")
+def claude():
+    return claude_or_skip()
 
 
 def test_review_model_delegates_and_runs_every_documented_command(claude, tmp_path):
