@@ -1,0 +1,179 @@
+"""Is each padding mask honoured? Change the data at padded positions; the output must not move.
+
+The convention is read off the model: `true_is_padding` (torch's key_padding_mask) when the output is
+blind to the padded data with True/1 marking padding, `false_is_padding` (Hugging Face's
+attention_mask, 1 = keep) when it is blind with False/0 marking padding. Neither: not honoured.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..errors import UserError
+from .core import Harness, can_vary, compare, finding, fresh_like, replaced
+
+CONVENTIONS = ("true_is_padding", "false_is_padding")
+# What a mask of each dtype most likely means when the model honours neither convention.
+USUAL_CONVENTION = {True: "true_is_padding", False: "false_is_padding"}  # keyed by "is bool"
+EMPTY_SAMPLE_MEANING = ("a sample whose positions are all padding (an empty dataset) gives NaN outputs "
+                        "(eval-mode nn.MultiheadAttention's fast path returns NaN for fully-masked rows); "
+                        "NaN scores poison a ranking and its loss")
+
+
+def is_mask(name: str, tensor: torch.Tensor, declared: set[str]) -> bool:
+    """Bool tensors, integer tensors named *mask*, and the inputs --mask declares."""
+    if name in declared:
+        return True
+    if tensor.dtype == torch.bool:
+        return True
+    return not tensor.is_floating_point() and "mask" in name.lower()
+
+
+def find_masks(harness: Harness, declared: list[str]) -> list[str]:
+    unknown = [name for name in declared if name not in harness.tensors]
+    if unknown:
+        raise UserError(f"--mask {', '.join(unknown)} is not an input; the tensor inputs are "
+                        f"{', '.join(harness.tensors) or 'none'}")
+    return [name for name, tensor in harness.tensors.items() if is_mask(name, tensor, set(declared))]
+
+
+def covered_inputs(harness: Harness, mask_name: str, masks: list[str]) -> list[str]:
+    """Data inputs whose leading dims are the mask's dims: by the dims' names where all are named, else by shape."""
+    mask = harness.tensors[mask_name]
+    mask_axes = harness.axis_names(mask_name)
+    covered = []
+    for name, tensor in harness.tensors.items():
+        if name in masks or tensor.dim() < mask.dim() or mask.dim() == 0:
+            continue
+        if all(mask_axes):
+            matches = harness.axis_names(name)[:mask.dim()] == mask_axes
+        else:
+            matches = tuple(tensor.shape[:mask.dim()]) == tuple(mask.shape)
+        if matches:
+            covered.append(name)
+    return covered
+
+
+def suffix_padding(shape: torch.Size) -> torch.Tensor:
+    """True at padded positions: row i (leading dims flattened) keeps a prefix of varied length, each >= 1."""
+    length = shape[-1]
+    rows = 1
+    for size in shape[:-1]:
+        rows *= size
+    if rows == 1:
+        kept = torch.tensor([max(1, (length + 1) // 2)])
+    else:
+        kept = torch.tensor([max(1, round(length * (i + 1) / (rows + 1))) for i in range(rows)])
+    padded = torch.arange(length).unsqueeze(0) >= kept.unsqueeze(1)
+    return padded.reshape(shape)
+
+
+def _encode(padded: torch.Tensor, convention: str, like: torch.Tensor) -> torch.Tensor:
+    marks = padded if convention == "true_is_padding" else ~padded
+    return marks.to(dtype=like.dtype, device=like.device)
+
+
+def hypotheses(harness: Harness, mask_name: str) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], bool]:
+    """convention -> (mask tensor, padded positions), and whether the padding was made up here.
+
+    A factory's mask that pads something is the user's own (used as given, read both ways); a spec's mask
+    is drawn, not meaningful, so it and any mask that pads nothing get lengths-based padding instead."""
+    mask = harness.tensors[mask_name]
+    marks = mask.bool()
+    pads_something = bool(marks.any()) and not bool(marks.all())
+    if pads_something and not harness.from_spec:
+        return {"true_is_padding": (mask, marks), "false_is_padding": (mask, ~marks)}, False
+    padded = suffix_padding(mask.shape).to(mask.device)
+    return {convention: (_encode(padded, convention, mask), padded) for convention in CONVENTIONS}, True
+
+
+def _padded_everywhere(padded: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Broadcast the mask's padded positions over the data's trailing dims."""
+    view = padded.reshape(tuple(padded.shape) + (1,) * (like.dim() - padded.dim()))
+    return view.expand_as(like)
+
+
+def check_mask(harness: Harness, mask_name: str, masks: list[str], seed: int = 0) -> tuple[dict[str, Any], list[dict]]:
+    data_inputs = covered_inputs(harness, mask_name, masks)
+    mask = harness.tensors[mask_name]
+    entry: dict[str, Any] = {"input": mask_name, "data_inputs": data_inputs, "convention": None, "honoured": None,
+                             "max_abs_change": None, "all_padded": None, "padding_made_up": None}
+    if not data_inputs:
+        return entry, [finding("INFO", "mask", f"mask `{mask_name}` {list(mask.shape)} covers no data input (none has "
+                               f"leading dims {list(mask.shape)}); its padding could not be checked", input=mask_name)]
+    if mask.dim() == 0 or mask.shape[-1] < 2:
+        return entry, [finding("INFO", "mask", f"mask `{mask_name}` has a last dim of size {mask.shape[-1] if mask.dim() else 0}; "
+                               "there is nothing to pad", input=mask_name)]
+    variable = [name for name in data_inputs if can_vary(harness.tensors[name])]
+    generator = torch.Generator().manual_seed(seed)
+    options, made_up = hypotheses(harness, mask_name)
+    entry["padding_made_up"] = made_up
+    changes: dict[str, float] = {}
+    honoured: dict[str, bool] = {}
+    for convention, (mask_tensor, padded) in options.items():
+        inputs = replaced(harness.inputs, harness.locations, {mask_name: mask_tensor})
+        reference = harness.run(inputs)
+        changed = {}
+        for name in variable:
+            tensor = harness.tensors[name]
+            where = _padded_everywhere(padded, tensor)
+            changed[name] = torch.where(where, fresh_like(tensor, generator), tensor)
+        result = compare(reference, harness.run(replaced(inputs, harness.locations, changed)))
+        changes[convention], honoured[convention] = result.max_abs_change, result.within_tolerance
+    findings: list[dict] = []
+    fitting = [c for c in CONVENTIONS if honoured[c]]
+    if len(fitting) == 1:
+        entry.update(convention=fitting[0], honoured=True, max_abs_change=changes[fitting[0]])
+    elif len(fitting) == 2:
+        entry.update(honoured=True, max_abs_change=max(changes.values()))
+        findings.append(finding("INFO", "mask", f"the output does not depend on {_names(data_inputs)} at the positions "
+                                f"`{mask_name}` marks either way; its convention cannot be told", input=mask_name))
+    else:
+        least = min(CONVENTIONS, key=lambda c: changes[c])
+        entry.update(honoured=False, max_abs_change=changes[least])
+        findings.append(finding(
+            "RISK", "mask",
+            f"padding mask `{mask_name}` is not honoured: changing {_names(data_inputs)} at padded positions moves the "
+            f"output by up to {changes[least]:.3g} under either convention (true_is_padding {changes['true_is_padding']:.3g}, "
+            f"false_is_padding {changes['false_is_padding']:.3g})",
+            fix=f"apply `{mask_name}` wherever padded positions could reach the output: in attention "
+                f"(key_padding_mask / attention_mask) and in pooling (sum over kept positions / their count, "
+                f"not .mean over all)", input=mask_name))
+    convention = entry["convention"] or USUAL_CONVENTION[mask.dtype == torch.bool]
+    entry["all_padded"], entry["all_padded_error"] = all_padded(harness, mask_name, options[convention][0], convention)
+    if entry["all_padded"] == "nan":
+        findings.append(finding("CAUTION", "mask", f"`{mask_name}`: {EMPTY_SAMPLE_MEANING}",
+                                fix="drop empty samples before the model, or keep one position unmasked "
+                                    "and zero it after pooling", input=mask_name))
+    elif entry["all_padded"] == "error":
+        findings.append(finding("CAUTION", "mask", f"`{mask_name}`: a sample whose positions are all padding makes the "
+                                f"forward fail ({entry['all_padded_error']})", input=mask_name))
+    return entry, findings
+
+
+def all_padded(harness: Harness, mask_name: str, mask_tensor: torch.Tensor, convention: str) -> tuple[str, str | None]:
+    """Run with the first sample's positions all padding: 'finite', 'nan' or 'error' (and the error)."""
+    mask = mask_tensor.clone()
+    first_row = (0,) * (mask.dim() - 1)
+    mask[first_row] = _encode(torch.ones(mask.shape[-1], dtype=torch.bool), convention, mask)
+    outputs, error = harness.try_run(replaced(harness.inputs, harness.locations, {mask_name: mask}))
+    if outputs is None:
+        return "error", error
+    finite = all(bool(torch.isfinite(tensor).all()) for _, tensor in outputs)
+    return ("finite" if finite else "nan"), None
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(f"`{n}`" for n in names)
+
+
+def analyse_masks(harness: Harness, declared: list[str]) -> tuple[list[dict[str, Any]], list[dict]]:
+    masks = find_masks(harness, declared)
+    entries, findings = [], []
+    for name in masks:
+        entry, found = check_mask(harness, name, masks)
+        entries.append(entry)
+        findings.extend(found)
+    return entries, findings
