@@ -95,6 +95,28 @@ def _padded_everywhere(padded: torch.Tensor, like: torch.Tensor) -> torch.Tensor
     return view.expand_as(like)
 
 
+def outputs_over_positions(harness: Harness, mask_name: str, outputs: list[tuple[str, torch.Tensor]]) -> list[str]:
+    """Outputs that have a value per masked position (leading dims = the mask's, e.g. last_hidden_state
+    [B, T, H] under a [B, T] mask): their padded positions are garbage by design and are not compared."""
+    mask = harness.tensors[mask_name]
+    length_dim = harness.axis_names(mask_name)[-1]
+    grown = harness.output_axes(length_dim) if length_dim else None
+    names = []
+    for name, tensor in outputs:
+        if tuple(tensor.shape[:mask.dim()]) != tuple(mask.shape):
+            continue
+        if grown is not None and mask.dim() - 1 not in grown.get(name, []):
+            continue
+        names.append(name)
+    return names
+
+
+def _kept_positions(outputs: list[tuple[str, torch.Tensor]], per_position: list[str],
+                    padded: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    return [(name, torch.where(_padded_everywhere(padded, t), torch.zeros_like(t), t) if name in per_position else t)
+            for name, t in outputs]
+
+
 def check_mask(harness: Harness, mask_name: str, masks: list[str], seed: int = 0) -> tuple[dict[str, Any], list[dict]]:
     data_inputs = covered_inputs(harness, mask_name, masks)
     mask = harness.tensors[mask_name]
@@ -110,17 +132,20 @@ def check_mask(harness: Harness, mask_name: str, masks: list[str], seed: int = 0
     generator = torch.Generator().manual_seed(seed)
     options, made_up = hypotheses(harness, mask_name)
     entry["padding_made_up"] = made_up
+    per_position = outputs_over_positions(harness, mask_name, harness.run(harness.inputs))
+    entry["outputs_compared_at_kept_positions_only"] = per_position
     changes: dict[str, float] = {}
     honoured: dict[str, bool] = {}
     for convention, (mask_tensor, padded) in options.items():
         inputs = replaced(harness.inputs, harness.locations, {mask_name: mask_tensor})
-        reference = harness.run(inputs)
+        reference = _kept_positions(harness.run(inputs), per_position, padded)
         changed = {}
         for name in variable:
             tensor = harness.tensors[name]
             where = _padded_everywhere(padded, tensor)
             changed[name] = torch.where(where, fresh_like(tensor, generator), tensor)
-        result = compare(reference, harness.run(replaced(inputs, harness.locations, changed)))
+        result = compare(reference, _kept_positions(harness.run(replaced(inputs, harness.locations, changed)),
+                                                    per_position, padded))
         changes[convention], honoured[convention] = result.max_abs_change, result.within_tolerance
     findings: list[dict] = []
     fitting = [c for c in CONVENTIONS if honoured[c]]

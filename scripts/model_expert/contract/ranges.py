@@ -22,6 +22,25 @@ BOUNDED_HEADS: dict[str, tuple[float, float]] = {
 }
 
 
+# Autograd nodes that only move or select values: the head is looked for behind them.
+VALUE_PRESERVING = {"Squeeze", "Unsqueeze", "View", "Reshape", "ReshapeAlias", "UnsafeView", "Transpose", "Permute",
+                    "Expand", "Clone", "Select", "Slice", "Index", "T", "ToCopy", "Contiguous", "Flatten"}
+
+
+def head_op(tensor: torch.Tensor) -> str | None:
+    """The autograd node that made the output's values, looking through reshapes and selections."""
+    node = tensor.grad_fn
+    while node is not None:
+        kind = type(node).__name__.rstrip("0123456789").removesuffix("Backward")
+        if kind not in VALUE_PRESERVING:
+            return type(node).__name__
+        parents = [parent for parent, _ in node.next_functions if parent is not None]
+        if len(parents) != 1:
+            return type(node).__name__
+        node = parents[0]
+    return None
+
+
 class _Running:
     """min, max, mean, std and the count of non-finite values over several tensors."""
 
@@ -57,7 +76,7 @@ def output_heads(harness: Harness) -> dict[str, tuple[str | None, list[float] | 
         output = call_unhooked(harness.model, harness.inputs, harness.model_name)
     heads = {}
     for name, tensor in named_outputs(output):
-        op = type(tensor.grad_fn).__name__ if tensor.grad_fn is not None else None
+        op = head_op(tensor)
         bounds = BOUNDED_HEADS.get(op) if op else None
         heads[name] = (op, list(bounds) if bounds else None)
     return heads
