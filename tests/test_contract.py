@@ -159,6 +159,7 @@ def test_bundled_similarity_transformer(capsys):
     assert mask["honoured"] is True and mask["convention"] == "true_is_padding"
     assert mask["padding_made_up"] is False  # the factory's own padding (lengths 16..64) is used
     assert mask["all_padded"] == "nan"       # eval-mode encoder fast path: NaN for an all-padding row
+    assert len(findings(data, "CAUTION", "all_padded")) == 1
     by_dim = {p["dim"]: p for p in data["permutations"]}
     assert by_dim["max_images"]["property"] == "invariant"
     assert by_dim["num_models"]["property"] == "equivariant" and by_dim["num_models"]["output_dim"] == 1

@@ -17,6 +17,7 @@ from .permutations import analyse_permutations
 from .ranges import analyse_ranges
 
 SEVERITY_ORDER = {"RISK": 0, "CAUTION": 1, "INFO": 2}
+ALL_PADDED_TEXT = {"finite": "finite outputs", "nan": "NaN outputs", "error": "an error", None: "(not run)"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -135,7 +136,7 @@ def mask_line(row: dict[str, Any]) -> str:
     convention = row["convention"] or "neither convention"
     text = (f"`{row['input']}` over {covered}: {verdict} ({convention}; padded data moves the output by "
             f"{number(row['max_abs_change'])})")
-    return text + f"; a sample that is all padding gives {row['all_padded']} outputs"
+    return text + f"; a sample that is all padding gives {ALL_PADDED_TEXT[row['all_padded']]}"
 
 
 def batch_line(data: dict[str, Any]) -> str:

@@ -169,11 +169,11 @@ def check_mask(harness: Harness, mask_name: str, masks: list[str], seed: int = 0
     convention = entry["convention"] or USUAL_CONVENTION[mask.dtype == torch.bool]
     entry["all_padded"], entry["all_padded_error"] = all_padded(harness, mask_name, options[convention][0], convention)
     if entry["all_padded"] == "nan":
-        findings.append(finding("CAUTION", "mask", f"`{mask_name}`: {EMPTY_SAMPLE_MEANING}",
+        findings.append(finding("CAUTION", "all_padded", f"`{mask_name}`: {EMPTY_SAMPLE_MEANING}",
                                 fix="drop empty samples before the model, or keep one position unmasked "
                                     "and zero it after pooling", input=mask_name))
     elif entry["all_padded"] == "error":
-        findings.append(finding("CAUTION", "mask", f"`{mask_name}`: a sample whose positions are all padding makes the "
+        findings.append(finding("CAUTION", "all_padded", f"`{mask_name}`: a sample whose positions are all padding makes the "
                                 f"forward fail ({entry['all_padded_error']})", input=mask_name))
     return entry, findings
 
