@@ -162,7 +162,10 @@ def permutation_line(row: dict[str, Any]) -> str:
 def length_line(row: dict[str, Any]) -> str:
     parts = []
     for check in row["checks"]:
-        parts.append(f"{check['size']}: {check['status']}" + (f" ({check['error']})" if check["status"] != "ok" else ""))
+        if check["status"] != "ok":
+            parts.append(f"{check['size']}: {check['status']} ({check['error']})")
+        else:
+            parts.append(f"{check['size']}: ok" + (f" ({check['nonfinite']} non-finite outputs)" if check["nonfinite"] else ""))
     return f"`{row['dim']}` (given {row['given']}): " + "; ".join(parts)
 
 
