@@ -66,6 +66,26 @@ def test_masked_pooling_is_honoured_true_is_padding():
     assert not findings(data, "RISK", "mask")
 
 
+def test_all_padding_sample_that_raises_is_an_error():
+    mask = only_mask(contract(f"{C}:RejectsEmptySample", *X_MASK))
+    assert mask["honoured"] is True and mask["all_padded"] == "error"
+    assert "a sample has no kept position" in mask["all_padded_error"]
+
+
+def test_labels_are_targets_not_data_under_the_attention_mask():
+    # GPT-2 reads labels at padded positions for its loss by design (-100 marks them); the logits at
+    # kept positions are what the mask protects, and they are compared there.
+    data = contract(f"{C}:gpt2_with_labels", "--input", "input_ids=int64[B=2,T=8]<64",
+                    "--input", "attention_mask=int64[B,T]<2", "--input", "labels=int64[B,T]<64")
+    mask = only_mask(data)
+    assert mask["data_inputs"] == ["input_ids"] and mask["honoured"] is True
+    assert mask["convention"] == "false_is_padding"
+    # causal attention: kept positions before right padding never see it under either convention, so the
+    # conventions are told apart with the padding on the left
+    assert mask["padding_side"] == "left"
+    assert "out.loss" not in mask["outputs_compared_at_kept_positions_only"]
+
+
 def test_integer_keep_mask_is_honoured_false_is_padding():
     data = contract(f"{C}:KeepMaskPool", "--input", "input_ids=int64[B=4,T=6]<50", "--input", "attention_mask=int64[B,T]<2")
     mask = only_mask(data)
@@ -189,3 +209,33 @@ def test_mask_covering_no_data_input_is_an_info():
     assert mask["data_inputs"] == [] and mask["honoured"] is None
     (info,) = findings(data, "INFO", "mask")
     assert "covers no data input" in info["text"]
+
+
+def test_json_through_the_real_script_carries_the_design_keys():
+    from conftest import run_script
+    result = run_script("contract", f"{C}:MaskedPool", *X_MASK, "--json")
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    data = json.loads(result.stdout)
+    assert data["schema"] == "model-expert/contract/1"
+    for key in ("batch_independent", "masks", "permutations", "lengths", "outputs", "findings"):
+        assert key in data
+    assert set(data["masks"][0]) >= {"input", "data_inputs", "convention", "honoured", "max_abs_change", "all_padded"}
+    assert set(data["permutations"][0]) >= {"dim", "inputs", "property", "output_dim", "max_abs_change"}
+    assert set(data["outputs"][0]) >= {"name", "shape", "dtype", "min", "max", "mean", "std", "nonfinite"}
+
+
+def test_a_risk_becomes_a_priority_1_issue_with_its_magnitude_and_fix(tmp_path):
+    from conftest import run_script
+    out = tmp_path / "review"
+    result = run_script("report", f"{C}:MeanPoolOverPadding", *X_MASK, "--out", out,
+                        *[arg for section in ("lint", "grads", "memory", "flops", "recommend") for arg in ("--skip", section)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    markdown = (out / "analysis.md").read_text()
+    evidence = json.loads((out / "analysis.json").read_text())
+    change = evidence["contract"]["masks"][0]["max_abs_change"]
+    p1 = markdown.split("**Priority 1 (Critical)**:")[1].split("**Priority 2 (Important)**:")[0]
+    assert "1. padding mask (`mask`)" in p1 and f"up to {change:.3g}" in p1 and "**Fix**: apply `mask`" in p1
+    assert "- **Padding mask**: `mask` over `x`: NOT honoured" in markdown
+    assert "- [ ] Padding measured by contract.py: `mask` over `x`: NOT honoured" in markdown
+    grounding = run_script("check_grounding", out / "analysis.md", out / "analysis.json")
+    assert grounding.returncode == 0, grounding.stdout

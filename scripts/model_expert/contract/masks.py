@@ -22,6 +22,14 @@ EMPTY_SAMPLE_MEANING = ("a sample whose positions are all padding (an empty data
                         "NaN scores poison a ranking and its loss")
 
 
+# Inputs that are training targets, not data: a loss reads them at padded positions by design
+# (Hugging Face expects -100 there), so a mask does not cover them.
+TARGET_INPUT_NAMES = {"labels", "label", "targets", "target"}
+# A loss output (Hugging Face's output.loss) averages over positions, padded ones included unless the
+# labels mark them -100: that is the labels' contract, not the mask's, so it is not compared.
+LOSS_SUFFIX = "loss"
+
+
 def is_mask(name: str, tensor: torch.Tensor, declared: set[str]) -> bool:
     """Bool tensors, integer tensors named *mask*, and the inputs --mask declares."""
     if name in declared:
@@ -45,7 +53,7 @@ def covered_inputs(harness: Harness, mask_name: str, masks: list[str]) -> list[s
     mask_axes = harness.axis_names(mask_name)
     covered = []
     for name, tensor in harness.tensors.items():
-        if name in masks or tensor.dim() < mask.dim() or mask.dim() == 0:
+        if name in masks or name in TARGET_INPUT_NAMES or tensor.dim() < mask.dim() or mask.dim() == 0:
             continue
         if all(mask_axes):
             matches = harness.axis_names(name)[:mask.dim()] == mask_axes
@@ -56,8 +64,9 @@ def covered_inputs(harness: Harness, mask_name: str, masks: list[str]) -> list[s
     return covered
 
 
-def suffix_padding(shape: torch.Size) -> torch.Tensor:
-    """True at padded positions: row i (leading dims flattened) keeps a prefix of varied length, each >= 1."""
+def made_up_padding(shape: torch.Size, side: str = "right") -> torch.Tensor:
+    """True at padded positions: row i (leading dims flattened) keeps a run of varied length, each >= 1,
+    at the start (padding on the right) or at the end (padding on the left)."""
     length = shape[-1]
     rows = 1
     for size in shape[:-1]:
@@ -67,6 +76,8 @@ def suffix_padding(shape: torch.Size) -> torch.Tensor:
     else:
         kept = torch.tensor([max(1, round(length * (i + 1) / (rows + 1))) for i in range(rows)])
     padded = torch.arange(length).unsqueeze(0) >= kept.unsqueeze(1)
+    if side == "left":
+        padded = padded.flip(-1)
     return padded.reshape(shape)
 
 
@@ -75,7 +86,8 @@ def _encode(padded: torch.Tensor, convention: str, like: torch.Tensor) -> torch.
     return marks.to(dtype=like.dtype, device=like.device)
 
 
-def hypotheses(harness: Harness, mask_name: str) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], bool]:
+def hypotheses(harness: Harness, mask_name: str,
+               side: str = "right") -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], bool]:
     """convention -> (mask tensor, padded positions), and whether the padding was made up here.
 
     A factory's mask that pads something is the user's own (used as given, read both ways); a spec's mask
@@ -85,7 +97,7 @@ def hypotheses(harness: Harness, mask_name: str) -> tuple[dict[str, tuple[torch.
     pads_something = bool(marks.any()) and not bool(marks.all())
     if pads_something and not harness.from_spec:
         return {"true_is_padding": (mask, marks), "false_is_padding": (mask, ~marks)}, False
-    padded = suffix_padding(mask.shape).to(mask.device)
+    padded = made_up_padding(mask.shape, side).to(mask.device)
     return {convention: (_encode(padded, convention, mask), padded) for convention in CONVENTIONS}, True
 
 
@@ -95,26 +107,63 @@ def _padded_everywhere(padded: torch.Tensor, like: torch.Tensor) -> torch.Tensor
     return view.expand_as(like)
 
 
-def outputs_over_positions(harness: Harness, mask_name: str, outputs: list[tuple[str, torch.Tensor]]) -> list[str]:
-    """Outputs that have a value per masked position (leading dims = the mask's, e.g. last_hidden_state
-    [B, T, H] under a [B, T] mask): their padded positions are garbage by design and are not compared."""
+def outputs_over_positions(harness: Harness, mask_name: str,
+                           outputs: list[tuple[str, torch.Tensor]]) -> dict[str, list[int]]:
+    """Outputs that hold a value per masked position -> the output axes that carry the mask's axes.
+
+    last_hidden_state [B, T, H] or a key cache [B, heads, T, d] under a [B, T] mask: their padded
+    positions are garbage by design and are not compared. An axis carries a mask axis when it grows
+    with that axis's named dim; without names, the output's leading dims must be the mask's shape."""
     mask = harness.tensors[mask_name]
-    length_dim = harness.axis_names(mask_name)[-1]
-    grown = harness.output_axes(length_dim) if length_dim else None
-    names = []
+    names = harness.axis_names(mask_name)
+    carried: dict[str, list[int]] = {}
     for name, tensor in outputs:
-        if tuple(tensor.shape[:mask.dim()]) != tuple(mask.shape):
-            continue
-        if grown is not None and mask.dim() - 1 not in grown.get(name, []):
-            continue
-        names.append(name)
-    return names
+        axes: list[int] | None = []
+        for dim_name in names:
+            grown = harness.output_axes(dim_name) if dim_name else None
+            found = (grown or {}).get(name, [])
+            if len(found) != 1:
+                axes = None
+                break
+            axes.append(found[0])
+        if axes is None and tuple(tensor.shape[:mask.dim()]) == tuple(mask.shape):
+            axes = list(range(mask.dim()))
+        if axes and sorted(axes) == axes and len(set(axes)) == len(axes):
+            carried[name] = axes
+    return carried
 
 
-def _kept_positions(outputs: list[tuple[str, torch.Tensor]], per_position: list[str],
+def _kept_positions(outputs: list[tuple[str, torch.Tensor]], per_position: dict[str, list[int]],
                     padded: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
-    return [(name, torch.where(_padded_everywhere(padded, t), torch.zeros_like(t), t) if name in per_position else t)
-            for name, t in outputs]
+    kept = []
+    for name, tensor in outputs:
+        if name in per_position and not name.endswith(LOSS_SUFFIX):
+            view = [1] * tensor.dim()
+            for mask_axis, output_axis in enumerate(per_position[name]):
+                view[output_axis] = padded.shape[mask_axis]
+            tensor = torch.where(padded.reshape(view).expand_as(tensor), torch.zeros_like(tensor), tensor)
+        kept.append((name, tensor))
+    return [(name, tensor) for name, tensor in kept if not name.endswith(LOSS_SUFFIX)]
+
+
+def _leak_per_convention(harness: Harness, mask_name: str, variable: list[str],
+                         options: dict[str, tuple[torch.Tensor, torch.Tensor]], per_position: dict[str, list[int]],
+                         seed: int) -> tuple[dict[str, float], dict[str, bool]]:
+    """Per convention: how far the (kept) outputs move when the data at padded positions changes."""
+    generator = torch.Generator().manual_seed(seed)
+    changes: dict[str, float] = {}
+    honoured: dict[str, bool] = {}
+    for convention, (mask_tensor, padded) in options.items():
+        inputs = replaced(harness.inputs, harness.locations, {mask_name: mask_tensor})
+        reference = _kept_positions(harness.run(inputs), per_position, padded)
+        changed = {}
+        for name in variable:
+            tensor = harness.tensors[name]
+            changed[name] = torch.where(_padded_everywhere(padded, tensor), fresh_like(tensor, generator), tensor)
+        result = compare(reference, _kept_positions(harness.run(replaced(inputs, harness.locations, changed)),
+                                                    per_position, padded))
+        changes[convention], honoured[convention] = result.max_abs_change, result.within_tolerance
+    return changes, honoured
 
 
 def check_mask(harness: Harness, mask_name: str, masks: list[str], seed: int = 0) -> tuple[dict[str, Any], list[dict]]:
@@ -129,24 +178,16 @@ def check_mask(harness: Harness, mask_name: str, masks: list[str], seed: int = 0
         return entry, [finding("INFO", "mask", f"mask `{mask_name}` has a last dim of size {mask.shape[-1] if mask.dim() else 0}; "
                                "there is nothing to pad", input=mask_name)]
     variable = [name for name in data_inputs if can_vary(harness.tensors[name])]
-    generator = torch.Generator().manual_seed(seed)
-    options, made_up = hypotheses(harness, mask_name)
-    entry["padding_made_up"] = made_up
     per_position = outputs_over_positions(harness, mask_name, harness.run(harness.inputs))
-    entry["outputs_compared_at_kept_positions_only"] = per_position
-    changes: dict[str, float] = {}
-    honoured: dict[str, bool] = {}
-    for convention, (mask_tensor, padded) in options.items():
-        inputs = replaced(harness.inputs, harness.locations, {mask_name: mask_tensor})
-        reference = _kept_positions(harness.run(inputs), per_position, padded)
-        changed = {}
-        for name in variable:
-            tensor = harness.tensors[name]
-            where = _padded_everywhere(padded, tensor)
-            changed[name] = torch.where(where, fresh_like(tensor, generator), tensor)
-        result = compare(reference, _kept_positions(harness.run(replaced(inputs, harness.locations, changed)),
-                                                    per_position, padded))
-        changes[convention], honoured[convention] = result.max_abs_change, result.within_tolerance
+    entry["outputs_compared_at_kept_positions_only"] = sorted(per_position)
+    options, made_up = hypotheses(harness, mask_name)
+    entry["padding_made_up"], entry["padding_side"] = made_up, "right" if made_up else "given"
+    changes, honoured = _leak_per_convention(harness, mask_name, variable, options, per_position, seed)
+    if made_up and all(honoured.values()):
+        # A causal model never sees right padding from kept positions; left padding tells the conventions apart.
+        options, _ = hypotheses(harness, mask_name, side="left")
+        changes, honoured = _leak_per_convention(harness, mask_name, variable, options, per_position, seed)
+        entry["padding_side"] = "left"
     findings: list[dict] = []
     fitting = [c for c in CONVENTIONS if honoured[c]]
     if len(fitting) == 1:
