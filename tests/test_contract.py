@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from conftest import REPO, assert_same_state, model_state
 from model_expert import cli
@@ -83,7 +82,6 @@ def test_labels_are_targets_not_data_under_the_attention_mask():
     # causal attention: kept positions before right padding never see it under either convention, so the
     # conventions are told apart with the padding on the left
     assert mask["padding_side"] == "left"
-    assert "out.loss" not in mask["outputs_compared_at_kept_positions_only"]
 
 
 def test_integer_keep_mask_is_honoured_false_is_padding():

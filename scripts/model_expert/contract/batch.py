@@ -33,8 +33,8 @@ def _kept_sample_change(harness: Harness, output_axes: dict[str, int], name: str
     """Largest change of the kept samples' outputs when the other samples of input NAME change."""
     tensor = harness.tensors[name]
     worst, within = 0.0, True
+    reference = dict(harness.run(harness.inputs, train=train, seed=0))
     for keep in sorted({0, tensor.shape[axis] - 1}):
-        reference = dict(harness.run(harness.inputs, train=train, seed=0))
         changed_inputs = replaced(harness.inputs, harness.locations,
                                   {name: _with_others_changed(tensor, axis, keep, generator)})
         changed = dict(harness.run(changed_inputs, train=train, seed=0))
