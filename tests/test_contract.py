@@ -140,6 +140,13 @@ def test_scorer_is_invariant_over_the_set_and_equivariant_over_candidates():
     assert not [f for f in data["findings"] if f["severity"] == "RISK"]
 
 
+def test_equivariance_is_found_when_the_batch_and_the_candidates_have_the_same_size():
+    # scores [B, M] with B = M = 4: the candidates' axis is the one that grows with M (axis 1), not axis 0
+    data = contract(f"{C}:SetScorer", "--input", "float32[B=4,N=5,8]", "--input", "float32[M=4,8]")
+    by_dim = {p["dim"]: p for p in data["permutations"]}
+    assert by_dim["M"]["property"] == "equivariant" and by_dim["M"]["output_dim"] == 1
+
+
 def test_sigmoid_head_is_bounded():
     data = contract(f"{C}:SigmoidHead", "--input", "float32[B=16,8]")
     (output,) = data["outputs"]
