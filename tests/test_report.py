@@ -8,7 +8,8 @@ import pytest
 from conftest import check_expected, run_script
 
 ST = ["examples/similarity_transformer.py:SimilarityTransformer", "--config", "examples/config.ini:similarity_transformer",
-      "--loss", "examples/ranking_loss.py:ranking_loss", "--group", "model_path=model_proj", "--group", "dataset_path=dataset_proj"]
+      "--loss", "examples/ranking_loss.py:ranking_loss", "--group", "model_path=model_proj", "--group", "dataset_path=dataset_proj",
+      "--set", "max_images", "--set", "num_models"]
 AE = ["examples/autoencoder.py:ModelAutoEncoder", "--config", "examples/config.ini:autoencoder", "--batch-size", "16"]
 SECTIONS = ["### Architecture Overview", "### I/O Specification", "### Gradient Flow Analysis",
             "### Training Configuration Recommendation", "### Identified Issues & Recommendations",
@@ -41,6 +42,11 @@ def test_every_section_for_the_similarity_transformer(st_report):
     assert evidence["params"]["total"] == 3_488_000 and "3,488,000" in markdown
     assert "- `padding_mask`: shape `[8, 64]`, dtype `torch.bool`" in markdown
     assert "**Stability Assessment**: STABLE" in markdown
+    # contract.py's measured answers replace the padding checklist line (tests/test_contract.py checks them)
+    assert "- **Padding mask**: `padding_mask` over `dataset_embeddings`: honoured (true_is_padding" in markdown
+    assert "- **Order**: `num_models` (32, declared a set): equivariant (axis 1 of `out` permutes with it)" in markdown
+    assert "Validate during the first iteration" not in markdown
+    assert "- `padding_mask`: shape `[8, 64]`, dtype `torch.bool`, range {False, True}" in markdown
     assert "`model_path` (prefix `model_proj`): reached" in markdown and "`dataset_path` (prefix `dataset_proj`): reached" in markdown
     assert "builds [64, max_images, max_images]" in markdown  # attention over the dataset's images is quadratic
     assert "```mermaid" in markdown  # the per-layer gradient chart GitHub renders

@@ -16,6 +16,7 @@ CAPABILITIES = {
     "memory": "model_expert.memory.cli",
     "flops": "model_expert.flops",
     "recommend": "model_expert.recommend",
+    "contract": "model_expert.contract.cli",
     "report": "model_expert.report",
     "check_grounding": "model_expert.grounding",
     "compare": "model_expert.compare",

@@ -20,7 +20,7 @@ from .gpus import DEFAULT_CLUSTER_GPU, DEFAULT_CONSUMER_GPU
 
 # Order matters: trace first (a broken forward stops the report there, with the module that failed);
 # recommend last (it reads the params, memory and grads evidence).
-SECTIONS = ("params", "trace", "lint", "grads", "memory", "flops", "recommend")
+SECTIONS = ("params", "trace", "lint", "contract", "grads", "memory", "flops", "recommend")
 # Options of the report that only the report reads.
 REPORT_ONLY = {"out", "findings", "skip", "json", "markdown", "debug", "target", "samples_per_epoch"}
 # Per-section options that differ from the section's own default when it runs inside the report.
@@ -40,6 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--vary", metavar="NAME=V1,V2", help="passed to trace: what scales with a named input dim")
     group.add_argument("--group", action="append", default=[], metavar="NAME=PREFIX", help="passed to grads: parameter groups")
     group.add_argument("--batches", type=int, default=None, help="passed to grads: sampled batches")
+    group.add_argument("--set", action="append", default=[], metavar="DIM",
+                       help="passed to contract: a named input dim that is an unordered set (repeatable)")
+    group.add_argument("--mask", action="append", default=[], metavar="NAME",
+                       help="passed to contract: a padding-mask input that is not bool and not named *mask*")
     group.add_argument("--gpu", default=DEFAULT_CONSUMER_GPU,
                        help=f"the single-GPU card for memory/flops/recommend (default: {DEFAULT_CONSUMER_GPU})")
     group.add_argument("--cluster-gpu", default=DEFAULT_CLUSTER_GPU,

@@ -10,6 +10,7 @@ import math
 from typing import Any
 
 from . import render
+from .contract import cli as contract_view
 from .grads import mermaid_chart
 
 NOT_MEASURED = "not measured"
@@ -24,6 +25,16 @@ TRAINING_HEADINGS = {
 HEADING_ORDER = ("Optimizer", "Learning Rate", "Batch Size", "Gradient Clipping", "Loss Function", "Other")
 # Which automatic findings become which priority (the reviewer's own findings carry theirs).
 SEVERITY_PRIORITY = {"RISK": 1, "CAUTION": 2}
+# contract.py's checks -> the issue title and what a violation costs.
+CONTRACT_CHECKS = {
+    "mask": ("padding mask", "outputs depend on padding: a dataset's scores change with how much padding its batch has"),
+    "all_padded": ("all-padding sample", "an empty dataset gets NaN scores, which poison the "
+                   "ranking and the loss at inference"),
+    "batch": ("batch independence", "a sample's output depends on the other samples of its batch"),
+    "permutation": ("set order", "the output changes when the set is reordered, though a set has no order"),
+    "range": ("output range", "what the loss receives"),
+    "determinism": ("determinism", "results are not reproducible"),
+}
 # Last modules that squash the output into a bounded range (bad before a ranking/cross-entropy loss).
 BOUNDED_OUTPUT_MODULES = {"Sigmoid", "Softmax", "Tanh", "LogSoftmax", "Hardtanh", "Softsign"}
 # Weight initialisation advice by architecture kind (the seed's Implementation Checklist example).
@@ -63,8 +74,26 @@ def derive(evidence: dict[str, Any]) -> dict[str, Any]:
     return derived
 
 
-def _tensor_rows(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
-    return [{"name": r["name"], "shape": render.shape(r["shape"]), "dtype": f"torch.{r['dtype']}"} for r in rows]
+def _tensor_rows(rows: list[dict[str, Any]], ranges: dict[str, str] | None = None) -> list[dict[str, str]]:
+    return [{"name": r["name"], "shape": render.shape(r["shape"]), "dtype": f"torch.{r['dtype']}",
+             "range": (ranges or {}).get(r["name"], NOT_MEASURED)} for r in rows]
+
+
+def _ranges(evidence: dict[str, Any], key: str, formatter) -> dict[str, str]:
+    """Input or output name -> its range as contract.py measured it (or its spec states it)."""
+    return {row["name"]: formatter(row) for row in _get(evidence, "contract", key, default=[])}
+
+
+def _contracts(evidence: dict[str, Any]) -> list[str]:
+    """The "Contracts (measured)" lines: masks, batch independence, order along each named dim."""
+    data = evidence.get("contract")
+    if not data:
+        return []
+    lines = contract_view.render_lines(data)
+    return ([f"**Padding mask**: {line}" for line in lines["masks"]]
+            + [f"**Batch independence**: {line}" for line in lines["batch"]]
+            + [f"**Order**: {line}" for line in lines["permutations"]]
+            + [f"**Tolerance**: {data['tolerance']['rule']}"])
 
 
 def _overview(evidence: dict[str, Any], derived: dict[str, Any]) -> dict[str, Any]:
@@ -207,6 +236,14 @@ def _issues(evidence: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
             issues[priority].append({"title": f"{finding['rule']} at {finding['file']}:{finding['line']}",
                                      "current_state": f"`{finding['code']}`: {finding['message']}",
                                      "impact": "the autograd graph", "fix": finding.get("fix", ""), "source": "lint.py"})
+    for finding in _get(evidence, "contract", "findings") or []:
+        priority = SEVERITY_PRIORITY.get(finding["severity"])
+        if priority:
+            where = finding.get("input") or finding.get("dim")
+            title, impact = CONTRACT_CHECKS.get(finding["check"], (finding["check"], "the input/output contract"))
+            issues[priority].append({"title": f"{title}" + (f" (`{where}`)" if where else ""),
+                                     "current_state": finding["text"], "impact": impact,
+                                     "fix": finding.get("fix") or "see contract.py's finding", "source": "contract.py"})
     memory = evidence.get("memory") or {}
     if memory.get("fits") is False:
         issues[1].append({"title": f"batch {memory.get('batch_size')} does not fit {memory.get('gpu', 'the budget')}",
@@ -267,7 +304,11 @@ def _checklist(evidence: dict[str, Any]) -> list[str]:
         items.append("Log the global gradient norm every step; the sampled batches gave "
                      + ", ".join(render.sci(n) for n in evidence["grads"]["global_grad_norms"] if isinstance(n, (int, float))))
     masks = [r["name"] for r in _get(evidence, "trace", "inputs", default=[]) if r["dtype"] == "bool"]
-    if masks:
+    measured_masks = _get(evidence, "contract", "masks")
+    if measured_masks:
+        for line in contract_view.render_lines(evidence["contract"])["masks"]:
+            items.append(f"Padding measured by contract.py: {line}")
+    elif masks:
         items.append(f"Validate during the first iteration that padding positions in {', '.join('`' + m + '`' for m in masks)} "
                      "do not change the output (padding must be masked in attention and in pooling)")
     for group, data in (_get(evidence, "grads", "groups") or {}).items():
@@ -284,8 +325,9 @@ def build_view(evidence: dict[str, Any]) -> dict[str, Any]:
         "target": evidence["target"],
         "command": evidence["command"],
         "overview": _overview(evidence, evidence["derived"]),
-        "inputs": _tensor_rows(trace["inputs"]) if trace else [],
-        "outputs": _tensor_rows(trace["outputs"]) if trace else [],
+        "inputs": _tensor_rows(trace["inputs"], _ranges(evidence, "inputs", contract_view.input_range)) if trace else [],
+        "outputs": _tensor_rows(trace["outputs"], _ranges(evidence, "outputs", contract_view.output_range)) if trace else [],
+        "contracts": _contracts(evidence),
         "walkthrough": _walkthrough(trace),
         "scaling": _scaling(trace),
         "gradient": _gradient(evidence),
