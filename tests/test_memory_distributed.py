@@ -1,0 +1,69 @@
+"""memory.py --world-size N --strategy S against real torchrun runs (gloo, CPU, 2 ranks): the busiest rank's
+peak as the CPU allocator counts it (the counting `--measure` uses), highest over three steady steps, from one
+torchrun launch that runs every strategy on both models in sequence (tests/dp_worker.py)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "scripts"))
+
+from model_expert.memory.cli import CAPABILITY, analyse  # noqa: E402
+
+MODELS = os.path.join(REPO, "tests", "fixtures", "dp_models.py")
+CASES = {"ResidualMLP": "residual_mlp_inputs", "SetTransformer": "set_transformer_inputs"}
+WORLD_SIZE = 2
+# The prediction may not be below the busiest rank's real peak by more than 5 %; above, DDP's counts the old
+# bucket set that some runs keep alive through the 2nd iteration's rebuild (here +9.5 % / +19 % / +23 % over a run
+# that did not keep it).
+LOWER, UPPER = -5.0, 25.0
+ENGINE_GAP = ("FSDP2 on gloo holds collective buffers the fake-process-group run does not show (measured "
+              "-7 % to -44 %): open")
+
+
+@pytest.fixture(scope="module")
+def real_peaks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dp") / "peaks.json"
+    command = ["torchrun", "--nproc-per-node", str(WORLD_SIZE), "--master-port", "29533",
+               os.path.join(REPO, "tests", "dp_worker.py"), "--out", str(out)]
+    for name, inputs in CASES.items():
+        command += ["--model", f"{MODELS}:{name}:{inputs}"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def predict(name, strategy):
+    args = CAPABILITY.parser().parse_args(
+        [f"{MODELS}:{name}", "--inputs", f"{MODELS}:{CASES[name]}", "--target-device", "cpu",
+         "--world-size", str(WORLD_SIZE), "--strategy", strategy])
+    return analyse(args)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("strategy", ["ddp", "zero1",
+                                      pytest.param("zero2", marks=pytest.mark.xfail(strict=True, reason=ENGINE_GAP)),
+                                      pytest.param("fsdp", marks=pytest.mark.xfail(strict=True, reason=ENGINE_GAP))])
+def test_prediction_against_the_busiest_real_rank(real_peaks, name, strategy):
+    data = predict(name, strategy)
+    assert data["distributed_method"] == "engine"
+    real = max(real_peaks[name][strategy])
+    error = 100.0 * (data["per_gpu_peak_bytes"] - real) / real
+    assert LOWER <= error <= UPPER, (name, strategy, data["per_gpu_peak_bytes"], real_peaks[name][strategy])
+
+
+def test_traffic_is_the_collectives_issued():
+    """DDP all-reduces every gradient once (ring: 2(N-1)/N x the bytes); FSDP all-gathers the parameters twice
+    (forward and backward) and reduce-scatters the gradients once, each (N-1)/N x the padded bytes."""
+    ddp = predict("ResidualMLP", "ddp")
+    grad_bytes = ddp["trainable_param_bytes"]
+    assert ddp["communication_by_collective"]["all_reduce"]["buffer_bytes"] == grad_bytes
+    assert ddp["communication_bytes_per_step"] == 2 * (WORLD_SIZE - 1) * grad_bytes // WORLD_SIZE
+    fsdp = predict("ResidualMLP", "fsdp")["communication_by_collective"]
+    assert fsdp["all_gather"]["buffer_bytes"] == 2 * fsdp["reduce_scatter"]["buffer_bytes"]
+    assert grad_bytes <= fsdp["reduce_scatter"]["buffer_bytes"] < grad_bytes + 4 * WORLD_SIZE * 16  # padding only
