@@ -30,7 +30,8 @@ from ..errors import UserError
 from ..guard import preserved
 from ..inputs import ModelInputs
 from . import device_rules, sharding
-from .estimate import BLOCK_RULES, FOREACH_BY_TARGET, EstimateOptions, _fold, enable_checkpointing, meta_copy
+from .estimate import (BLOCK_RULES, FOREACH_BY_TARGET, EstimateOptions, _fold, _Workspaces, _without_unused_workspace,
+                       enable_checkpointing, meta_copy)
 from .optimizer_state import OPTIMIZER_RULES, state_tensors, unique_trainable
 from .step import PRECISIONS, MetaGradScaler, cast_inputs, training_step
 from .tracker import AllocationTracker, StorageRecord, plausible_scalar
@@ -103,7 +104,7 @@ class EngineTracker(AllocationTracker):
     re-allocates in place (UntypedStorage.resize_) count by their current size, and collectives are tallied."""
 
     def __init__(self, block_bytes: Callable[[int], int], world_size: int):
-        super().__init__(block_bytes, devices=("cpu", "cuda"))
+        super().__init__(block_bytes, devices=("cpu", "cuda", "meta"))
         self.world_size = world_size
         self.traffic = Traffic()
         self.counting = False
@@ -330,6 +331,9 @@ def run_rank(model: nn.Module, build_inputs: Callable[[str], ModelInputs], loss_
                 for value in _tensors((inputs.args, inputs.kwargs)):
                     tracker.register(value, "inputs")
                 scaler = MetaGradScaler(device="cpu") if precision.grad_scaler else None
+                workspace_bytes = device_rules.cublas_workspace_bytes(options.gpu_name) if target == "cuda" else 0
+                workspaces = _Workspaces(tracker, workspace_bytes, ("main", "autograd"))
+                tracker.on_op = workspaces.on_op
 
                 def label_grads() -> None:
                     for parameter in step_model.parameters():
@@ -357,8 +361,7 @@ def run_rank(model: nn.Module, build_inputs: Callable[[str], ModelInputs], loss_
                     tracker.counting = index == MEASURED_STEPS - 1
                     step()
                 tracker.counting = False
-                detail = tracker.breakdown_at_peak()
-                peak = tracker.peak_bytes
+                peak, detail = _without_unused_workspace(tracker, workspaces)
                 result = RankRun(peak_bytes=peak, breakdown=_fold(detail), breakdown_detail=detail,
                                  peak_phase=tracker.peak_phase, traffic=tracker.traffic,
                                  rank_loads=engine.rank_loads, description=engine.description,
