@@ -209,7 +209,10 @@ def _rows(data: dict[str, Any]) -> list[list[str]]:
         if "measured_reserved_peak_bytes" in data:
             rows.append(["Measured reserved peak (allocated + allocator cache)", b(data["measured_reserved_peak_bytes"])])
     if "per_gpu_peak_bytes" in data:
-        rows.append([f"Per GPU ({data['strategy']}, {data['world_size']} GPUs)", b(data["per_gpu_peak_bytes"])])
+        how = "busiest rank, torch's engine" if data.get("distributed_method") == "engine" else "closed form: fallback"
+        rows.append([f"Per GPU ({data['strategy']}, {data['world_size']} GPUs; {how})", b(data["per_gpu_peak_bytes"])])
+        for key, value in data["per_gpu_breakdown"].items():
+            rows.append([f"  per GPU {key}", b(value)])
         rows.append(["Communicated per step per GPU", b(data["communication_bytes_per_step"])])
     if "budget_bytes" in data:
         if "gpu_memory_bytes" in data and data.get("gpu"):
