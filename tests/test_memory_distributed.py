@@ -17,12 +17,13 @@ from model_expert.memory.cli import CAPABILITY, analyse  # noqa: E402
 MODELS = os.path.join(REPO, "tests", "fixtures", "dp_models.py")
 CASES = {"ResidualMLP": "residual_mlp_inputs", "SetTransformer": "set_transformer_inputs"}
 WORLD_SIZE = 2
-# The prediction may not be below the busiest rank's real peak by more than 5 %; above, DDP's counts the old
-# bucket set that some runs keep alive through the 2nd iteration's rebuild (here +9.5 % / +19 % / +23 % over a run
-# that did not keep it).
-LOWER, UPPER = -5.0, 25.0
-ENGINE_GAP = ("FSDP2 on gloo holds collective buffers the fake-process-group run does not show (measured "
-              "-7 % to -44 %): open")
+# The prediction may not be below the busiest rank's real peak by more than 5 %. It counts what some runs
+# keep alive and others do not (the DDP bucket set a rebuild leaves, gloo's copies of collective buffers
+# until its worker finishes them), so one run may sit well below it: against the highest of four runs it
+# was +0.0 % (ddp, zero1), +1.0 % to +10.6 % (zero2), +6.1 % to +14.7 % (fsdp); against a low one, up to
+# +50 % (fsdp, ResidualMLP: real peaks from 15.4 to 24.8 MB between runs). The upper bound only catches a
+# gross over-count.
+LOWER, UPPER = -5.0, 80.0
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +47,7 @@ def predict(name, strategy):
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-@pytest.mark.parametrize("strategy", ["ddp", "zero1",
-                                      pytest.param("zero2", marks=pytest.mark.xfail(strict=True, reason=ENGINE_GAP)),
-                                      pytest.param("fsdp", marks=pytest.mark.xfail(strict=True, reason=ENGINE_GAP))])
+@pytest.mark.parametrize("strategy", ["ddp", "zero1", "zero2", "fsdp"])
 def test_prediction_against_the_busiest_real_rank(real_peaks, name, strategy):
     data = predict(name, strategy)
     assert data["distributed_method"] == "engine"

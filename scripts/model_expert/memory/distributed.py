@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import functools
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -115,10 +115,12 @@ class EngineTracker(AllocationTracker):
         self.traffic = Traffic()
         self.counting = False
         self.gloo = gloo
-        self.gloo_copies: dict[str, torch.Tensor] = {}  # per collective kind: gloo's copy of the last buffer
+        # gloo's copies of the buffers of the last step's worth of collectives, per kind
+        self.gloo_copies: dict[str, deque] = {}
 
-    def end_of_phase(self) -> None:
-        self.gloo_copies.clear()
+    def keep_one_step_of_copies(self) -> None:
+        """From now on each kind keeps as many copies as one step issues (what the warm-up step issued)."""
+        self.gloo_copies = {kind: deque(copies, maxlen=len(copies)) for kind, copies in self.gloo_copies.items()}
 
     def register(self, tensor: torch.Tensor, category: str) -> None:
         if isinstance(tensor, torch.Tensor):
@@ -155,10 +157,9 @@ class EngineTracker(AllocationTracker):
             for tensor in _tensors((args, kwargs)):
                 self.register(tensor, collective.role)
             if self.gloo and collective.name in GLOO_COPIES:
-                self.gloo_copies.pop(collective.name, None)
                 copy = torch.empty(collective.buffer(args), dtype=torch.uint8, device="cpu")
                 self.register(copy, "temporaries")
-                self.gloo_copies[collective.name] = copy
+                self.gloo_copies.setdefault(collective.name, deque()).append(copy)
             if self.counting:
                 buffer = collective.buffer(args)
                 self.traffic.calls[collective.name] += 1
@@ -356,7 +357,6 @@ def run_rank(model: nn.Module, build_inputs: Callable[[str], ModelInputs], loss_
                         tracker.relabel(parameter.grad, "grads")
 
                 def phase(name: str) -> None:
-                    tracker.end_of_phase()
                     tracker.phase = name
                     if name == "optimizer":
                         label_grads()
@@ -370,6 +370,7 @@ def run_rank(model: nn.Module, build_inputs: Callable[[str], ModelInputs], loss_
 
                 for _ in range(WARMUP_STEPS):
                     step()
+                tracker.keep_one_step_of_copies()
                 retained = _retained_buckets(step_model) if strategy in ("ddp", "zero1") else []
                 for tensor in retained:
                     tracker.relabel(tensor, "grads")
@@ -417,8 +418,8 @@ ENGINE_ASSUMPTIONS = (
     "2(N-1)/N x buffer, all-gather and reduce-scatter (N-1)/N x the unsharded buffer, broadcast (N-1)/N x "
     "buffer (ring algorithms)",
     "gloo (CPU target): all_gather_into_tensor and reduce_scatter_tensor work on a copy of the full buffer "
-    "(measured: N x the shard on N = 2 and 4 ranks, none after); each copy is counted until the next collective "
-    "of its kind or the end of the phase, the longest the asynchronous work may keep it",
+    "(measured: N x the shard on N = 2 and 4 ranks, none after), freed when gloo's worker finishes it, which "
+    "lags the step: each copy is counted until one step's worth of further collectives of its kind were issued",
     "DDP (and ZeRO-1, which runs on DDP): its bucket rebuild at the 2nd iteration (which reads data through the "
     "process group) is not run; instead the previous set of buckets is counted as alive beside the new one for "
     "every measured step, as real gloo runs show in some runs (one more gradient-sized buffer on the busiest "
