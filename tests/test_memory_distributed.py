@@ -11,8 +11,17 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "scripts"))
+sys.path.insert(0, os.path.join(REPO, "tests"))
+sys.path.insert(0, os.path.join(REPO, "tests", "fixtures"))
 
+import dp_models  # noqa: E402
+import torch  # noqa: E402
+from conftest import assert_same_state, model_state  # noqa: E402
+from model_expert.inputs import ModelInputs  # noqa: E402
+from model_expert.memory import sharding  # noqa: E402
 from model_expert.memory.cli import CAPABILITY, analyse  # noqa: E402
+from model_expert.memory.distributed import distributed_estimate  # noqa: E402
+from model_expert.memory.estimate import EstimateOptions, estimate_memory  # noqa: E402
 
 MODELS = os.path.join(REPO, "tests", "fixtures", "dp_models.py")
 CASES = {"ResidualMLP": "residual_mlp_inputs", "SetTransformer": "set_transformer_inputs"}
@@ -66,3 +75,48 @@ def test_traffic_is_the_collectives_issued():
     fsdp = predict("ResidualMLP", "fsdp")["communication_by_collective"]
     assert fsdp["all_gather"]["buffer_bytes"] == 2 * fsdp["reduce_scatter"]["buffer_bytes"]
     assert grad_bytes <= fsdp["reduce_scatter"]["buffer_bytes"] < grad_bytes + 4 * WORLD_SIZE * 16  # padding only
+
+
+class DataDependent(torch.nn.Module):
+    """Boolean indexing: the output's shape depends on the values, which fake tensors do not have."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(torch.nn.Linear(16, 16) for _ in range(2))
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return x[x > 0].sum()
+
+
+def _inputs(device):
+    with torch.device(device):
+        return ModelInputs(args=(torch.randn(4, 16),))
+
+
+def test_a_model_the_engine_cannot_run_falls_back_to_the_labelled_closed_form():
+    model = DataDependent()
+    options = EstimateOptions(target_device="cpu", inference=False)
+    single = estimate_memory(model, _inputs, None, options)
+
+    def closed_form():
+        return sharding.distributed_what_if(single.breakdown, single.param_bytes, single.trainable_param_bytes,
+                                            "fsdp", 2)
+    data = distributed_estimate(model, _inputs, None, options, "fsdp", 2, fallback=closed_form)
+    assert data["method"] == "closed form (fallback)" and data["fallback_reason"]
+    assert data["per_gpu_peak_bytes"] == closed_form()["per_gpu_peak_bytes"]
+    assert "could not run" in data["assumptions"][0]
+    assert not torch.distributed.is_initialized()  # the fake process group is gone
+
+
+def test_the_engine_run_leaves_the_model_as_it_was():
+    model = dp_models.ResidualMLP()
+    model.eval()
+    before = model_state(model)
+    data = distributed_estimate(model, lambda d: ModelInputs(args=tuple(t.to(d) for t in
+                                                                        dp_models.residual_mlp_inputs(8))),
+                                None, EstimateOptions(target_device="cpu", inference=False), "fsdp", 2)
+    assert data["method"] == "engine"
+    assert_same_state(before, model_state(model))
+    assert not torch.distributed.is_initialized()

@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils._pytree import tree_flatten
 
 from ..errors import UserError
-from ..guard import preserved
+from ..guard import _restore_rng, _rng_state, preserved
 from ..inputs import ModelInputs
 from . import device_rules, sharding
 from .estimate import (BLOCK_RULES, FOREACH_BY_TARGET, EstimateOptions, _fold, _Workspaces, _without_unused_workspace,
@@ -439,17 +439,17 @@ def distributed_estimate(model: nn.Module, build_inputs: Callable[[str], ModelIn
                          fallback: Callable[[], dict] | None = None) -> dict[str, Any]:
     """Per-rank peak bytes of the busiest rank, its breakdown, and the bytes it sends per step, from STRATEGY's
     engine; FALLBACK (the closed form) where the engine cannot run the model, labelled with the reason."""
+    rng = _rng_state()  # torch.distributed's set-up draws from Python's RNG
     try:
         run = run_rank(model, build_inputs, loss_fn, options, strategy, world_size, 0, shard_classes, model_name)
         rank = busiest_rank(strategy, run.rank_loads)
         if rank != 0:
             run = run_rank(model, build_inputs, loss_fn, options, strategy, world_size, rank, shard_classes,
                            model_name)
-    except UserError:
-        raise
     except Exception as error:  # the engine could not run this model on fake tensors
         if fallback is None:
             raise
+        # A model that fails on meta tensors too raises its own error here: only the engine's limits fall back.
         result = fallback()
         result.update({"method": "closed form (fallback)", "fallback_reason": _what_fails(error)})
         result["assumptions"] = [f"{strategy}: the engine could not run {model_name} on fake tensors "
@@ -457,6 +457,8 @@ def distributed_estimate(model: nn.Module, build_inputs: Callable[[str], ModelIn
                                  f"with sharded parts / N, which leaves out the engine's own buffers (an "
                                  f"under-estimate)"]
         return result
+    finally:
+        _restore_rng(rng)
     assumptions = list(ENGINE_ASSUMPTIONS) + [f"{strategy}: {run.description}"]
     if strategy in ("zero2", "zero3", "fsdp"):
         units = "classes " + ", ".join(shard_classes) if shard_classes else "every element of the nn.ModuleLists"
