@@ -120,3 +120,20 @@ def test_the_engine_run_leaves_the_model_as_it_was():
     assert data["method"] == "engine"
     assert_same_state(before, model_state(model))
     assert not torch.distributed.is_initialized()
+
+
+def test_shard_modules_chooses_fsdp_units():
+    """Naming the ModuleList's block class gives the default units; naming Linear makes every Linear a unit of
+    its own: more, smaller all-gathers."""
+    default = predict("SetTransformer", "fsdp")
+    blocks = analyse(CAPABILITY.parser().parse_args(
+        [f"{MODELS}:SetTransformer", "--inputs", f"{MODELS}:set_transformer_inputs", "--target-device", "cpu",
+         "--world-size", "2", "--strategy", "fsdp", "--shard-modules", "SetAttentionBlock"]))
+    assert blocks["per_gpu_peak_bytes"] == default["per_gpu_peak_bytes"]
+    per_linear = analyse(CAPABILITY.parser().parse_args(
+        [f"{MODELS}:SetTransformer", "--inputs", f"{MODELS}:set_transformer_inputs", "--target-device", "cpu",
+         "--world-size", "2", "--strategy", "fsdp", "--shard-modules", "Linear"]))
+    # one all-gather per unit and pass: 3 blocks x 4 Linear + embed + head units, against 3 blocks + the root
+    assert per_linear["communication_by_collective"]["all_gather"]["calls"] > \
+        default["communication_by_collective"]["all_gather"]["calls"]
+    assert "classes Linear" in " ".join(per_linear["assumptions"])
