@@ -466,6 +466,9 @@ def distributed_estimate(model: nn.Module, build_inputs: Callable[[str], ModelIn
     if run.rank_loads:
         assumptions.append("busiest rank: rank " + str(rank) + " (optimizer-state shares per rank: "
                            + ", ".join(f"{b:,} B" for b in run.rank_loads) + " of parameters)")
+    if run.data_dependent_reads:
+        assumptions.append(f"{run.data_dependent_reads} data-dependent read(s) (.item(), bool(tensor)) on fake "
+                           f"tensors assumed True / 1 / 1.0")
     if options.target_device == "cuda":
         assumptions.append(NCCL_NOTE)
     else:
