@@ -26,7 +26,7 @@ def real_peaks(world_size: int, runs: int) -> dict:
     for run in range(runs):
         with tempfile.TemporaryDirectory() as folder:
             out = os.path.join(folder, "peaks.json")
-            command = ["torchrun", "--nproc-per-node", str(world_size), "--master-port", str(29600 + run),
+            command = ["torchrun", "--standalone", "--nproc-per-node", str(world_size),
                        os.path.join(REPO, "tests", "dp_worker.py"), "--out", out]
             for name, inputs in CASES.items():
                 command += ["--model", f"{MODELS}:{name}:{inputs}"]

@@ -38,7 +38,7 @@ LOWER, UPPER = -5.0, 80.0
 @pytest.fixture(scope="module")
 def real_peaks(tmp_path_factory):
     out = tmp_path_factory.mktemp("dp") / "peaks.json"
-    command = ["torchrun", "--nproc-per-node", str(WORLD_SIZE), "--master-port", "29533",
+    command = ["torchrun", "--standalone", "--nproc-per-node", str(WORLD_SIZE),
                os.path.join(REPO, "tests", "dp_worker.py"), "--out", str(out)]
     for name, inputs in CASES.items():
         command += ["--model", f"{MODELS}:{name}:{inputs}"]
