@@ -421,9 +421,10 @@ ENGINE_ASSUMPTIONS = (
     "(measured: N x the shard on N = 2 and 4 ranks, none after), freed when gloo's worker finishes it, which "
     "lags the step: each copy is counted until one step's worth of further collectives of its kind were issued",
     "DDP (and ZeRO-1, which runs on DDP): its bucket rebuild at the 2nd iteration (which reads data through the "
-    "process group) is not run; instead the previous set of buckets is counted as alive beside the new one for "
-    "every measured step, as real gloo runs show in some runs (one more gradient-sized buffer on the busiest "
-    "rank: measured on 2 ranks for an MLP and a set transformer); a typical run peaks that much lower",
+    "process group) is not run; instead one more bucket set is counted for every measured step: real gloo "
+    "launches hold one more buffer of exactly that size in some runs (measured on 2 and 4 ranks, an MLP and a set "
+    "transformer; that it is the pre-rebuild buckets is inferred from its size); a launch without it peaks that "
+    "much lower",
 )
 NCCL_NOTE = ("NCCL's own buffers are not modelled: they are allocated by NCCL outside PyTorch's allocator "
              "(torch.cuda.memory_allocated does not count them); NCCL documents NCCL_BUFFSIZE = 4 MiB per channel "
