@@ -77,6 +77,9 @@ CASES = [
     ("grads", [f"{M}:TinyMLP", "--loss", f"{B}/models.py:loss_that_raises"], "raised ValueError: labels missing"),
     ("grads", [f"{M}:TinyMLP", "--loss", f"{B}/models.py:loss_not_scalar"], "must return a scalar tensor"),
     ("memory", [f"{M}:TinyMLP", "--gpu", "rtx9090"], "unknown --gpu 'rtx9090'"),
+    ("memory", [f"{M}:TinyMLP", "--world-size", "2", "--strategy", "fsdp", "--shard-modules", "NoSuchBlock"],
+     "has no module of class NoSuchBlock"),
+    ("memory", [f"{M}:TinyMLP", "--world-size", "2", "--shard-modules", "Linear"], "use it with --world-size N"),
     ("memory", [f"{M}:TinyMLP", "--device", "meta", "--target-device", "cpu", "--measure"],
      "--measure runs the real step and needs real weights"),
 ]

@@ -238,6 +238,18 @@ def test_slurm_script_is_valid_bash_with_the_numbers(tmp_path):
         assert expected in lines, expected
 
 
+def test_slurm_cpu_only_drops_the_gpu_directives_and_account_is_written():
+    result = _recommend({"model": "SimilarityTransformer", "params": PARAMS_13M, "architecture": TRANSFORMER,
+                         "memory": [MEMORY_3060]}, global_batch=512, nodes=1, gpus_per_node=2)
+    gpu = rec.render_slurm(rec.slurm_context(result, "simtx", "00:10:00", 2, "gpu", "examples/train.py", "abc123-gpu"))
+    cpu = rec.render_slurm(rec.slurm_context(result, "simtx", "00:10:00", 2, None, "examples/train.py", None,
+                                             cpu_only=True))
+    assert "#SBATCH --account=abc123-gpu" in gpu.splitlines() and "#SBATCH --gpus-per-node=2" in gpu.splitlines()
+    assert "--gpus-per-node" not in cpu and "--account" not in cpu and "--partition" not in cpu
+    assert "    --nproc_per_node=2 \\" in cpu.splitlines()  # the ranks stay: 2 per node, on CPUs
+    assert "export OMP_NUM_THREADS=$(( SLURM_CPUS_PER_TASK / 2 ))" in cpu.splitlines()
+
+
 def test_slurm_without_a_batch_is_refused():
     result = _recommend({"params": {"total": 10}})  # unknown kind, no memory: no batch
     with pytest.raises(UserError, match="no per-GPU batch"):

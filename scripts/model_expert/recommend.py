@@ -564,13 +564,14 @@ def find(result: dict[str, Any], setting: str, role: str | None = None) -> dict[
 # ---- SLURM launch script ---------------------------------------------------------------------------
 
 def slurm_context(result: dict[str, Any], job_name: str, time: str, cpus_per_task: int, partition: str | None,
-                  train_script: str) -> dict[str, Any]:
+                  train_script: str, account: str | None = None, cpu_only: bool = False) -> dict[str, Any]:
     cluster = next(h for h in result["hardware"] if h["role"] == "cluster")
     if not cluster["batch_size"]:
         raise UserError(f"--slurm-out: no per-GPU batch for {cluster['gpu']} ("
                         f"{find(result, 'batch_size', 'cluster')['text']}); pass --memory-json or --kind")
     lr = find(result, "learning_rate")["value"]
-    return {"job_name": job_name, "nodes": cluster["nodes"], "gpus_per_node": cluster["gpus_per_node"],
+    return {"job_name": job_name, "nodes": cluster["nodes"], "nproc_per_node": cluster["gpus_per_node"],
+            "gpus_per_node": 0 if cpu_only else cluster["gpus_per_node"], "account": account,
             "cpus_per_task": cpus_per_task, "time": time, "partition": partition, "train_script": train_script,
             "batch_size": cluster["batch_size"], "grad_accum": cluster["grad_accum"],
             "lr": None if lr is None else short_sci(lr["start"]), "gpu": cluster["gpu"], "global_batch": cluster["global_batch"]}
@@ -649,6 +650,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--cpus-per-task", type=int, default=16, metavar="N", help="SLURM cpus per task (default: 16)")
     group.add_argument("--partition", help="SLURM partition (default: none; the cluster's default)")
     group.add_argument("--train-script", default="train.py", help="the training script torchrun starts (default: train.py)")
+    group.add_argument("--account", help="SLURM account to charge (Anvil: your allocation, e.g. abc123-gpu)")
+    group.add_argument("--cpu-only", action="store_true",
+                       help="drop the GPU directives: torchrun starts --gpus-per-node ranks per node on CPUs (gloo); "
+                            "for a CPU partition or a local test of the script")
     cli.add_output_arguments(parser)
 
 
@@ -740,7 +745,7 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
     result = {"target": args.target, **result, "evidence_sources": sources}
     if args.slurm_out:
         context = slurm_context(result, args.job_name or session.loaded.name, args.time, args.cpus_per_task,
-                                args.partition, args.train_script)
+                                args.partition, args.train_script, args.account, args.cpu_only)
         cli.write_atomically(args.slurm_out, render_slurm(context))
         result["slurm"] = {"path": args.slurm_out, **context}
     return result

@@ -10,6 +10,7 @@ from ..gpus import find_gpu, usable_memory_assumption
 from ..inputs import BATCH_DIM_NAME
 from .estimate import EstimateOptions, estimate_memory
 from .search import largest_batch
+from .distributed import distributed_estimate
 from .sharding import STRATEGIES, distributed_what_if
 
 
@@ -26,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="budget in bytes for allocated tensors, taken as given (overrides --gpu's budget)")
     group.add_argument("--world-size", type=int, metavar="N", help="data-parallel GPUs: per-GPU memory and traffic")
     group.add_argument("--strategy", choices=tuple(STRATEGIES), help="with --world-size (default: ddp)")
+    group.add_argument("--shard-modules", metavar="CLASS,...",
+                       help="with --strategy zero2/zero3/fsdp: the module classes fully_shard wraps (default: every "
+                            "element of the model's nn.ModuleLists), then the root")
     group.add_argument("--measure", action="store_true",
                        help="also run the real step on the target device (cuda, or cpu) and print the peak its "
                             "allocator measured beside the estimate")
@@ -39,6 +43,9 @@ def _validate(args: argparse.Namespace) -> None:
         raise cli.UserError(f"--world-size must be 1 or more, not {args.world_size}")
     if args.strategy and args.world_size is None:
         raise cli.UserError(f"--strategy {args.strategy} needs --world-size N")
+    if args.shard_modules is not None and (args.strategy or "ddp") not in ("zero2", "zero3", "fsdp"):
+        raise cli.UserError("--shard-modules chooses FSDP's units: use it with --world-size N --strategy "
+                            "zero2, zero3 or fsdp")
     if args.measure:
         from .measure import require_device
         require_device(args.target_device)
@@ -78,22 +85,33 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
     }
 
     strategy = args.strategy or "ddp"
+    shard_classes = tuple(c.strip() for c in args.shard_modules.split(",") if c.strip()) \
+        if args.shard_modules else None
+    if shard_classes:
+        present = {type(m).__name__ for m in session.model.modules()}
+        missing = [c for c in shard_classes if c not in present]
+        if missing:
+            raise cli.UserError(f"--shard-modules: {name} has no module of class {', '.join(missing)}; name classes "
+                                f"that occur in it (e.g. its transformer block)")
 
-    def per_gpu(result) -> int:
-        if args.world_size is None:
-            return result.peak_bytes
-        return distributed_what_if(result.breakdown, result.param_bytes, result.trainable_param_bytes, strategy,
-                                   args.world_size)["per_gpu_peak_bytes"]
+    def per_rank(batch: int | None) -> dict[str, Any]:
+        def closed_form() -> dict[str, Any]:
+            single = estimate_memory(session.model, build(batch), session.loss_fn, options(False), name)
+            return distributed_what_if(single.breakdown, single.param_bytes, single.trainable_param_bytes,
+                                       strategy, args.world_size)
+        return distributed_estimate(session.model, build(batch), session.loss_fn, options(False), strategy,
+                                    args.world_size, shard_classes, name, fallback=closed_form)
 
     if args.world_size is not None:
-        what_if = distributed_what_if(estimate.breakdown, estimate.param_bytes, estimate.trainable_param_bytes,
-                                      strategy, args.world_size)
-        data.update({"world_size": args.world_size, "strategy": strategy,
+        what_if = per_rank(None)
+        data.update({"world_size": args.world_size, "strategy": strategy, "distributed_method": what_if["method"],
                      "per_gpu_peak_bytes": what_if["per_gpu_peak_bytes"],
                      "per_gpu_breakdown": what_if["per_gpu_breakdown"],
                      "communication_bytes_per_step": what_if["communication_bytes_per_step"]})
-        data["assumptions"].append(f"{strategy}: {what_if['description']}; per-GPU = the single-GPU breakdown at "
-                                   f"the peak with sharded parts / N; ring collectives")
+        for key in ("busiest_rank", "per_gpu_peak_phase", "communication_by_collective", "fallback_reason"):
+            if key in what_if:
+                data[key] = what_if[key]
+        data["assumptions"].extend(what_if["assumptions"])
 
     budget = args.budget_bytes if args.budget_bytes is not None else (gpu.usable_memory_bytes() if gpu else None)
     if gpu is not None:
@@ -109,7 +127,9 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
                                            "(float32[B=32,...]) or give the --inputs factory a batch_size keyword")
         else:
             def cost(batch: int) -> int:
-                return per_gpu(estimate_memory(session.model, build(batch), session.loss_fn, options(False), name))
+                if args.world_size is not None:
+                    return per_rank(batch)["per_gpu_peak_bytes"]
+                return estimate_memory(session.model, build(batch), session.loss_fn, options(False), name).peak_bytes
             best, seen = largest_batch(cost, budget)
             data["max_batch_size"] = best
             data["batch_estimates"] = {str(k): v for k, v in sorted(seen.items())}
@@ -189,7 +209,10 @@ def _rows(data: dict[str, Any]) -> list[list[str]]:
         if "measured_reserved_peak_bytes" in data:
             rows.append(["Measured reserved peak (allocated + allocator cache)", b(data["measured_reserved_peak_bytes"])])
     if "per_gpu_peak_bytes" in data:
-        rows.append([f"Per GPU ({data['strategy']}, {data['world_size']} GPUs)", b(data["per_gpu_peak_bytes"])])
+        how = "busiest rank, torch's engine" if data.get("distributed_method") == "engine" else "closed form: fallback"
+        rows.append([f"Per GPU ({data['strategy']}, {data['world_size']} GPUs; {how})", b(data["per_gpu_peak_bytes"])])
+        for key, value in data["per_gpu_breakdown"].items():
+            rows.append([f"  per GPU {key}", b(value)])
         rows.append(["Communicated per step per GPU", b(data["communication_bytes_per_step"])])
     if "budget_bytes" in data:
         if "gpu_memory_bytes" in data and data.get("gpu"):

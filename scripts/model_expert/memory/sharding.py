@@ -1,4 +1,5 @@
-"""Distributed what-ifs: per-GPU memory and bytes communicated per step, by strategy.
+"""Closed-form distributed what-ifs (per-GPU memory and bytes per step, by strategy): the labelled fallback for a
+model the engine run of distributed.py cannot run, and the ring formulas its traffic count uses.
 
 Ring collectives over N ranks move (N-1)/N of the buffer per rank for reduce-scatter and
 all-gather, 2(N-1)/N for all-reduce (= reduce-scatter + all-gather).
