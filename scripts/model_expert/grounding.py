@@ -558,11 +558,10 @@ def _judge(line: str, token: NumberToken, info: "review_context.LineInfo", evide
     candidates = evidence.candidates(token)
     known = _known_paths(vocabulary, evidence)
     candidates.sort(key=lambda entry: known is None or not known.match(vocabulary_module.bare_path(entry.path)))
+    part_candidates: list[list[EvidenceEntry]] = []
     if token.parts and not candidates:
         part_tokens = [NumberToken(str(v), token.start, token.end, v, 2 * t, None) for v, t in token.parts]
         part_candidates = [evidence.candidates(t) for t in part_tokens]
-        if all(part_candidates):
-            candidates = [EvidenceEntry(token.value, " + ".join(c[0].path for c in part_candidates), None)]
     read_as = subject.name if subject else (", ".join(named) or None)
     if not patterns:
         elsewhere = f" (the value occurs only at {candidates[0].path}, an unrelated path)" if candidates else ""
@@ -581,6 +580,9 @@ def _judge(line: str, token: NumberToken, info: "review_context.LineInfo", evide
         gpu = _gpu_of(entry.path, sections)
         return not named_gpus or gpu is None or gpu in named_gpus
 
+    if part_candidates and all(part_candidates):  # "32,200,512" read as a list: each part by itself
+        chosen = [next((c for c in part if about_subject(c)), part[0]) for part in part_candidates]
+        candidates = [EvidenceEntry(token.value, " + ".join(c.path for c in chosen), None)]
     good = [entry for entry in candidates if about_subject(entry)]
     if good:
         return {"subject": read_as, "evidence_path": good[0].path}

@@ -5,8 +5,8 @@ the labels. Each `[[subject]]` names a thing the evidence measures:
 
 - `labels`: the bold labels (`**Training step peak**:`), table column headers and headings the review
   renders for it; case-insensitive, `*` matches any text ("Largest batch that fits *").
-- `paths`: the evidence paths that measure it, most telling first (`memory.peak_bytes`); `*` matches any
-  text, `[key=value,...]` picks the list items whose fields say so
+- `paths`: the evidence paths that measure it, most telling first (`memory.peak_bytes`); `*` matches one
+  key or index, `[key=value,...]` picks the list items whose fields say so
   (`recommend.recommendations[setting=memory_fit,role=cluster]`). A path covers everything under it.
 - `words`: phrases that name it in prose ("learning rate", "per sample"); plural forms match too.
 - `prose = true`: the label's text is free prose (a finding's Current State): what grounds a number
@@ -138,7 +138,7 @@ def path_regex(patterns: list[str]) -> re.Pattern | None:
     """One regex that matches an evidence path lying under any of the (resolved) patterns."""
     if not patterns:
         return None
-    alternatives = [re.escape(p).replace(r"\*", r".*") for p in patterns]
+    alternatives = [re.escape(p).replace(r"\*", r"[^.\[\]]*") for p in patterns]
     return re.compile(r"^(?:" + "|".join(alternatives) + r")(?:[.\[].*)?$")
 
 
