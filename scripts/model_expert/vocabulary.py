@@ -65,10 +65,11 @@ class Vocabulary:
     def named_by(self, words: str) -> list[Subject]:
         return [s for s in self.subjects if s.named_in(words)]
 
-    def named_near(self, clause: str, position: int) -> list[Subject]:
-        """The subjects prose names for a number at clause[position]: the ones named nearest before it
-        ('betas (0.9, 0.999)' -> adam hyperparameters), else the ones named first after it
-        ('3,488,000 parameters')."""
+    def named_near(self, clause: str, position: int) -> list[list[Subject]]:
+        """The subjects prose names for a number at clause[position], nearest first: those named just
+        before it ('betas (0.9, 0.999)' -> adam hyperparameters), then the first named after it
+        ('3,488,000 parameters'), then the ones named further before. Subjects whose names end (or
+        start) at the same place form one group."""
         before: dict[int, list[Subject]] = {}
         after: dict[int, list[Subject]] = {}
         for subject in self.subjects:
@@ -78,8 +79,10 @@ class Vocabulary:
                         before.setdefault(match.end(), []).append(subject)
                     elif match.start() >= position:
                         after.setdefault(match.start(), []).append(subject)
-        chosen = before[max(before)] if before else after[min(after)] if after else []
-        return list(dict.fromkeys(chosen))
+        ordered = [before[end] for end in sorted(before, reverse=True)]
+        if after:
+            ordered.insert(1 if ordered else 0, after[min(after)])
+        return [list(dict.fromkeys(group)) for group in ordered]
 
 
 def load(path: str = DEFAULT_PATH) -> Vocabulary:
