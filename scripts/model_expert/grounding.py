@@ -516,6 +516,8 @@ def _expected(patterns: list[str], token: NumberToken, before: str, evidence: Ev
                            {w.rstrip("s") for w in key.split("_") if w}, entry))
     if not ranked:
         return None
+    if token.unit is None and any(not item[0][0] for item in ranked):  # a bare number names no bytes or seconds
+        ranked = [item for item in ranked if not item[0][0]]
     for word in reversed([w.lower().rstrip("s") for w in re.findall(r"[A-Za-z]+", before)] if by_words else []):
         named = [item for item in ranked if word in item[2]]
         if named:
@@ -582,8 +584,11 @@ def _judge(line: str, token: NumberToken, info: "review_context.LineInfo", evide
         return Finding(0, number, "", kind="unsupported", subject=context.label or context.clause.strip(),
                        path=candidates[0].path if candidates else None,
                        message=f"{number} {where} is unsupported: its words name no subject the evidence measures{elsewhere}")
-    resolved = [r for p in patterns for r in vocabulary_module.resolve(p, evidence.data)]
-    regex = vocabulary_module.path_regex(resolved)
+    cache = evidence.__dict__.setdefault("_resolved", {})
+    if tuple(patterns) not in cache:
+        resolved = [r for p in patterns for r in vocabulary_module.resolve(p, evidence.data)]
+        cache[tuple(patterns)] = resolved, vocabulary_module.path_regex(resolved)
+    resolved, regex = cache[tuple(patterns)]
     sections, aliases = evidence.gpu_sections, evidence.gpu_aliases
     lowered = line.lower()
     named_gpus = {gpu for gpu, names in aliases.items() if any(name.lower() in lowered for name in names)}

@@ -36,10 +36,11 @@ class Subject:
     words: tuple[str, ...] = ()
     prose: bool = False
     word_patterns: tuple[re.Pattern, ...] = field(default=(), compare=False, repr=False)
+    label_patterns: tuple[re.Pattern, ...] = field(default=(), compare=False, repr=False)
 
     def has_label(self, label: str) -> bool:
         text = normalise_label(label)
-        return any(re.fullmatch(re.escape(normalise_label(pattern)).replace(r"\*", ".*"), text) for pattern in self.labels)
+        return any(pattern.fullmatch(text) for pattern in self.label_patterns)
 
     def named_in(self, words: str) -> bool:
         return any(pattern.search(words) for pattern in self.word_patterns)
@@ -103,7 +104,9 @@ def load(path: str = DEFAULT_PATH) -> Vocabulary:
         subjects.append(Subject(name=item.get("name", (item.get("labels") or words)[0]),
                                 labels=tuple(item.get("labels", ())), paths=tuple(item.get("paths", ())),
                                 words=words, prose=bool(item.get("prose", False)),
-                                word_patterns=tuple(_word_pattern(w) for w in words)))
+                                word_patterns=tuple(_word_pattern(w) for w in words),
+                                label_patterns=tuple(re.compile(re.escape(normalise_label(p)).replace(r"\*", ".*"))
+                                                     for p in item.get("labels", ()))))
     return Vocabulary(subjects, path)
 
 
