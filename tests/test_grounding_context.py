@@ -197,3 +197,40 @@ def test_vocabulary_selectors_labels_and_prose():
     assert words.for_label("Velocity") is None
     groups = words.named_near("betas (0.9, 0.999), warmup 5–10 %", len("betas (0.9, "))
     assert [s.name for s in groups[0]] == ["adam hyperparameters"] and [s.name for s in groups[1]] == ["warmup"]
+
+
+def test_context_label_block_table_fence_and_prose():
+    from model_expert import review_context
+    text = ("### Memory\n"                                      # 1 heading: a block for what follows
+            "- **Inference peak**: 28.5 MiB\n"                  # 2 own label
+            "**Inputs**:\n"                                     # 3 label-only line: a block
+            "- `x`: shape `[8, 64]`\n"                          # 4 under Inputs
+            "| # | outputs |\n|---|---|\n| 3 | [8, 32] |\n"      # 5-7 table: each cell under its column
+            "```mermaid\nbar [1.5]\n```\n"                      # 8-10 a fence is a block
+            "\nThen 5 more; at a learning rate of 2e-4\n")      # 12 under the heading again; clause by clause
+    infos = review_context.line_infos(text)
+    lines = text.splitlines()
+
+    def read(line_number, number):
+        line = lines[line_number - 1]
+        start = line.index(number)
+        context = review_context.context_for(infos[line_number - 1], line, start, start + len(number))
+        return context.label, context.source
+    assert read(2, "28.5") == ("Inference peak", "label")
+    assert read(4, "64") == ("Inputs", "block")
+    assert read(7, "3") == ("#", "column") and read(7, "32") == ("outputs", "column")
+    assert read(9, "1.5") == ("```mermaid", "fence")
+    assert read(12, "5") == ("Memory", "heading")
+    line = lines[11]
+    context = review_context.context_for(infos[11], line, line.index("2e-4"), line.index("2e-4") + 4)
+    assert context.clause == " at a learning rate of 2e-4"  # the clause after ';'
+
+
+def test_bad_vocabulary_is_one_line_exit_2(tmp_path, reviews):
+    review_dir, _, _ = reviews["ae"]
+    broken = tmp_path / "v.toml"
+    broken.write_text("[[subject]]\nlabel = 'typo'\n")
+    for vocabulary_file in (broken, tmp_path / "missing.toml"):
+        result = run_script("check_grounding", review_dir / "analysis.md", review_dir / "analysis.json",
+                            "--vocabulary", vocabulary_file)
+        assert result.returncode == 2 and result.stdout == "" and len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -54,6 +54,7 @@ def line_infos(text: str) -> list[LineInfo]:
     outside_fence = block
     fence: str | None = None
     headers: list[str] | None = None
+    heading_block: tuple[str | None, str | None] = (None, None)
     for index, line in enumerate(lines):
         fence_match = _FENCE_RE.match(line)
         if fence is not None:
@@ -75,9 +76,11 @@ def line_infos(text: str) -> list[LineInfo]:
             infos.append(LineInfo(None, 0, *block, None if _SEPARATOR_RE.match(line) else headers))
             continue
         headers = None
+        if not line.strip():  # a blank line ends a label's block: what follows sits under the heading
+            block = heading_block
         heading = _HEADING_RE.match(line)
         if heading:
-            block = (heading.group("heading"), "heading")
+            block = heading_block = (heading.group("heading"), "heading")
             infos.append(LineInfo(None, 0, None, None, None, is_heading=True))
             continue
         only = _LABEL_ONLY_RE.match(line)
