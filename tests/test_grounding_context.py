@@ -55,9 +55,7 @@ def _plants(evidence, markdown):
     recommendations = evidence["recommend"]["recommendations"]
     part = next(m for m in params["modules"] if m["depth"] == 1 and m["parameters"] != params["total"])
     part_path = f"params.modules[{params['modules'].index(part)}].parameters"
-    fit = index_of(recommendations, setting="memory_fit", role="cluster")
-    lr = index_of(recommendations, setting="learning_rate")
-    start = re.search(r"\(start at (\S+)\)", markdown).group(1)
+    start_match = re.search(r"\(start at (\S+)\)", markdown)
     plants = [
         ("inference peak on the training line", f"**Training step peak**: {render.mib(memory['peak_bytes'])}",
          f"**Training step peak**: {render.mib(memory['inference_peak_bytes'])}", "mismatch",
@@ -67,12 +65,14 @@ def _plants(evidence, markdown):
         ("single-GPU fit as the cluster's", f"**memory fit (cluster)**: {cluster['max_batch_size']} ",
          f"**memory fit (cluster)**: {memory['max_batch_size']} ", "mismatch", "memory.max_batch_size",
          "memory_cluster.max_batch_size"),
-        # 3e-4 is 1.5 x the 2e-4 start: in no recommendation, wherever else it may occur
-        ("another learning rate", f"(start at {start})", f"(start at {float(start) * 1.5:.0e}".replace("e-0", "e-") + ")",
-         ("mismatch", "ungrounded"), None, f"recommend.recommendations[{lr}].value.start"),
         ("an invented prediction", "\n### Implementation Checklist",
          "\nExpect the loss to fall by 40% in the first epoch.\n\n### Implementation Checklist", "unsupported", None, None),
     ]
+    if start_match:  # 3e-4 is 1.5 x the 2e-4 start: in no recommendation, wherever else it may occur
+        start = start_match.group(1)
+        plants.append(("another learning rate", f"(start at {start})",
+                       f"(start at {float(start) * 1.5:.0e}".replace("e-0", "e-") + ")", ("mismatch", "ungrounded"), None,
+                       f"recommend.recommendations[{index_of(recommendations, setting='learning_rate')}].value.start"))
     per_sample = evidence["derived"].get("activation_bytes_per_sample")
     if per_sample and memory["breakdown"].get("activations", 0) >= 2**20:
         plants.append(("per-sample figure given per batch", f"activations {render.mib(memory['breakdown']['activations'])}",
@@ -82,7 +82,6 @@ def _plants(evidence, markdown):
     latency = next(line for line in markdown.splitlines() if line.startswith("- **Inference Latency**"))
     plants.append(("a rate given for the other GPU", latency, latency.replace(flops_gpu, other_gpu), "mismatch",
                    "flops.inference_seconds_per_batch", None))
-    assert fit is not None
     return plants
 
 

@@ -436,12 +436,14 @@ class GroundingResult:
     exempt: dict[str, int]
     ungrounded: list[Finding]  # every failing number, whatever its kind
     matches: list[dict[str, Any]] = field(default_factory=list)  # each grounded number, its subject and path
+    exempt_numbers: list[dict[str, Any]] = field(default_factory=list)  # each exempt number and its rule
 
     def as_json(self, review: str, evidence_files: list[str]) -> dict[str, Any]:
         return {"schema": SCHEMA, "review": review, "evidence": evidence_files,
                 "numbers_checked": self.checked, "grounded": self.grounded,
                 "exempt": self.exempt, "failures_by_kind": self.counts(),
-                "ungrounded": [vars(f) for f in self.ungrounded], "grounded_numbers": self.matches}
+                "ungrounded": [vars(f) for f in self.ungrounded], "grounded_numbers": self.matches,
+                "exempt_numbers": self.exempt_numbers}
 
     def counts(self) -> dict[str, int]:
         return {kind: sum(1 for f in self.ungrounded if f.kind == kind) for kind in FAILURE_KINDS}
@@ -454,11 +456,13 @@ def check_text(review_text: str, evidence: Evidence, vocabulary: "Vocabulary | N
     exempt: dict[str, int] = {}
     ungrounded: list[Finding] = []
     matches: list[dict[str, Any]] = []
+    exempt_numbers: list[dict[str, Any]] = []
     infos = review_context.line_infos(review_text) if vocabulary is not None else None
     for line_number, line in enumerate(review_text.splitlines(), start=1):
         for token, rule in numbers_in_line(line, evidence.quotes, evidence.names):
             if rule is not None:
                 exempt[rule] = exempt.get(rule, 0) + 1
+                exempt_numbers.append({"line_number": line_number, "number": token.text.strip(), "rule": rule})
                 continue
             checked += 1
             number = token.text.strip()
@@ -477,7 +481,7 @@ def check_text(review_text: str, evidence: Evidence, vocabulary: "Vocabulary | N
             else:
                 grounded += 1
                 matches.append({"line_number": line_number, "number": number, **outcome})
-    return GroundingResult(checked, grounded, exempt, ungrounded, matches)
+    return GroundingResult(checked, grounded, exempt, ungrounded, matches, exempt_numbers)
 
 
 def _format_like(value: float, token: NumberToken) -> str:
@@ -512,11 +516,11 @@ def _expected(patterns: list[str], token: NumberToken, before: str, evidence: Ev
         rank = next((i for i, regex in enumerate(regexes) if regex.match(entry.path)), None)
         if rank is not None:
             key = re.sub(r"\[\d+\]", "", entry.path).rsplit(".", 1)[-1].lower()
-            ranked.append(((kind is None and entry.kind is not None, rank), entry.path,
+            ranked.append(((kind is None and _key_kind(key, None) is not None, rank), entry.path,
                            {w.rstrip("s") for w in key.split("_") if w}, entry))
     if not ranked:
         return None
-    if token.unit is None and any(not item[0][0] for item in ranked):  # a bare number names no bytes or seconds
+    if token.unit is None and any(not item[0][0] for item in ranked):  # a bare number: not a key of bytes or seconds
         ranked = [item for item in ranked if not item[0][0]]
     for word in reversed([w.lower().rstrip("s") for w in re.findall(r"[A-Za-z]+", before)] if by_words else []):
         named = [item for item in ranked if word in item[2]]
@@ -689,6 +693,8 @@ def render_explain(result: GroundingResult, review_path: str) -> str:
                                f"<- {m['evidence_path'] or '(evidence)'}") for m in result.matches]
     rows += [(f.line_number, f"{review_path}:{f.line_number}: {f.number} [{f.subject or '-'}] {f.kind.upper()}: {f.message}")
              for f in result.ungrounded]
+    rows += [(e["line_number"], f"{review_path}:{e['line_number']}: {e['number']} exempt ({e['rule']})")
+             for e in result.exempt_numbers]
     return "".join(text + "\n" for _, text in sorted(rows, key=lambda row: row[0]))
 
 

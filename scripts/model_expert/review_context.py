@@ -2,7 +2,8 @@
 
 A line's own label is the bold phrase that starts it (`- **Training step peak**: 107.6 MiB`). A line
 that is only a label (`**Inputs**:`), a heading, or a code fence's opening starts a block: the lines
-after it without a label of their own sit under it, until the next such line. A table cell sits
+after it without a label of their own sit under it, until the next such line (a blank line ends a
+label's block; the heading's resumes). A table cell sits
 under its column's header. The clause is the part of the line between `;`, `—` and sentence ends
 around the number: the words prose is judged by.
 """
