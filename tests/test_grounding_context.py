@@ -233,3 +233,21 @@ def test_bad_vocabulary_is_one_line_exit_2(tmp_path, reviews):
         result = run_script("check_grounding", review_dir / "analysis.md", review_dir / "analysis.json",
                             "--vocabulary", vocabulary_file)
         assert result.returncode == 2 and result.stdout == "" and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_gpu_names_in_prose_are_names_and_pick_the_gpus_evidence():
+    data = {"memory": {"gpu": "rtx3060-12gb", "max_batch_size": 1747},
+            "memory_cluster": {"gpu": "a100-40gb", "max_batch_size": 6083},
+            "recommend": {"hardware": [{"gpu": "rtx3060-12gb", "description": "NVIDIA GeForce RTX 3060 12 GB"},
+                                       {"gpu": "a100-40gb", "description": "NVIDIA A100 SXM4 40 GB"}]}}
+    evidence = grounding.Evidence(grounding.evidence_entries(data), data=data)
+    assert "RTX 3060" in grounding.gpu_name_variants("NVIDIA GeForce RTX 3060 12 GB")
+    assert "12 GB" not in grounding.gpu_name_variants("NVIDIA GeForce RTX 3060 12 GB")  # a size, said alone, is a claim
+    words = vocabulary.load()
+    right = grounding.check_text("On the RTX 3060 the largest batch that fits is 1747; on the A100 the largest batch is 6083.",
+                                 evidence, words)
+    assert right.ungrounded == [] and right.exempt == {"gpu-name": 1, "name": 1}
+    wrong = grounding.check_text("On the RTX 3060 the largest batch that fits is 6083.", evidence, words)
+    assert [(f.kind, f.path, f.expected_path) for f in wrong.ungrounded] == [
+        ("mismatch", "memory_cluster.max_batch_size", "memory.max_batch_size")]
+    assert "measured for a100-40gb, but the line names rtx3060-12gb" in wrong.ungrounded[0].message

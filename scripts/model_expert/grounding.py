@@ -326,6 +326,22 @@ def quoted_rules(value: Any) -> list[str]:
     return found
 
 
+def gpu_name_variants(name: str) -> list[str]:
+    """A GPU's name and the shorter names it goes by: runs of its words that start with a word of
+    letters and hold a number ('NVIDIA GeForce RTX 3060 12 GB' -> 'RTX 3060', 'GeForce RTX 3060 12 GB', ...)."""
+    words = name.split()
+    variants = {name}
+    for i, first in enumerate(words):
+        if first.isalnum() and not first.isalpha() and not first.isdigit():
+            variants.add(first)  # 'A100', 'V100'
+        if not first.isalpha() or first in UNITS:
+            continue
+        for j in range(i + 2, len(words) + 1):
+            if any(any(ch.isdigit() for ch in w) for w in words[i:j]):
+                variants.add(" ".join(words[i:j]))
+    return sorted(variants)
+
+
 class Evidence:
     """Sorted evidence values, searched by interval, each with where it came from; and the rule texts a
     review may quote. `values` are floats or EvidenceEntry; `by_kind` (floats by kind) turns on the
@@ -337,7 +353,10 @@ class Evidence:
         self.strings = evidence_strings(data) if data is not None else []
         self.gpu_sections = vocabulary_module.gpu_sections(data) if data is not None else {}
         self.gpu_aliases = vocabulary_module.gpu_aliases(data) if data is not None else {}
-        self.names = tuple(sorted({n for names in self.gpu_aliases.values() for n in names}, key=len, reverse=True))
+        self.gpu_names = {gpu: sorted({v.lower() for name in names for v in gpu_name_variants(name)})
+                          for gpu, names in self.gpu_aliases.items()}
+        self.names = tuple(sorted({short for names in self.gpu_aliases.values() for name in names
+                                   for short in gpu_name_variants(name)}, key=len, reverse=True))
         entries = [v if isinstance(v, EvidenceEntry) else EvidenceEntry(float(v), "", None) for v in values]
         if by_kind is not None:
             entries += [EvidenceEntry(float(v), "", kind) for kind, kind_values in by_kind.items() for v in kind_values]
@@ -561,8 +580,9 @@ def _judge(line: str, token: NumberToken, info: "review_context.LineInfo", evide
     if context.label and subject is None and context.source in ("label", "column", "block", "fence"):
         what = "table column" if context.source == "column" else "label"
         return Finding(0, number, "", kind="unlabelled", subject=context.label,
-                       message=f"{number} sits under the {what} '{context.label}', which has no vocabulary entry; "
-                               f"add a [[subject]] with this label to {os.path.relpath(vocabulary.source)} (see CLAUDE.md)")
+                       message=f"{number} sits under the {what} '{context.label}', which has no vocabulary entry: "
+                               f"in an answer, write it as a sentence that names what the number is; in a template, "
+                               f"add a [[subject]] with this label to {vocabulary.shown_source} (see CLAUDE.md)")
     patterns: list[str] = []
     named: list[str] = []
     if subject is None or subject.prose:
@@ -572,6 +592,8 @@ def _judge(line: str, token: NumberToken, info: "review_context.LineInfo", evide
         chosen = [group for group in groups if _has_kind(group, token, evidence)][:2]
         for group in chosen:
             for other in group:
+                if other.name in named:
+                    continue
                 named.append(other.name)
                 patterns.extend(other.paths)
     patterns += list(subject.paths) if subject else []
@@ -593,9 +615,9 @@ def _judge(line: str, token: NumberToken, info: "review_context.LineInfo", evide
         resolved = [r for p in patterns for r in vocabulary_module.resolve(p, evidence.data)]
         cache[tuple(patterns)] = resolved, vocabulary_module.path_regex(resolved)
     resolved, regex = cache[tuple(patterns)]
-    sections, aliases = evidence.gpu_sections, evidence.gpu_aliases
+    sections = evidence.gpu_sections
     lowered = line.lower()
-    named_gpus = {gpu for gpu, names in aliases.items() if any(name.lower() in lowered for name in names)}
+    named_gpus = {gpu for gpu, names in evidence.gpu_names.items() if any(name in lowered for name in names)}
 
     def about_subject(entry: EvidenceEntry) -> bool:
         if regex is None or not all(regex.match(vocabulary_module.bare_path(p)) for p in entry.path.split(" + ")):

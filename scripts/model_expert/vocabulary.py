@@ -59,6 +59,7 @@ class Vocabulary:
     def __init__(self, subjects: list[Subject], source: str = "<vocabulary>"):
         self.subjects = subjects
         self.source = source
+        self.shown_source = "templates/analysis.vocabulary.toml" if source == DEFAULT_PATH else source
 
     def for_label(self, label: str) -> Subject | None:
         return next((s for s in self.subjects if s.has_label(label)), None)
