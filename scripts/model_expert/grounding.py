@@ -1,14 +1,23 @@
-"""Is every number in a review found in the measured evidence? (`check_grounding.py`)
+"""Is every number in a review matched by measured evidence about the same thing? (`check_grounding.py`)
 
-A number in the review is *grounded* when some value in the evidence JSON files (a numeric leaf at
-any depth, or a number written inside one of its strings) rounds to it as written: a number
+A number in the review is read in its context (`review_context`): the bold label, table column,
+block or heading it sits under, or in prose the subject words nearest it. The vocabulary
+(`vocabulary`, data in templates/analysis.vocabulary.toml) says which evidence paths each subject
+has. The number is *grounded* when some value under those paths (a numeric leaf, or a number
+written inside one of its strings) rounds to it as written; a value found only under an unrelated
+path is a *mismatch*; prose whose words name no measured subject is *unsupported*; a label the
+vocabulary lacks is *unlabelled*. A line naming a GPU is matched only by evidence measured for it.
+
+Rounding: a number
 written with its last digit in place u matches an evidence value v when |v - x| <= u/2, after
 the unit is applied (13.5M = 13.5e6 +- 0.05e6; 51.6 MiB = 51.6 x 2**20 +- 0.05 x 2**20;
 45 % = 45 +- 0.5 or a ratio 0.45 +- 0.005). Every written digit counts, trailing zeros too:
 "10M" claims 10.0e6 +- 0.5e6, so it does not match 13,529,600.
 
-Numbers that are not claims (ordinals, names, versions, dates, links) are exempt by one of the
-rules in EXEMPTIONS; nothing else is.
+Numbers that are not claims (ordinals, names, versions, dates, links, GPU names) are exempt by one
+of the rules in EXEMPTIONS, and numbers inside a `code span` quoting an evidence string verbatim
+are grounded by that string; nothing else is. Without a vocabulary (`check_text(text, evidence)`)
+any evidence value grounds a number, as before.
 """
 
 from __future__ import annotations
@@ -576,7 +585,8 @@ def _judge(line: str, token: NumberToken, info: "review_context.LineInfo", evide
     context = review_context.context_for(info, line, token.start, token.end)
     subject = vocabulary.for_label(context.label) if context.label else None
     where = {"label": f"on the '{context.label}' line", "column": f"in the '{context.label}' column",
-             "block": f"under '{context.label}'", "heading": f"under '{context.label}'", "fence": f"in the '{context.label}' block"}.get(context.source, "in prose")
+             "block": f"under '{context.label}'", "heading": f"under '{context.label}'",
+             "fence": f"in the '{context.label}' block"}.get(context.source, "in prose")
     if context.label and subject is None and context.source in ("label", "column", "block", "fence"):
         what = "table column" if context.source == "column" else "label"
         return Finding(0, number, "", kind="unlabelled", subject=context.label,
@@ -626,8 +636,8 @@ def _judge(line: str, token: NumberToken, info: "review_context.LineInfo", evide
         return not named_gpus or gpu is None or gpu in named_gpus
 
     if part_candidates and all(part_candidates):  # "32,200,512" read as a list: each part by itself
-        chosen = [next((c for c in part if about_subject(c)), part[0]) for part in part_candidates]
-        candidates = [EvidenceEntry(token.value, " + ".join(c.path for c in chosen), None)]
+        parts = [next((c for c in part if about_subject(c)), part[0]) for part in part_candidates]
+        candidates = [EvidenceEntry(token.value, " + ".join(c.path for c in parts), None)]
     good = [entry for entry in candidates if about_subject(entry)]
     if good:
         return {"subject": read_as, "evidence_path": good[0].path}
