@@ -75,11 +75,22 @@ def copy_of_repo(destination: Path) -> Path:
     return destination
 
 
+def agent_answer(review: Path) -> str:
+    """The review plus first actions as the agent writes them, each number named by what it is."""
+    evidence = json.loads((review / "analysis.json").read_text())
+    start = re.search(r"\(start at (\S+)\)", (review / "analysis.md").read_text()).group(1)
+    return ((review / "analysis.md").read_text() + "\n### First actions\n"
+            f"1. Start at a learning rate of {start}.\n"
+            f"2. The largest batch that fits the {evidence['memory']['gpu']} is {evidence['memory']['max_batch_size']}.\n")
+
+
 def test_every_documented_command_runs(tmp_path):
     work = copy_of_repo(tmp_path / "repo")
     for command in documented_commands():
         if "--findings review/findings.json" in command:  # step 4: the agent writes its findings first
             (work / "review" / "findings.json").write_text(json.dumps(SAMPLE_FINDINGS))
+        if command.startswith("python scripts/check_grounding.py review/answer.md"):  # step 7: the agent's answer
+            (work / "review" / "answer.md").write_text(agent_answer(work / "review"))
         if command.startswith("python scripts/compare.py base/"):  # the base review, made the same way
             shutil.copytree(work / "review", work / "base")
         argv = shlex.split(command)
@@ -87,6 +98,7 @@ def test_every_documented_command_runs(tmp_path):
         assert result.returncode == 0, f"{command}\n{result.stderr[-2000:]}"
     assert (work / "review" / "analysis.md").exists() and (work / "review" / "analysis.json").exists()
     assert "Padding mask" in (work / "review" / "analysis.md").read_text()
+    assert any(c.startswith("python scripts/check_grounding.py review/answer.md") for c in documented_commands())
 
 
 def test_plugin_validate_strict():

@@ -19,7 +19,7 @@ PARAMS = {"schema": "model-expert/params/1", "model": "SimilarityTransformer", "
           "trainable": 13_529_600, "frozen": 0, "parameter_bytes": 54_118_400,
           "top_layers": [{"name": "encoder.layers.0.linear1", "type": "Linear", "parameters": 1_050_624,
                           "percent": 45.2}]}
-MEMORY = {"schema": "model-expert/memory/1", "peak_bytes": 473_956_352, "budget_bytes": 12_627_000_000,
+MEMORY = {"schema": "model-expert/memory/1", "batch_size": 32, "peak_bytes": 473_956_352, "budget_bytes": 12_627_000_000,
           "budget_fraction": 0.3761, "inputs": [{"shape": [32, 200, 512], "dtype": "float32"}],
           "gpu": "NVIDIA GeForce RTX 3060 12 GB"}
 FLOPS = {"schema": "model-expert/flops/1", "forward_flops": 1_234_567_890, "estimated_step_seconds": 0.01234}
@@ -28,7 +28,7 @@ RECOMMEND = {"schema": "model-expert/recommend/1",
              "recommendations": [{"setting": "learning_rate", "value": {"min": 2e-4, "max": 1e-3},
                                   "rule_text": "seed: This project's SimilarityTransformer (typically ~10M params)"},
                                  {"setting": "warmup", "value": {"fraction_min": 0.05, "fraction_max": 0.10}},
-                                 {"setting": "betas", "value": [0.9, 0.999]}]}
+                                 {"setting": "adam_hyperparameters", "value": {"betas": [0.9, 0.999]}}]}
 ALL_EVIDENCE = [PARAMS, MEMORY, FLOPS, GRADS, RECOMMEND]
 
 HONEST_REVIEW = """\
@@ -38,9 +38,9 @@ HONEST_REVIEW = """\
 - **Type**: Transformer (nn.TransformerEncoderLayer, float32, checked on torch 2.13.0)
 - **Total Parameters**: 13,529,600 (13.5M; 13.53 M trainable, 0 frozen)
 - **Model Size**: 51.6 MiB (54.1 MB) in `float32`
-- **Heaviest layer**: `encoder.layers.0.linear1` holds 45 % of the parameters
+- `encoder.layers.0.linear1` holds 45 % of the parameters
 - **Input**: shape `[32, 200, 512]`, written `float32[32,200,512]` too
-- **Peak training memory**: 452.0 MiB, 37.6 % of an RTX 3060 12 GB
+- **Training step peak**: 452.0 MiB, 37.6 % of the budget on an NVIDIA GeForce RTX 3060 12 GB
 
 ### 2. Training Configuration Recommendation
 1. Learning rate 2e-4 to 1e-3, betas (0.9, 0.999), warmup 5–10 % of the steps
@@ -186,7 +186,9 @@ def test_cli_exit_codes_and_line_numbers(tmp_path):
     bad = _run(str(planted), *evidence_files)
     assert bad.returncode == 1
     base = len(HONEST_REVIEW.splitlines())
-    assert bad.stdout.splitlines()[0] == f"{planted}:{base + 1}: ungrounded 13,529,700: - Parameters: 13,529,700 in total"
+    assert bad.stdout.splitlines()[0] == (f"{planted}:{base + 1}: ungrounded 13,529,700: 13,529,700 under 'Priority 1 (Critical)' is not "
+                                          f"in the evidence; params.total is 13,529,600")
+    assert bad.stdout.splitlines()[1] == "    - Parameters: 13,529,700 in total"
     assert bad.stdout.splitlines()[-1].startswith("4 of ")
 
     as_json = _run(str(planted), *evidence_files, "--json")

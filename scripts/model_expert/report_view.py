@@ -68,6 +68,14 @@ def derive(evidence: dict[str, Any]) -> dict[str, Any]:
     forward, backward = _get(evidence, "flops", "forward_flops"), _get(evidence, "flops", "backward_flops")
     if forward is not None and backward is not None:
         derived["training_flops_per_batch"] = forward + backward
+    quadratic = _get(evidence, "trace", "vary", "quadratic_intermediates") or []
+    if quadratic:
+        derived["quadratic_module_count"] = len({item["module"] for item in quadratic})
+    profile = [p for p in _get(evidence, "grads", "depth_profile", default=[]) if p.get("grad_norm_mean") is not None]
+    if profile:
+        derived["gradient_layer_count"] = len(profile)
+    if evidence.get("trace"):
+        derived["dropout_call_count"] = sum(1 for c in evidence["trace"]["calls"] if "Dropout" in c["type"])
     by_op = _get(evidence, "flops", "flops_by_op") or {}
     if by_op:
         derived["training_flops_by_op"] = {op: v["forward_flops"] + v["backward_flops"] for op, v in by_op.items()}
@@ -120,7 +128,7 @@ def _overview(evidence: dict[str, Any], derived: dict[str, Any]) -> dict[str, An
     if quadratic:
         modules = sorted({item["module"] for item in quadratic})
         complexity += (f"; attention-like tensors grow quadratically with {evidence['trace']['vary']['dim']} in "
-                       f"{len(modules)} module(s) (e.g. {modules[0]} {quadratic[0]['symbolic']})")
+                       f"{derived['quadratic_module_count']} module(s) (e.g. {modules[0]} {quadratic[0]['symbolic']})")
     components = [f"`{m['name']}` ({m['type']}, {render.count(m['parameters'])} parameters)"
                   for m in params.get("modules", []) if m["depth"] == 1]
     return {"type": kind, "total": render.count(params.get("total")), "total_short": render.short_count(params.get("total")),
@@ -172,7 +180,7 @@ def _gradient(evidence: dict[str, Any]) -> dict[str, Any]:
     if len(profile) >= 2:
         backward_path = (f"gradient norm {render.sci(profile[-1]['grad_norm_mean'])} at `{profile[-1]['layer']}` "
                          f"(nearest the loss) and {render.sci(profile[0]['grad_norm_mean'])} at `{profile[0]['layer']}` "
-                         f"(nearest the input), over {len(profile)} layers in forward order")
+                         f"(nearest the input), over {evidence['derived']['gradient_layer_count']} layers in forward order")
     else:
         backward_path = "fewer than two layers received gradient"
     reasoning = [f"**{f['severity']}** {f['kind']} at `{f['where']}`: {f['message']}" for f in grads.get("findings", [])
@@ -295,7 +303,7 @@ def _checklist(evidence: dict[str, Any]) -> list[str]:
     kind = _get(evidence, "recommend", "architecture", "architecture")
     if kind in INIT_ADVICE:
         items.append(f"Initialise weights: {INIT_ADVICE[kind]}")
-    dropouts = sum(1 for c in _get(evidence, "trace", "calls", default=[]) if "Dropout" in c["type"])
+    dropouts = _get(evidence, "derived", "dropout_call_count", default=0)
     items.append(f"Call model.eval() before inference ({dropouts} dropout module call(s) in the traced forward)")
     clip = next((r for r in _get(evidence, "recommend", "recommendations", default=[]) if r["setting"] == "gradient_clipping"), None)
     if clip:
