@@ -14,7 +14,7 @@ from torch import nn
 from ..errors import UserError
 from ..guard import preserved
 from ..inputs import ModelInputs
-from . import cpu_conv, cpu_lstm, device_rules
+from . import cpu_conv, cpu_lstm, cuda_lstm, device_rules
 from .optimizer_state import OPTIMIZER_RULES, build_optimizer, parameter_bytes, state_tensors, unique_trainable
 from .step import PRECISIONS, MetaGradScaler, cast_inputs, inference_step, training_step
 from .tracker import AllocationTracker
@@ -248,7 +248,9 @@ def _library_kernel_modules(model: nn.Module) -> set[str]:
     """Which module kinds run vendor-library kernels whose own buffers the estimate does not see."""
     kinds = set()
     for module in model.modules():
-        if isinstance(module, nn.RNNBase):
+        if isinstance(module, nn.LSTM) and not module.proj_size:
+            kinds.add("lstm")
+        elif isinstance(module, nn.RNNBase):
             kinds.add("rnn")
         elif isinstance(module, nn.modules.conv._ConvNd):
             kinds.add("conv")
@@ -256,7 +258,7 @@ def _library_kernel_modules(model: nn.Module) -> set[str]:
 
 
 # What the library kernels' own buffers cost where they were measured (bench/results_cpu.md, CPU allocator).
-RNN_BUFFER_NOTE = ("nn.LSTM/GRU/RNN on CUDA run cuDNN, whose training reserve is not modelled (PyTorch's own meta "
+RNN_BUFFER_NOTE = ("nn.GRU/RNN (and LSTM with proj_size) on CUDA run cuDNN, whose training reserve is not modelled (PyTorch's own meta "
                    "kernel reports it as 0 bytes), so expect an UNDER-estimate: on the CPU target, where oneDNN's "
                    "workspace is modelled, leaving it out had put a 2-layer LSTM(256->512), batch 32 x 128 steps, at "
                    "2.26x below its measured peak")
@@ -286,6 +288,8 @@ def describe_assumptions(options: EstimateOptions, precision, tracker: Allocatio
     checkpoint_calls = function_mode.checkpoint_calls if function_mode else 0
     cpu_lstm_calls = function_mode.cpu_lstm_calls if function_mode else 0
     cpu_conv_calls = function_mode.cpu_conv_calls if function_mode else 0
+    fused_dropout_calls = function_mode.fused_dropout_calls if function_mode else 0
+    cudnn_lstm_calls = function_mode.cudnn_lstm_calls if function_mode else 0
     lines = [
         "steady step: the 2nd training step (optimizer state already exists); zero_grad(set_to_none=True), "
         "forward + loss, backward, optimizer step; the output stays alive until the step ends",
@@ -317,6 +321,11 @@ def describe_assumptions(options: EstimateOptions, precision, tracker: Allocatio
                      "backward is traced")
     if cpu_lstm_calls:
         lines.append(f"{cpu_lstm.describe()} ({cpu_lstm_calls} LSTM call(s) traced over the warm-up and steady steps)")
+    if fused_dropout_calls:
+        lines.append(f"dropout on CUDA: the fused native_dropout kernel, which saves a bool mask (1 byte per element) "
+                     f"for backward, not a noise tensor of the input's dtype ({fused_dropout_calls} call(s) traced)")
+    if cudnn_lstm_calls:
+        lines.append(f"{cuda_lstm.describe()} ({cudnn_lstm_calls} LSTM call(s) traced)")
     if cpu_conv_calls:
         lines.append(f"{cpu_conv.describe()} ({cpu_conv_calls} convolution call(s) traced)")
     if checkpoint_calls:
