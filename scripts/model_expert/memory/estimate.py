@@ -14,7 +14,7 @@ from torch import nn
 from ..errors import UserError
 from ..guard import preserved
 from ..inputs import ModelInputs
-from . import cpu_conv, cpu_lstm, cuda_lstm, device_rules
+from . import cpu_conv, cpu_lstm, cuda_allocator, cuda_lstm, device_rules
 from .optimizer_state import OPTIMIZER_RULES, build_optimizer, parameter_bytes, state_tensors, unique_trainable
 from .step import PRECISIONS, MetaGradScaler, cast_inputs, inference_step, training_step
 from .tracker import AllocationTracker
@@ -60,6 +60,9 @@ class MemoryEstimate:
     cpu_standin_ops: dict[str, int] = field(default_factory=dict)
     # Memory the estimate knows it does not see (library kernels' own buffers), each with its measured size.
     unmodelled_buffers: list[str] = field(default_factory=list)
+    # CUDA target: what the caching allocator reserves (segments) over setup + warm-up + steady step, from the
+    # tracker's allocations and frees replayed through cuda_allocator.py; None on the CPU target.
+    reserved_peak_bytes: int | None = None
 
 
 def meta_copy(model: nn.Module) -> nn.Module:
@@ -120,11 +123,17 @@ class _Workspaces:
                 block = torch.empty(nbytes, dtype=torch.uint8, device="meta")
                 tracker.register(block, "workspace")
                 self.blocks.append(block)
+        self.keys = {thread: block.untyped_storage()._cdata for thread, block in zip(threads, self.blocks)}
 
     def on_op(self, func, outputs) -> None:
         name = func.overloadpacket.__name__ if hasattr(func, "overloadpacket") else ""
         if name in device_rules.CUBLAS_OPS:
             self.used.add("autograd" if self.tracker.phase == "backward" else "main")
+
+    def without_unused(self, events: list[tuple[int, int | None]]) -> list[tuple[int, int | None]]:
+        """EVENTS less the allocation of a workspace no matmul used (torch creates it on the first use)."""
+        unused = {key for thread, key in self.keys.items() if thread not in self.used}
+        return [event for event in events if event[0] not in unused]  # a workspace lives as long as the step
 
     def unused_bytes(self) -> int:
         return sum(self.tracker.block_bytes(self.nbytes) for thread in self.threads if thread not in self.used) \
@@ -166,6 +175,8 @@ def estimate_memory(model: nn.Module, build_inputs: Callable[[str], ModelInputs]
 
     workspace_bytes = device_rules.cublas_workspace_bytes(options.gpu_name) if target == "cuda" else 0
     tracker = AllocationTracker(BLOCK_RULES[target], devices=("meta",))
+    if target == "cuda":
+        tracker.events = []
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         tracker.relabel(tensor, "activations")
@@ -180,10 +191,13 @@ def estimate_memory(model: nn.Module, build_inputs: Callable[[str], ModelInputs]
             tracker.on_op = workspaces.on_op
             optimizer = build_optimizer(options.optimizer, trainable, FOREACH_BY_TARGET[target])
             scaler = MetaGradScaler() if precision.grad_scaler else None
-            if optimizer is not None:  # step 1, as far as memory goes: grads exist, state gets created
+            if target == "cuda":  # step 1 in full: the caching allocator's segments are laid out by it
+                training_step(work, inputs, loss_fn, optimizer, function_mode.autocast, scaler, model_name=model_name)
+            elif optimizer is not None:  # step 1, as far as memory goes: grads exist, state gets created
                 for parameter in trainable:
                     parameter.grad = torch.zeros_like(parameter)
                 optimizer.step()
+            if optimizer is not None:
                 for tensor in state_tensors(optimizer):
                     tracker.relabel(tensor, "optimizer_state")
             tracker.reset_peak()
@@ -199,6 +213,10 @@ def estimate_memory(model: nn.Module, build_inputs: Callable[[str], ModelInputs]
             if not loss.requires_grad and loss.grad_fn is None and all(p.grad is None for p in trainable):
                 raise UserError("the loss does not reach any trainable parameter; check requires_grad and --loss")
         peak_bytes, detail = _without_unused_workspace(tracker, workspaces)
+        reserved_peak = None
+        if tracker.events is not None:
+            reserved_peak = cuda_allocator.replay(workspaces.without_unused(tracker.events)).peak_reserved_bytes
+            tracker.events = None
         peak_phase = tracker.peak_phase
         training_tracker = tracker
         backends = dict(function_mode.sdpa_backends_used)
@@ -224,7 +242,8 @@ def estimate_memory(model: nn.Module, build_inputs: Callable[[str], ModelInputs]
         trainable_param_bytes=parameter_bytes(trainable), activation_bytes_end_of_forward=activations_end,
         sdpa_backends=backends,
         data_dependent_reads=sum(training_tracker.data_dependent_reads.values()),
-        cpu_standin_ops=dict(training_tracker.cpu_standin_ops), unmodelled_buffers=unmodelled)
+        cpu_standin_ops=dict(training_tracker.cpu_standin_ops), unmodelled_buffers=unmodelled,
+        reserved_peak_bytes=reserved_peak)
 
 
 def _estimate_inference(work: nn.Module, inputs: ModelInputs, options: EstimateOptions, precision, workspace_bytes: int,
