@@ -26,6 +26,8 @@ reported by any API torch exposes; they are left out (stated).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 GATES_AND_CELL = 5  # LSTM: i, f, g, o and c_t per layer, direction, step, sample and hidden unit
@@ -55,9 +57,35 @@ def applies(args: tuple, kwargs: dict) -> bool:
     return all(p.shape[0] == 4 * args[1][0].shape[-1] for p in args[2])  # proj_size changes the layout
 
 
+def cudnn_kernels(phase: str, steps: int, batch: int, input_size: int, hidden: int, num_layers: int, directions: int,
+                  dtype: torch.dtype) -> list[tuple[str, int, int, int]]:
+    """cuDNN's kernels for one LSTM call, as (name, FLOPs, bytes, launches), for the step-time model: per layer
+    and direction, the input projection of all steps as one GEMM and the recurrence as one small GEMM + gate
+    kernel per step (its weights stay in L2); backward: the recurrence per step, then one GEMM for the input
+    gradient and one for the weight gradients over all steps."""
+    element = torch.empty((), dtype=dtype, device="meta").element_size()
+    gates = 4 * hidden
+    kernels = []
+    for layer in range(num_layers):
+        width = input_size if layer == 0 else hidden * directions
+        rows = steps * batch
+        for _ in range(directions):
+            projection = (2 * rows * width * gates, (rows * width + width * gates + rows * gates) * element)
+            recurrence = (2 * rows * hidden * gates, rows * (hidden + 2 * gates + 2 * hidden) * element)
+            if phase == "forward":
+                kernels += [("cudnn_lstm_input_gemm", *projection, 1), ("cudnn_lstm_recurrent_step", *recurrence, steps)]
+            else:
+                weight_grad = (2 * rows * (width + hidden) * gates,
+                               (rows * (width + hidden + gates) + (width + hidden) * gates) * element)
+                kernels += [("cudnn_lstm_recurrent_step_backward", *recurrence, steps),
+                            ("cudnn_lstm_input_grad_gemm", *projection, 1),
+                            ("cudnn_lstm_weight_grad_gemm", *weight_grad, 1)]
+    return kernels
+
+
 class _CudnnLSTM(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, input_, h0, c0, batch_first, directions, reserve, *weights):
+    def forward(ctx, input_, h0, c0, batch_first, directions, reserve, sink, *weights):
         time_major = input_.transpose(0, 1) if batch_first else input_
         x = time_major.contiguous()
         hidden = h0.shape[-1]
@@ -66,7 +94,11 @@ class _CudnnLSTM(torch.autograd.Function):
         reserve_buffer = torch.empty(reserve, dtype=torch.uint8, device=input_.device)
         del x
         output = y.transpose(0, 1) if batch_first else y
-        ctx.batch_first = batch_first
+        ctx.batch_first, ctx.sink = batch_first, sink
+        if sink is not None:
+            steps, batch, width = time_major.shape
+            ctx.shape = (steps, batch, width, hidden, h0.shape[0] // directions, directions, time_major.dtype)
+            sink(cudnn_kernels("forward", *ctx.shape))
         ctx.save_for_backward(input_, h0, c0, output, reserve_buffer, *weights)
         return output, hy, cy
 
@@ -74,6 +106,8 @@ class _CudnnLSTM(torch.autograd.Function):
     def backward(ctx, grad_output, grad_hy, grad_cy):
         input_, h0, c0, output, reserve_buffer, *weights = ctx.saved_tensors
         batch_first = ctx.batch_first
+        if ctx.sink is not None:
+            ctx.sink(cudnn_kernels("backward", *ctx.shape))
 
         def time_major(tensor):
             return (tensor.transpose(0, 1) if batch_first else tensor).contiguous()
@@ -90,17 +124,18 @@ class _CudnnLSTM(torch.autograd.Function):
         for w in weights:
             grads.append(dw[offset:offset + w.numel()].view(w.shape))
             offset += w.numel()
-        return (dx.transpose(0, 1) if batch_first else dx), dhx, dcx, None, None, None, *grads
+        return (dx.transpose(0, 1) if batch_first else dx), dhx, dcx, None, None, None, None, *grads
 
 
-def run(args: tuple) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """at::_cudnn_rnn for an LSTM, on meta tensors, with cuDNN's training reserve."""
+def run(args: tuple, sink: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """at::_cudnn_rnn for an LSTM, on meta tensors, with cuDNN's training reserve; SINK (when given) is told
+    cuDNN's kernels (cudnn_kernels) as forward and backward run."""
     input_, (h0, c0), params, has_biases, num_layers, dropout, train, bidirectional, batch_first = args
     directions = 2 if bidirectional else 1
     steps, batch = (input_.shape[1], input_.shape[0]) if batch_first else (input_.shape[0], input_.shape[1])
     reserve = reserve_bytes(steps, batch, h0.shape[-1], num_layers, directions, input_.dtype) if train else 0
     output, hy, cy = _CudnnLSTM.apply(input_, h0.contiguous(), c0.contiguous(), batch_first, directions, reserve,
-                                      *params)
+                                      sink, *params)
     return output, hy, cy
 
 

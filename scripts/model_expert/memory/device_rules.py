@@ -226,6 +226,7 @@ class TargetFunctionMode(TorchFunctionMode):
     cpu_conv_calls: int = 0  # convolutions with the CPU kernel's own transient bytes
     fused_dropout_calls: int = 0  # dropout calls run as CUDA's native_dropout (bool mask)
     cudnn_lstm_calls: int = 0  # nn.LSTM calls replayed as cuDNN's RNN kernels
+    kernel_sink: Callable | None = None  # told the kernels a replayed library call runs (kernel_time.py)
 
     def __post_init__(self):
         super().__init__()
@@ -263,7 +264,7 @@ class TargetFunctionMode(TorchFunctionMode):
                 return torch.native_dropout(fused[0], fused[1], True)[0]
         if name == "lstm" and self.replays_cuda_kernels and self.memory_kernels and cuda_lstm.applies(args, kwargs):
             self.cudnn_lstm_calls += 1
-            return cuda_lstm.run(args)
+            return cuda_lstm.run(args, self.kernel_sink)
         if self.replays_cpu_kernels and cpu_conv.applies(name, args, kwargs):
             self.cpu_conv_calls += 1
             return cpu_conv.run(name, func, args, kwargs)
