@@ -341,11 +341,12 @@ def test_max_batch_size_is_consistent_and_monotonic():
         results.append(data["max_batch_size"])
         best = data["max_batch_size"]
 
-        def process(batch):  # what the process holds: reserved segments + the CUDA context
+        def fits(batch):  # the allocator, allowed the budget less the context, never runs out
             return estimate_memory(models.TinyMLP(), mlp_inputs(batch), None,
-                                   EstimateOptions(target_device="cuda", inference=False)).reserved_peak_bytes \
-                + CUDA_CONTEXT_BYTES
-        assert process(best) <= budget < process(best + 1)
+                                   EstimateOptions(target_device="cuda", inference=False,
+                                                   allocator_capacity_bytes=budget - CUDA_CONTEXT_BYTES)
+                                   ).fits_allocator_capacity
+        assert fits(best) and not fits(best + 1)
     assert 0 < results[0] <= results[1]
 
 
@@ -532,7 +533,7 @@ def test_gpu_budget_is_the_card_and_the_process_holds_context_plus_reserved():
     assert data["reserved_peak_bytes"] % (2 * 2**20) == 0 and data["reserved_peak_bytes"] >= data["peak_bytes"]
     best, seen = data["max_batch_size"], {int(k): v for k, v in data["batch_estimates"].items()}
     assert seen[best] <= card < seen[best + 1]
-    assert any(line.startswith("budget: ") and "reserved peak + the CUDA context" in line
+    assert any(line.startswith("budget: ") and "less the CUDA context, never runs out" in line
                for line in data["assumptions"])
 
 

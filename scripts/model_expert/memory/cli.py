@@ -56,10 +56,20 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
     session = cli.open_session(args)
     name = session.loaded.name
 
+    cuda_process = args.target_device == "cuda"
+    if args.budget_bytes is not None:
+        budget = args.budget_bytes
+    elif gpu is not None:
+        budget = gpu.memory_bytes if cuda_process else gpu.usable_memory_bytes()
+    else:
+        budget = None
+    # One CUDA process under the budget: its caching allocator may reserve what the context leaves.
+    capacity = budget - CUDA_CONTEXT_BYTES if budget is not None and cuda_process and args.world_size is None else None
+
     def options(inference: bool = True) -> EstimateOptions:
         return EstimateOptions(optimizer=args.optimizer, precision=args.precision, target_device=args.target_device,
                                gpu_name=gpu.name if gpu else None, gradient_checkpointing=args.gradient_checkpointing,
-                               inference=inference)
+                               inference=inference, allocator_capacity_bytes=capacity)
 
     def build(batch: int | None):
         extra = {BATCH_DIM_NAME: batch} if batch is not None else None
@@ -104,24 +114,21 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
         data["assumptions"].append(f"{strategy}: {what_if['description']}; per-GPU = the single-GPU breakdown at "
                                    f"the peak with sharded parts / N; ring collectives")
 
-    cuda_process = args.target_device == "cuda"
-
     def process_bytes(result) -> int:
         """What the process holds at the step's peak: on CUDA the allocator's reserved segments (the per-GPU
-        allocated peak scaled by this run's reserved / allocated, with --world-size) + the CUDA context."""
+        allocated peak scaled by this run's reserved / allocated, with --world-size) + the CUDA context. Under a
+        budget it is at most the budget exactly when the allocator, capped there, never runs out (it frees its
+        cached segments and retries first, as a capped process does): the uncapped figure is clamped to that."""
         if not cuda_process:
             return per_gpu(result)
         reserved = result.reserved_peak_bytes
         if args.world_size is not None:
             reserved = -(-per_gpu(result) * result.reserved_peak_bytes // result.peak_bytes)
-        return reserved + CUDA_CONTEXT_BYTES
+        held = reserved + CUDA_CONTEXT_BYTES
+        if result.fits_allocator_capacity is None:
+            return held
+        return min(held, budget) if result.fits_allocator_capacity else max(held, budget + 1)
 
-    if args.budget_bytes is not None:
-        budget = args.budget_bytes
-    elif gpu is not None:
-        budget = gpu.memory_bytes if cuda_process else gpu.usable_memory_bytes()
-    else:
-        budget = None
     if gpu is not None:
         data["gpu_memory_bytes"] = gpu.memory_bytes
     if budget is not None:
@@ -130,7 +137,9 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
         if cuda_process:
             source = "--budget-bytes" if args.budget_bytes is not None else f"{gpu.name} card memory"
             data["assumptions"].append(f"budget: {budget:,} B the process may hold ({source}); a batch fits when "
-                                       f"the caching allocator's reserved peak + the CUDA context is within it")
+                                       f"the caching allocator, allowed the budget less the CUDA context, never runs "
+                                       f"out: its reserved peak fits, or it does once its cached free segments are "
+                                       f"released, as the real allocator does before reporting out of memory")
         else:
             data["assumptions"].append(f"budget: {budget:,} B as given by --budget-bytes (no margin taken off)"
                                        if args.budget_bytes is not None else usable_memory_assumption(gpu))

@@ -40,6 +40,9 @@ class EstimateOptions:
     gradient_checkpointing: bool = False
     sdpa_backend: str | None = None  # force one attention kernel (what-ifs, tests)
     inference: bool = True
+    # CUDA target: also replay the step through an allocator that may reserve at most this many bytes (a
+    # capped process: it frees its cached segments and retries before running out), see fits_allocator_capacity
+    allocator_capacity_bytes: int | None = None
 
 
 @dataclass
@@ -63,6 +66,8 @@ class MemoryEstimate:
     # CUDA target: what the caching allocator reserves (segments) over setup + warm-up + steady step, from the
     # tracker's allocations and frees replayed through cuda_allocator.py; None on the CPU target.
     reserved_peak_bytes: int | None = None
+    # With options.allocator_capacity_bytes: whether the capped replay ran without running out of memory.
+    fits_allocator_capacity: bool | None = None
 
 
 def meta_copy(model: nn.Module) -> nn.Module:
@@ -213,9 +218,13 @@ def estimate_memory(model: nn.Module, build_inputs: Callable[[str], ModelInputs]
             if not loss.requires_grad and loss.grad_fn is None and all(p.grad is None for p in trainable):
                 raise UserError("the loss does not reach any trainable parameter; check requires_grad and --loss")
         peak_bytes, detail = _without_unused_workspace(tracker, workspaces)
-        reserved_peak = None
+        reserved_peak = fits_capacity = None
         if tracker.events is not None:
-            reserved_peak = cuda_allocator.replay(workspaces.without_unused(tracker.events)).peak_reserved_bytes
+            events = workspaces.without_unused(tracker.events)
+            reserved_peak = cuda_allocator.replay(events).peak_reserved_bytes
+            if options.allocator_capacity_bytes is not None:
+                fits_capacity = reserved_peak <= options.allocator_capacity_bytes or not cuda_allocator.replay(
+                    events, options.allocator_capacity_bytes).out_of_memory
             tracker.events = None
         peak_phase = tracker.peak_phase
         training_tracker = tracker
@@ -243,7 +252,7 @@ def estimate_memory(model: nn.Module, build_inputs: Callable[[str], ModelInputs]
         sdpa_backends=backends,
         data_dependent_reads=sum(training_tracker.data_dependent_reads.values()),
         cpu_standin_ops=dict(training_tracker.cpu_standin_ops), unmodelled_buffers=unmodelled,
-        reserved_peak_bytes=reserved_peak)
+        reserved_peak_bytes=reserved_peak, fits_allocator_capacity=fits_capacity)
 
 
 def _estimate_inference(work: nn.Module, inputs: ModelInputs, options: EstimateOptions, precision, workspace_bytes: int,
