@@ -198,6 +198,9 @@ def estimate_memory(model: nn.Module, build_inputs: Callable[[str], ModelInputs]
             scaler = MetaGradScaler() if precision.grad_scaler else None
             if target == "cuda":  # step 1 in full: the caching allocator's segments are laid out by it
                 training_step(work, inputs, loss_fn, optimizer, function_mode.autocast, scaler, model_name=model_name)
+                function_mode.sdpa_backends_used.clear()  # the assumptions count the steady step's calls
+                function_mode.fused_dropout_calls = function_mode.cudnn_lstm_calls = 0
+                function_mode.checkpoint_calls = 0
             elif optimizer is not None:  # step 1, as far as memory goes: grads exist, state gets created
                 for parameter in trainable:
                     parameter.grad = torch.zeros_like(parameter)
