@@ -5,6 +5,7 @@ Closed forms beside each assert; the allocator's rules are c10/cuda/CUDACachingA
 import os
 import sys
 
+import pytest
 import torch
 from torch import nn
 
@@ -115,3 +116,45 @@ def test_cudnn_lstm_saves_input_output_and_reserve():
     output = batch * steps * 64 * 4
     reserve = (6 * 2 - 1) * steps * batch * 64 * 4
     assert saved == h0_c0 + output + reserve
+
+
+# --- the per-kernel step time ----------------------------------------------------------------------------
+
+def test_kernel_cost_is_the_largest_of_compute_memory_and_launch_floor():
+    from model_expert import kernel_time
+    from model_expert.gpus import find_gpu
+    h200 = find_gpu("h200")  # fp32 67 TFLOP/s, bf16 989.4 TFLOP/s, 4,800 GB/s (gpus.py)
+    fp32_mm = kernel_time.Kernel("forward", "mm", flops=10**12, bytes=0, unit="fp32")
+    assert kernel_time.kernel_seconds(fp32_mm, h200) == pytest.approx(1e12 / (67e12 * kernel_time.ACHIEVED_FRACTION["fp32"]))
+    copy = kernel_time.Kernel("forward", "copy_", flops=0, bytes=4 * 10**9, unit="memory")
+    assert kernel_time.kernel_seconds(copy, h200) == pytest.approx(4e9 / (4800e9 * kernel_time.BANDWIDTH_FRACTION))
+    tiny = kernel_time.Kernel("forward", "add", flops=0, bytes=1024, unit="memory", launches=3)
+    assert kernel_time.kernel_seconds(tiny, h200) == pytest.approx(3 * kernel_time.LAUNCH_SECONDS)
+
+
+def test_traced_kernels_pick_the_unit_and_count_foreach_launches():
+    from model_expert import kernel_time
+    model = nn.Sequential(*[nn.Linear(8, 8) for _ in range(50)])  # 100 parameter tensors
+    inputs = ModelInputs(args=(torch.ones(4, 8, device="meta"),))
+    fp32 = kernel_time.trace_step(model, inputs, None, "fp32", "sgd")
+    assert {k.unit for k in fp32 if k.name in ("addmm", "mm")} == {"fp32"}  # no TF32 for matmuls by default
+    bf16 = kernel_time.trace_step(model, inputs, None, "bf16-autocast", "sgd")
+    assert {k.unit for k in bf16 if k.name in ("addmm", "mm")} == {"tensor"}
+    assert any(k.name == "_to_copy" for k in bf16 if k.phase == "forward")  # autocast's casts are kernels
+    # SGD's foreach update: one _foreach_add_ over 100 tensors = ceil(100 / 36) = 3 launches
+    update = [k for k in fp32 if k.phase == "optimizer" and k.name == "_foreach_add_"]
+    assert [k.launches for k in update] == [3]
+    conv = nn.Conv2d(3, 8, 3).to("meta")
+    kernels = kernel_time.trace_step(conv, ModelInputs(args=(torch.ones(2, 3, 16, 16, device="meta"),)), None,
+                                     "fp32", "sgd")
+    assert {k.unit for k in kernels if k.name.startswith("convolution")} == {"tf32"}  # cudnn.allow_tf32 default
+
+
+def test_cudnn_lstm_is_stated_and_no_longer_a_caution():
+    lstm = nn.LSTM(8, 16, batch_first=True)
+    est = estimate_memory(lstm, lambda d: ModelInputs(args=(torch.ones(4, 12, 8, device=d),)),
+                          lambda out: out[0].sum(), EstimateOptions(target_device="cuda", inference=False))
+    assert est.unmodelled_buffers == [] and any("cuDNN RNN call" in line for line in est.assumptions)
+    gru = estimate_memory(nn.GRU(8, 16, batch_first=True), lambda d: ModelInputs(args=(torch.ones(4, 12, 8, device=d),)),
+                          lambda out: out[0].sum(), EstimateOptions(target_device="cuda", inference=False))
+    assert len(gru.unmodelled_buffers) == 1 and "GRU" in gru.unmodelled_buffers[0]
