@@ -221,7 +221,7 @@ class TargetFunctionMode(TorchFunctionMode):
     autocast_enabled: bool = False
     sdpa_backends_used: dict[str, int] = field(default_factory=dict)
     checkpoint_calls: int = 0  # torch.utils.checkpoint calls seen while recompute_in_backward() is active
-    memory_kernels: bool = True  # on the CPU target, replay what oneDNN's LSTM/conv allocate (memory, not FLOPs)
+    memory_kernels: bool = True  # replay library kernels (oneDNN LSTM/conv on CPU, cuDNN LSTM on CUDA); off for FLOPs
     cpu_lstm_calls: int = 0  # nn.LSTM calls replayed as the CPU's oneDNN kernels
     cpu_conv_calls: int = 0  # convolutions with the CPU kernel's own transient bytes
     fused_dropout_calls: int = 0  # dropout calls run as CUDA's native_dropout (bool mask)
