@@ -158,3 +158,20 @@ def test_cudnn_lstm_is_stated_and_no_longer_a_caution():
     gru = estimate_memory(nn.GRU(8, 16, batch_first=True), lambda d: ModelInputs(args=(torch.ones(4, 12, 8, device=d),)),
                           lambda out: out[0].sum(), EstimateOptions(target_device="cuda", inference=False))
     assert len(gru.unmodelled_buffers) == 1 and "GRU" in gru.unmodelled_buffers[0]
+
+
+def test_linear_on_a_transposed_input_adds_its_bias_in_place_as_the_device_does():
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.out = nn.Linear(64, 1000)
+
+        def forward(self, x):  # x: (T, B, 64) time-major, as cuDNN's LSTM leaves it
+            return self.out(x.transpose(0, 1))
+    est = estimate_memory(Head(), lambda d: ModelInputs(args=(torch.ones(16, 8, 64, device=d),)), None,
+                          EstimateOptions(target_device="cuda", optimizer="none"))
+    weight, bias, x, output = 64 * 1000 * 4, 4096, 16 * 8 * 64 * 4, 8 * 16 * 1000 * 4  # bias 4,000 B -> 4,096
+    cublas_workspace = 32 * MiB  # the forward thread's, Hopper assumed
+    # matmul folds the non-contiguous input with a copy (x again), mm writes the output, add_ adds the bias in place:
+    # no second output-sized tensor (at::add would allocate one)
+    assert est.inference_peak_bytes == weight + bias + x + x + output + cublas_workspace

@@ -46,13 +46,14 @@ def reserve_bytes(steps: int, batch: int, hidden: int, num_layers: int, directio
 
 def applies(args: tuple, kwargs: dict) -> bool:
     """The dense-input overload torch.lstm(input, (h0, c0), params, has_biases, num_layers, dropout, train,
-    bidirectional, batch_first) on meta, without proj_size, with grad: what cuDNN runs for training."""
+    bidirectional, batch_first) on meta, without proj_size: what cuDNN runs (training keeps a reserve,
+    inference none)."""
     if kwargs or len(args) != 9 or not isinstance(args[1], (tuple, list)) or len(args[1]) != 2:
         return False
     input_ = args[0]
     if not isinstance(input_, torch.Tensor) or input_.device.type != "meta" or input_.dim() != 3:
         return False
-    if input_.dtype not in (torch.float32, torch.float16, torch.bfloat16) or not torch.is_grad_enabled():
+    if input_.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         return False
     return all(p.shape[0] == 4 * args[1][0].shape[-1] for p in args[2])  # proj_size changes the layout
 

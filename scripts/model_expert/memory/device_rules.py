@@ -210,6 +210,25 @@ def fused_dropout_arguments(func: Callable, args, kwargs) -> tuple[torch.Tensor,
     return input_, float(p)
 
 
+# --- linear -------------------------------------------------------------------------------------------
+def _linear_arguments(args, kwargs):
+    bound = {"bias": None}
+    bound.update(zip(("input", "weight", "bias"), args))
+    bound.update(kwargs)
+    return bound.get("input"), bound.get("weight"), bound["bias"]
+
+
+def _adds_bias_in_place(args, kwargs) -> bool:
+    """at::linear (aten/src/ATen/native/Linear.cpp) on an input that is neither 2-D nor contiguous computes
+    matmul(input, weight.t()) and then output.add_(bias) in place; under any dispatch mode (this estimate's
+    tracker) isTensorSubclassLike() is true and it takes out-of-place at::add instead, a second output-sized
+    tensor a real device never allocates. Replayed here as the device runs it."""
+    input_, weight, bias = _linear_arguments(args, kwargs)
+    if not all(isinstance(t, torch.Tensor) for t in (input_, weight, bias)):
+        return False
+    return input_.dim() != 2 and not input_.is_contiguous() and bias.dim() == 1 and input_.dtype == bias.dtype
+
+
 @dataclass
 class TargetFunctionMode(TorchFunctionMode):
     """Above autograd: autocast emulation and the target's attention kernel, for meta tensors."""
@@ -268,6 +287,9 @@ class TargetFunctionMode(TorchFunctionMode):
         if self.replays_cpu_kernels and cpu_conv.applies(name, args, kwargs):
             self.cpu_conv_calls += 1
             return cpu_conv.run(name, func, args, kwargs)
+        if name == "linear" and _adds_bias_in_place(args, kwargs):
+            input_, weight, bias = _linear_arguments(args, kwargs)
+            return torch.matmul(input_, weight.t()).add_(bias)
         if name in _REENTER_FUNCTIONS and isinstance(func, types.FunctionType):
             with self:  # see the body's own ops (its linear, bmm, softmax)
                 return self._unguarded(func)(*args, **kwargs)
