@@ -9,7 +9,7 @@ exists, then one more step, counted by the device's allocator (CUDA: max_memory_
 the allocator's events through torch.profiler). The estimate comes from the meta-tensor engine
 for that device (and the card's name on CUDA). Beside it, the same step as three other tools see
 it (memory_baselines.py: PyTorch's MemTracker under FakeTensorMode, torchinfo, 4 x model size),
-and on CUDA the measured step time against flops.py's roofline.
+and on CUDA the measured step time against flops.py --gpu (the per-kernel model, kernel_time.py).
 
 Usage: python bench/memory_validation.py [--device cuda|cpu] [--dry-run] [--only WORD ...]
                                          [--out results.json|results.md] [--time-budget-s S]
@@ -218,9 +218,8 @@ def gpu_name_for_estimate() -> str | None:
     return name
 
 
-def roofline_step_seconds(config: Config, gpu: str | None) -> float | None:
+def estimated_step_seconds(config: Config, gpu: str | None) -> float | None:
     """flops.py's step-time estimate for this card (counted on meta), or None without a known card."""
-    from model_expert import flops
     from model_expert.gpus import find_gpu
     from model_expert.errors import UserError
     try:
@@ -229,23 +228,16 @@ def roofline_step_seconds(config: Config, gpu: str | None) -> float | None:
         return None
     if spec is None:
         return None
-    from model_expert.runner import ModelCallError
-    for device in ("meta", "cpu"):  # a model that reads its data (BERT's mask checks) is counted on the CPU
-        torch.manual_seed(0)
-        with torch.device(device):
-            model = config.build()
-        if config.checkpointing:
-            from model_expert.memory.estimate import enable_checkpointing
-            enable_checkpointing(model, config.name)  # the recomputed forward is counted in backward
-        try:
-            counter = flops.count_step(model, config.inputs(device), config.loss, config.name,
-                                       target_device="cuda" if device == "meta" else None)
-            break
-        except ModelCallError:
-            if device == "cpu":
-                raise
-    counted = flops.step_flops(counter, model, config.precision, config.optimizer)
-    return flops.time_estimate(counted, spec, config.precision)["estimated_step_seconds"]
+    from model_expert import kernel_time
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        model = config.build()
+    if config.checkpointing:
+        from model_expert.memory.estimate import enable_checkpointing
+        enable_checkpointing(model, config.name)  # the recomputed forward is traced in backward
+    kernels = kernel_time.trace_step(model, config.inputs("meta"), config.loss, config.precision, config.optimizer,
+                                     config.name)
+    return kernel_time.step_time(kernels, spec)["step_seconds"]  # flops.py --gpu's per-kernel model
 
 
 def run(config: Config, device: str, dry_run: bool, gpu: str | None, timed_steps: int) -> dict[str, Any]:
@@ -277,7 +269,7 @@ def run(config: Config, device: str, dry_run: bool, gpu: str | None, timed_steps
             row["measured_reserved_bytes"] = measured["reserved_peak_bytes"]
         if "step_seconds_median" in measured:
             row["measured_step_seconds"] = measured["step_seconds_median"]
-            row["roofline_step_seconds"] = roofline_step_seconds(config, gpu)
+            row["estimated_step_seconds"] = estimated_step_seconds(config, gpu)
         real_model = model.to(device)
         if PRECISIONS[config.precision].param_dtype is not None:
             real_model = real_model.to(PRECISIONS[config.precision].param_dtype)
@@ -352,7 +344,7 @@ def markdown(rows, summary, device) -> str:
         ["configuration", "model-expert"]
     head += [BASELINE_TITLES[name] + (" error" if measured else "") for name in BASELINES]
     if timed:
-        head += ["step ms measured", "step ms roofline"]
+        head += ["step ms measured", "step ms estimated (per-kernel)"]
     body = []
     for r in rows:
         line = [r["name"]]
@@ -363,7 +355,7 @@ def markdown(rows, summary, device) -> str:
             line += [render.mib(r["estimate_bytes"])]
         line += [_baseline_cell(r.get("baselines", {}).get(name)) for name in BASELINES]
         if timed:
-            line += [_ms(r.get("measured_step_seconds")), _ms(r.get("roofline_step_seconds"))]
+            line += [_ms(r.get("measured_step_seconds")), _ms(r.get("estimated_step_seconds"))]
         body.append(line)
     lines = [f"Device: {device}", "", render.markdown_table(body, head)]
     if summary:

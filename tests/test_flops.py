@@ -447,7 +447,7 @@ def test_cli_subprocess_json_keys_and_bad_gpu(models_file):
 
 
 def test_table_and_markdown_render(models_file, capsys):
-    argv = [f"{models_file}:Spectral", "--input", "float32[B=2,16]", "--gpu", "rtx4090"]
+    argv = [f"{models_file}:Spectral", "--input", "float32[B=2,16]", "--gpu", "rtx4090", "--mfu", "0.4"]  # roofline
     assert cli.main(flops.CAPABILITY, argv) == 0
     table = capsys.readouterr().out
     assert "WARNING: ops with no FLOP formula" in table and "aten._fft_r2c x1" in table

@@ -332,17 +332,21 @@ def test_largest_batch_on_an_exact_line_and_a_kinked_curve():
 
 
 def test_max_batch_size_is_consistent_and_monotonic():
+    from model_expert.gpus import CUDA_CONTEXT_BYTES
     args = [f"{MODELS}:TinyMLP", "--input", "float32[B=8,64]", "--target-device", "cuda", "--json"]
     results = []
-    for budget in (70_000_000, 90_000_000):  # two 32 MiB cuBLAS workspaces + the model
+    # the CUDA context + two 32 MiB cuBLAS workspaces (one 64 MiB of reserved segments) + the model
+    for budget in (CUDA_CONTEXT_BYTES + 80_000_000, CUDA_CONTEXT_BYTES + 120_000_000):
         data = _run_in_process(args + ["--budget-bytes", str(budget), "--optimizer", "adamw"])
         results.append(data["max_batch_size"])
         best = data["max_batch_size"]
 
-        def estimate(batch):
+        def fits(batch):  # the allocator, allowed the budget less the context, never runs out
             return estimate_memory(models.TinyMLP(), mlp_inputs(batch), None,
-                                   EstimateOptions(target_device="cuda", inference=False)).peak_bytes
-        assert estimate(best) <= budget < estimate(best + 1)
+                                   EstimateOptions(target_device="cuda", inference=False,
+                                                   allocator_capacity_bytes=budget - CUDA_CONTEXT_BYTES)
+                                   ).fits_allocator_capacity
+        assert fits(best) and not fits(best + 1)
     assert 0 < results[0] <= results[1]
 
 
@@ -518,17 +522,19 @@ def test_activation_bytes_end_of_forward_equals_saved_tensors_hooks_on_real_cpu(
 
 # --- budget headroom and messages ----------------------------------------------------------------------
 
-def test_gpu_budget_leaves_cuda_context_and_allocator_margin():
+def test_gpu_budget_is_the_card_and_the_process_holds_context_plus_reserved():
     from model_expert import gpus
     data = _run_in_process([f"{MODELS}:TinyMLP", "--input", "float32[B=8,64]", "--gpu", "rtx3060-12gb", "--json"])
     card = int(11.76 * 2**30)  # the table's 11.76 GiB
-    assert data["gpu_memory_bytes"] == card
-    assert data["budget_bytes"] == card - 500 * 2**20 - int(0.05 * card)  # context 500 MiB, 5 % margin
-    assert data["budget_bytes"] == gpus.find_gpu("rtx3060").usable_memory_bytes()
+    assert data["gpu_memory_bytes"] == data["budget_bytes"] == card
+    assert data["cuda_context_bytes"] == gpus.CUDA_CONTEXT_BYTES == 650_969_088  # h200.json env.context_bytes
+    assert data["process_peak_bytes"] == data["reserved_peak_bytes"] + data["cuda_context_bytes"]
+    # reserved segments are whole 2 MiB multiples and hold every allocated block
+    assert data["reserved_peak_bytes"] % (2 * 2**20) == 0 and data["reserved_peak_bytes"] >= data["peak_bytes"]
     best, seen = data["max_batch_size"], {int(k): v for k, v in data["batch_estimates"].items()}
-    assert seen[best] <= data["budget_bytes"] < seen[best + 1]
-    assert seen[best + 1] < card  # the raw card would have taken a bigger batch: the margin is in effect
-    assert any(line.startswith("budget on rtx3060-12gb") for line in data["assumptions"])
+    assert seen[best] <= card < seen[best + 1]
+    assert any(line.startswith("budget: ") and "less the CUDA context, never runs out" in line
+               for line in data["assumptions"])
 
 
 def test_budget_bytes_is_raw_and_too_small_budget_names_what_batch_1_needs():

@@ -19,7 +19,7 @@ from model_expert.errors import UserError  # noqa: E402
 from model_expert.gpus import find_gpu  # noqa: E402
 from model_expert.target import import_location  # noqa: E402
 
-# memory.py's budget_bytes for a card: its memory less the CUDA context (500 MiB) and the 5 % allocator margin.
+# recommend's per-sample budget for a card: its memory less the CUDA context and the 5 % allocator margin.
 # RTX 3060: 12,627,203,850 - 524,288,000 - 631,360,192 = 11,471,555,658
 RTX3060 = find_gpu("rtx3060-12gb").usable_memory_bytes()
 # A100 40 GB, the default cluster card: 42,294,690,447 - 524,288,000 - 2,114,734,522 = 39,655,667,925
@@ -86,10 +86,12 @@ def test_transformer_with_measured_memory_and_grads():
     # single GPU: memory.py measured 24 for the 3060's budget; inside the seed's 16-32, so 24.
     assert _value(result, "batch_size", "single_gpu") == 24
     assert _value(result, "grad_accum", "single_gpu") == 11  # ceil(256 / 24) = 11 -> 264
-    # cluster (A100 40 GB): (39,655,667,925 - 216,473,600) // (400,000,000 / 8) = 788 fit; clamped to the seed's 32.
+    # cluster (A100 40 GB): (39,528,986,837 - 216,473,600) // (400,000,000 / 8) = 786 fit; clamped to the seed's 32.
     fit = rec.find(result, "memory_fit", "cluster")
-    assert RTX3060 == 11_471_555_658 and A100 == 39_655_667_925
-    assert fit["value"] == 788 and fit["measured"]["per_sample_bytes"] == 50_000_000
+    # card - 650,969,088 B CUDA context (measured, H200 torch 2.11) - 5 % of the card
+    assert RTX3060 == 12_627_203_850 - 650_969_088 - 631_360_192 == 11_344_874_570
+    assert A100 == 42_294_690_447 - 650_969_088 - 2_114_734_522 == 39_528_986_837
+    assert fit["value"] == 786 and fit["measured"]["per_sample_bytes"] == 50_000_000
     assert _value(result, "batch_size", "cluster") == 32
     assert _value(result, "grad_accum", "cluster") == 2  # ceil(256 / (32 x 4)) = 2
     cluster = next(h for h in result["hardware"] if h["role"] == "cluster")

@@ -480,8 +480,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("flops")
     group.add_argument("--depth", type=int, default=2, help="module tree depth to list (default: 2)")
     group.add_argument("--gpu", metavar="NAME", help="estimate the step time on this card (see gpus.py), e.g. a100, h100")
-    group.add_argument("--mfu", type=float, default=DEFAULT_MFU,
-                       help=f"model-FLOPs utilisation assumed for matmuls, 0 < MFU <= 1 (default: {DEFAULT_MFU}, "
+    group.add_argument("--mfu", type=float, default=None,
+                       help=f"instead of the per-kernel model (the default), a per-phase roofline with this "
+                            f"model-FLOPs utilisation for matmuls, 0 < MFU <= 1 (e.g. {DEFAULT_MFU}, "
                             f"typical of tuned large-model training; see the assumptions in the output)")
     group.add_argument("--allow-tf32", action="store_true",
                        help="with --precision fp32: matmuls at the TF32 tensor-core rate "
@@ -492,7 +493,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _validate(args: argparse.Namespace) -> GpuSpec | None:
     if args.depth < 0:
         raise UserError(f"--depth must be 0 or more, not {args.depth}")
-    if not 0 < args.mfu <= 1:
+    if args.mfu is not None and not 0 < args.mfu <= 1:
         raise UserError(f"--mfu must be in (0, 1], not {args.mfu}; e.g. --mfu 0.4 for 40% of peak")
     if args.allow_tf32 and args.precision != "fp32":
         raise UserError(f"--allow-tf32 applies to --precision fp32 only, not {args.precision}; drop one of them")
@@ -531,9 +532,48 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
     result.update(step_flops(counter, model, args.precision, args.optimizer, args.depth))
     result["batch_size"] = dims.get("B")
     result["tokens_per_batch"] = dims["B"] * dims["T"] if "B" in dims and "T" in dims else None
-    if gpu is not None:
+    if gpu is not None and args.mfu is not None:
         result.update(time_estimate(result, gpu, args.precision, args.mfu, args.allow_tf32))
+    elif gpu is not None:
+        result.update(kernel_time_estimate(result, session, gpu, args))
     return result
+
+
+def kernel_time_estimate(result: dict[str, Any], session: cli.Session, gpu: GpuSpec,
+                         args: argparse.Namespace) -> dict[str, Any]:
+    """The per-kernel step time (kernel_time.py) on a meta copy; the roofline at the default MFU where the step
+    cannot be traced on meta tensors (a data-dependent op), with that said."""
+    from . import kernel_time
+    try:
+        kernels = kernel_time.trace_step(session.model, session.build_inputs(device="meta"), session.loss_fn,
+                                         args.precision, args.optimizer, session.loaded.name, args.allow_tf32)
+    except ModelCallError as error:
+        out = time_estimate(result, gpu, args.precision, DEFAULT_MFU, args.allow_tf32)
+        out["time_model"] = "roofline"
+        out["assumptions"].insert(0, f"the per-kernel model needs the step on meta tensors, which failed "
+                                     f"({str(error).splitlines()[0][:160]}): roofline at MFU {DEFAULT_MFU:g} instead")
+        return out
+    timed = kernel_time.step_time(kernels, gpu)
+    step_seconds = timed["step_seconds"]
+    inference_seconds = timed["phases"]["forward"]["seconds"]
+    batch, tokens = result.get("batch_size"), result.get("tokens_per_batch")
+    return {
+        "time_model": "kernels",
+        "gpu": {"name": gpu.name, "description": gpu.description, "math_dtype": math_dtype(args.precision, args.allow_tf32),
+                "peak_flops_per_s": gpu.peak_for(math_dtype(args.precision, args.allow_tf32)),
+                "memory_bandwidth_bytes_per_s": gpu.memory_bandwidth_bytes_per_s},
+        "mfu": None,
+        "phases": timed["phases"],
+        "estimated_step_seconds": step_seconds,
+        "inference_seconds_per_batch": inference_seconds,
+        "samples_per_second": batch / step_seconds if batch and step_seconds > 0 else None,
+        "tokens_per_second": tokens / step_seconds if tokens and step_seconds > 0 else None,
+        "inference_samples_per_second": batch / inference_seconds if batch and inference_seconds > 0 else None,
+        "inference_tokens_per_second": tokens / inference_seconds if tokens and inference_seconds > 0 else None,
+        "assumptions": kernel_time.describe() + [
+            "inference latency = the forward phase of the training step (train-mode forward; eval mode skips dropout)",
+            "one card, no data-parallel communication, no host-device copies, no data loading"],
+    }
 
 
 def step_flops(counter: StepFlopCounter, model: nn.Module, precision_name: str, optimizer: str,
@@ -618,6 +658,7 @@ def time_estimate(result: dict[str, Any], gpu: GpuSpec, precision_name: str, mfu
     if dtype not in gpu.peak_flops_per_s:
         assumptions.append(f"{gpu.name} has no {dtype} tensor-core rate in gpus.py: its fp32 rate is used")
     out: dict[str, Any] = {
+        "time_model": "roofline",
         "gpu": {"name": gpu.name, "description": gpu.description, "math_dtype": dtype,
                 "peak_flops_per_s": estimate["matmul_peak_flops_per_s"],
                 "memory_bandwidth_bytes_per_s": gpu.memory_bandwidth_bytes_per_s},
@@ -664,15 +705,17 @@ def _summary_rows(data: dict[str, Any]) -> list[list[str]]:
 def _time_rows(data: dict[str, Any]) -> list[list[str]]:
     rows = []
     for phase, p in data["phases"].items():
+        launch = f"{_seconds(p['launch_seconds'])} ({p['launches']:,} launches)" if "launch_seconds" in p else ""
         rows.append([phase, _seconds(p["compute_seconds"]), _seconds(p["memory_seconds"]), _seconds(p["seconds"]),
-                     p["bound"]])
-    rows.append(["step", "", "", _seconds(data["estimated_step_seconds"]), ""])
+                     p["bound"], launch])
+    rows.append(["step", "", "", _seconds(data["estimated_step_seconds"]), "", ""])
     return rows
 
 
 def _throughput_lines(data: dict[str, Any]) -> list[str]:
-    lines = [f"Estimated training step on {data['gpu']['description']} ({data['gpu']['math_dtype']}, MFU "
-             f"{data['mfu']:g}): {_seconds(data['estimated_step_seconds'])}; inference forward "
+    how = f"MFU {data['mfu']:g}" if data.get("mfu") is not None else "per-kernel model"
+    lines = [f"Estimated training step on {data['gpu']['description']} ({data['gpu']['math_dtype']}, {how}): "
+             f"{_seconds(data['estimated_step_seconds'])}; inference forward "
              f"{_seconds(data['inference_seconds_per_batch'])} per batch"]
     if data.get("samples_per_second"):
         lines.append(f"Training: {data['samples_per_second']:,.1f} samples/s"
@@ -712,7 +755,7 @@ def render_table(data: dict[str, Any], args: argparse.Namespace) -> str:
     parts += ["", "Ops not counted (calls; rule)", render.table(_uncounted_rows(data), ["op", "calls", "rule"])]
     if "phases" in data:
         parts += ["", *_throughput_lines(data), "",
-                  render.table(_time_rows(data), ["phase", "compute", "memory", "time", "bound"]), "",
+                  render.table(_time_rows(data), ["phase", "compute", "memory", "time", "bound", "launch floor"]), "",
                   "Assumptions:", *[f"- {a}" for a in data["assumptions"]]]
     return "\n".join(parts)
 
@@ -729,7 +772,7 @@ def render_markdown(data: dict[str, Any], args: argparse.Namespace) -> str:
         parts += ["", "**Not counted, no formula:** " + ", ".join(f"`{op}` x{n}" for op, n in data["unsupported_ops"].items())]
     if "phases" in data:
         parts += ["", *_throughput_lines(data), "",
-                  render.markdown_table(_time_rows(data), ["phase", "compute", "memory", "time", "bound"]), "",
+                  render.markdown_table(_time_rows(data), ["phase", "compute", "memory", "time", "bound", "launch floor"]), "",
                   "Assumptions:", "", *[f"- {a}" for a in data["assumptions"]]]
     return "\n".join(parts)
 

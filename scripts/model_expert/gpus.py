@@ -17,15 +17,18 @@ GiB = 2**30
 MiB = 2**20
 TERA = 1e12
 
-# What a training run cannot use of the card, on top of what torch.cuda.max_memory_allocated() counts:
-# - the CUDA context (driver state, PyTorch's and cuBLAS's kernel images, handles), created before any
-#   tensor and invisible to the caching allocator: about 500 MiB on recent (CUDA 12) drivers with lazy
-#   module loading (CUDA_MODULE_LOADING=LAZY, the default since CUDA 11.7). An assumption: it is ~300 MiB
-#   to ~1 GiB depending on card, driver and libraries loaded; check with nvidia-smi after torch.cuda.init().
-CUDA_CONTEXT_BYTES = 500 * MiB
-# - the caching allocator's reserve: it holds whole segments (2 MiB small-pool segments, large blocks
-#   rounded to 2 MiB) and fragments, so memory_reserved() runs ahead of memory_allocated(). A rule-of-thumb
-#   margin of this fraction of the card is kept free; an assumption, not measured per model.
+# What a training run cannot use of the card, on top of what the caching allocator reserves:
+# the CUDA context (driver state, PyTorch's, cuBLAS's and cuDNN's kernel images, handles), created before any
+# tensor and invisible to the caching allocator. Measured, not assumed: 650,969,088 B on an NVIDIA H200 with
+# torch 2.11.0+cu130 once cuBLAS and cuDNN had run (../shared/gpu_measurements/h200.json, env.context_bytes;
+# bench/gpu_session.sh prints it on any card it runs on). Other cards, drivers and torch builds differ by tens
+# of MiB; no other card has been measured, so this figure stands for all of them.
+CUDA_CONTEXT_BYTES = 650_969_088
+CUDA_CONTEXT_SOURCE = ("measured on an NVIDIA H200, torch 2.11.0+cu130, after cuBLAS and cuDNN started "
+                       "(../shared/gpu_measurements/h200.json env.context_bytes)")
+# Only for rules that see allocated bytes but not the allocator (recommend.py's per-sample fallback): the
+# caching allocator's reserve runs ahead of memory_allocated() (segments, fragmentation); the H200 measurements
+# show reserved / allocated = 1.02 to 1.21. memory.py replays the allocator itself (memory/cuda_allocator.py).
 ALLOCATOR_RESERVE_FRACTION = 0.05
 
 
@@ -83,8 +86,8 @@ _BY_ALIAS = {alias: spec for spec in GPUS.values() for alias in (spec.name, *spe
 def usable_memory_assumption(spec: GpuSpec) -> str:
     """The budget rule behind usable_memory_bytes(), in words."""
     return (f"budget on {spec.name}: {spec.memory_bytes:,} B card memory - {CUDA_CONTEXT_BYTES:,} B CUDA context "
-            f"(assumed ~500 MiB, recent drivers, lazy module loading) - {ALLOCATOR_RESERVE_FRACTION:.0%} allocator "
-            f"reserve/fragmentation margin = {spec.usable_memory_bytes():,} B for allocated tensors")
+            f"({CUDA_CONTEXT_SOURCE}) - {ALLOCATOR_RESERVE_FRACTION:.0%} allocator reserve/fragmentation margin = "
+            f"{spec.usable_memory_bytes():,} B for allocated tensors")
 
 
 def gpu_names() -> list[str]:

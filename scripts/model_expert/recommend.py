@@ -221,9 +221,10 @@ def _memory_fit(ctx: Context) -> Decision:
         matches_gpu = memory.get("budget_bytes") == budget or _gpu_name(memory.get("gpu")) == role.gpu.name
         if matches_gpu and isinstance(memory.get("max_batch_size"), int):
             fits = memory["max_batch_size"]
+            used = memory.get("budget_bytes") or budget  # memory.py's own budget (on CUDA: the whole card)
             return Decision(fits, f"{fits} (measured by memory.py for {role.gpu.name})",
-                            {"max_batch_size": fits, "budget_bytes": budget},
-                            f"memory.py's largest batch whose training step fits {render.human_bytes(budget)}")
+                            {"max_batch_size": fits, "budget_bytes": used},
+                            f"memory.py's largest batch whose training step fits {render.human_bytes(used)}")
     for memory in role.memory:
         breakdown, batch = memory.get("breakdown"), memory.get("batch_size")
         if isinstance(breakdown, dict) and isinstance(batch, int) and batch > 0:

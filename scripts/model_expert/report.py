@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--l1-regularization", action="store_true",
                        help="passed to recommend: the loss has an L1 term (detected from l1_* attributes otherwise)")
     group.add_argument("--samples-per-epoch", type=int, default=None, metavar="N",
-                       help="dataset size: adds the estimated time per epoch (steps x the roofline step time)")
+                       help="dataset size: adds the estimated time per epoch (steps x the estimated step time)")
     group.add_argument("--global-batch", type=int, default=None, help="passed to recommend: target global batch")
     cli.add_output_arguments(parser, markdown=False)
 

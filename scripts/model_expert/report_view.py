@@ -282,8 +282,9 @@ def _performance(evidence: dict[str, Any], derived: dict[str, Any]) -> list[str]
         lines.append(f"**Training memory**: {NOT_MEASURED} ({evidence.get('not_measured', {}).get('memory', '')})")
     gpu = _get(flops, "gpu", "description") if flops else None
     if flops and flops.get("estimated_step_seconds") is not None:
-        lines.append(f"**Estimated training step**: {render.seconds(flops['estimated_step_seconds'])} on {gpu} "
-                     f"(roofline, MFU {flops.get('mfu')})")
+        how = (f"roofline, MFU {flops.get('mfu')}" if flops.get("mfu") is not None
+               else "per-kernel model: compute, bandwidth or launch floor per kernel")
+        lines.append(f"**Estimated training step**: {render.seconds(flops['estimated_step_seconds'])} on {gpu} ({how})")
     else:
         lines.append(f"**Estimated training step**: {NOT_MEASURED}")
     if "epoch_seconds" in derived:

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from .. import cli, render
-from ..gpus import find_gpu, usable_memory_assumption
+from ..gpus import CUDA_CONTEXT_BYTES, CUDA_CONTEXT_SOURCE, find_gpu, usable_memory_assumption
 from ..inputs import BATCH_DIM_NAME
 from .estimate import EstimateOptions, estimate_memory
 from .search import largest_batch
@@ -21,10 +21,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("memory")
     group.add_argument("--gradient-checkpointing", action="store_true",
                        help="call the model's own gradient_checkpointing_enable() (on a copy) first")
-    group.add_argument("--gpu", metavar="NAME", help="budget = this card's memory less the CUDA context and an allocator "
-                                                     "margin (e.g. a100-80gb, h100, rtx4090)")
+    group.add_argument("--gpu", metavar="NAME", help="budget = this card's memory (e.g. a100-80gb, h100, rtx4090); on "
+                                                     "the CUDA target the CUDA context and the caching allocator's "
+                                                     "reserve are counted against it")
     group.add_argument("--budget-bytes", type=int, metavar="N",
-                       help="budget in bytes for allocated tensors, taken as given (overrides --gpu's budget)")
+                       help="the GPU memory the process may hold, in bytes (overrides --gpu's budget); on the CUDA "
+                            "target it must hold the CUDA context and the allocator's reserved segments, on the CPU "
+                            "target the allocated bytes")
     group.add_argument("--world-size", type=int, metavar="N", help="data-parallel GPUs: per-GPU memory and traffic")
     group.add_argument("--strategy", choices=tuple(STRATEGIES), help="with --world-size (default: ddp)")
     group.add_argument("--shard-modules", metavar="CLASS,...",
@@ -60,10 +63,20 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
     session = cli.open_session(args)
     name = session.loaded.name
 
+    cuda_process = args.target_device == "cuda"
+    if args.budget_bytes is not None:
+        budget = args.budget_bytes
+    elif gpu is not None:
+        budget = gpu.memory_bytes if cuda_process else gpu.usable_memory_bytes()
+    else:
+        budget = None
+    # One CUDA process under the budget: its caching allocator may reserve what the context leaves.
+    capacity = budget - CUDA_CONTEXT_BYTES if budget is not None and cuda_process and args.world_size is None else None
+
     def options(inference: bool = True) -> EstimateOptions:
         return EstimateOptions(optimizer=args.optimizer, precision=args.precision, target_device=args.target_device,
                                gpu_name=gpu.name if gpu else None, gradient_checkpointing=args.gradient_checkpointing,
-                               inference=inference)
+                               inference=inference, allocator_capacity_bytes=capacity)
 
     def build(batch: int | None):
         extra = {BATCH_DIM_NAME: batch} if batch is not None else None
@@ -83,6 +96,12 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
         "attention_kernels": estimate.sdpa_backends, "assumptions": list(estimate.assumptions),
         "unmodelled_buffers": list(estimate.unmodelled_buffers),
     }
+    if estimate.reserved_peak_bytes is not None:
+        data["reserved_peak_bytes"] = estimate.reserved_peak_bytes
+        data["cuda_context_bytes"] = CUDA_CONTEXT_BYTES
+        data["process_peak_bytes"] = estimate.reserved_peak_bytes + CUDA_CONTEXT_BYTES
+        data["assumptions"].append(RESERVED_HOW + f"; the CUDA context, {CUDA_CONTEXT_BYTES:,} B, is "
+                                   f"{CUDA_CONTEXT_SOURCE}")
 
     strategy = args.strategy or "ddp"
     shard_classes = tuple(c.strip() for c in args.shard_modules.split(",") if c.strip()) \
@@ -113,23 +132,47 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
                 data[key] = what_if[key]
         data["assumptions"].extend(what_if["assumptions"])
 
-    budget = args.budget_bytes if args.budget_bytes is not None else (gpu.usable_memory_bytes() if gpu else None)
+    def process_bytes(result, per_gpu_peak_bytes: int | None = None) -> int:
+        """What the process holds at the step's peak: on CUDA the allocator's reserved segments (the per-GPU
+        allocated peak scaled by this run's reserved / allocated, with --world-size) + the CUDA context. Under a
+        budget it is at most the budget exactly when the allocator, capped there, never runs out (it frees its
+        cached segments and retries first, as a capped process does): the uncapped figure is clamped to that."""
+        allocated = per_gpu_peak_bytes if per_gpu_peak_bytes is not None else result.peak_bytes
+        if not cuda_process:
+            return allocated
+        reserved = result.reserved_peak_bytes
+        if per_gpu_peak_bytes is not None:
+            reserved = -(-per_gpu_peak_bytes * result.reserved_peak_bytes // result.peak_bytes)
+        held = reserved + CUDA_CONTEXT_BYTES
+        if result.fits_allocator_capacity is None:
+            return held
+        return min(held, budget) if result.fits_allocator_capacity else max(held, budget + 1)
+
     if gpu is not None:
         data["gpu_memory_bytes"] = gpu.memory_bytes
     if budget is not None:
-        needed = data.get("per_gpu_peak_bytes", estimate.peak_bytes)
+        needed = process_bytes(estimate, data.get("per_gpu_peak_bytes"))
         data.update({"budget_bytes": budget, "gpu": gpu.name if gpu else None, "fits": needed <= budget})
-        data["assumptions"].append(f"budget: {budget:,} B as given by --budget-bytes (no margin taken off)"
-                                   if args.budget_bytes is not None else usable_memory_assumption(gpu))
+        if cuda_process:
+            source = "--budget-bytes" if args.budget_bytes is not None else f"{gpu.name} card memory"
+            data["assumptions"].append(f"budget: {budget:,} B the process may hold ({source}); a batch fits when "
+                                       f"the caching allocator, allowed the budget less the CUDA context, never runs "
+                                       f"out: its reserved peak fits, or it does once its cached free segments are "
+                                       f"released, as the real allocator does before reporting out of memory")
+        else:
+            data["assumptions"].append(f"budget: {budget:,} B as given by --budget-bytes (no margin taken off)"
+                                       if args.budget_bytes is not None else usable_memory_assumption(gpu))
         if session.input_source.batch_dim_name is None:
             data["max_batch_size"] = None
             data["max_batch_size_note"] = ("the batch cannot be resized: name the batch dim B in --input "
                                            "(float32[B=32,...]) or give the --inputs factory a batch_size keyword")
         else:
             def cost(batch: int) -> int:
-                if args.world_size is not None:
-                    return per_rank(batch)["per_gpu_peak_bytes"]
-                return estimate_memory(session.model, build(batch), session.loss_fn, options(False), name).peak_bytes
+                per_gpu_peak = per_rank(batch)["per_gpu_peak_bytes"] if args.world_size is not None else None
+                if per_gpu_peak is not None and not cuda_process:
+                    return per_gpu_peak
+                return process_bytes(estimate_memory(session.model, build(batch), session.loss_fn, options(False), name),
+                                     per_gpu_peak)
             best, seen = largest_batch(cost, budget)
             data["max_batch_size"] = best
             data["batch_estimates"] = {str(k): v for k, v in sorted(seen.items())}
@@ -148,6 +191,11 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
         data["assumptions"].append(MEASURED_HOW[args.target_device])
     return data
 
+
+RESERVED_HOW = ("reserved: the step's allocations and frees (a full warm-up step, then the steady step) replayed "
+                "through PyTorch's CUDA caching allocator as c10/cuda/CUDACachingAllocator.cpp defines it (512 B "
+                "blocks; requests <= 1 MiB from 2 MiB segments, < 10 MiB from 20 MiB segments, larger ones rounded "
+                "to 2 MiB; best-fit reuse, splitting and merging of cached blocks): memory/cuda_allocator.py")
 
 MEASURED_HOW = {
     "cuda": "measured: torch.cuda.max_memory_allocated() of the steady step (after warm-up steps until the "
@@ -198,6 +246,10 @@ def _rows(data: dict[str, Any]) -> list[list[str]]:
         if data["target_device"] == "cpu":
             label = label.replace(", rounded to allocator blocks", "")
         rows.append([f"  {label}", b(value)])
+    if "reserved_peak_bytes" in data:
+        rows.append(["Reserved by the caching allocator at its peak", b(data["reserved_peak_bytes"])])
+        rows.append(["  + CUDA context (measured)", b(data["cuda_context_bytes"])])
+        rows.append(["  = GPU memory the process holds", b(data["process_peak_bytes"])])
     rows.append(["Saved for backward at end of forward", b(data["activation_bytes_end_of_forward"])])
     rows.append(["Inference peak (eval, no grad)", b(data["inference_peak_bytes"])])
     if "measured_peak_bytes" in data:
@@ -217,7 +269,9 @@ def _rows(data: dict[str, Any]) -> list[list[str]]:
     if "budget_bytes" in data:
         if "gpu_memory_bytes" in data and data.get("gpu"):
             rows.append([f"GPU memory ({data['gpu']})", b(data["gpu_memory_bytes"])])
-        rows.append(["Budget" + (" (less CUDA context and allocator margin)" if data.get("gpu") else ""),
+        cuda_target = data["target_device"] == "cuda"
+        rows.append(["Budget" + (" (the process: context + reserved)" if cuda_target else
+                                 " (less CUDA context and allocator margin)" if data.get("gpu") else ""),
                      b(data["budget_bytes"])])
         rows.append(["Fits", "yes" if data["fits"] else "no"])
         rows.append(["Largest batch that fits", _largest_batch_text(data, b)])

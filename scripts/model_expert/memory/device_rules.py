@@ -5,7 +5,9 @@
   O(L) logsumexp per head; the math path saves the O(L x S) probabilities),
 - torch.autocast (emulated above autograd, so the casts and their weight cache are recorded; which
   function runs in which precision on the target is asked of torch: autocast_policy.py),
-- cuBLAS workspaces (one per thread that runs matmuls: the forward thread and autograd's).
+- cuBLAS workspaces (one per thread that runs matmuls: the forward thread and autograd's),
+- CUDA-only kernels: training-mode dropout runs the fused native_dropout (a bool mask saved, not a noise
+  tensor of the input's dtype), nn.LSTM runs cuDNN with its reserve space (cuda_lstm.py).
 Each rule is one entry of one table; `assumptions()` states them in words.
 """
 
@@ -19,7 +21,7 @@ from typing import Any, Callable
 import torch
 from torch.overrides import TorchFunctionMode
 
-from . import autocast_policy, cpu_conv, cpu_lstm
+from . import autocast_policy, cpu_conv, cpu_lstm, cuda_lstm
 
 MiB = 2**20
 
@@ -186,6 +188,47 @@ def run_sdpa(backend: str, original: Callable, args, kwargs) -> torch.Tensor:
 SDPA_BACKEND_CHOOSERS: dict[str, Callable[..., str]] = {"cuda": cuda_sdpa_backend, "cpu": cpu_sdpa_backend}
 
 
+# --- dropout -----------------------------------------------------------------------------------------
+def fused_dropout_arguments(func: Callable, args, kwargs) -> tuple[torch.Tensor, float] | None:
+    """(input, p) when torch.dropout / F.dropout would run the fused native_dropout on CUDA, else None.
+
+    aten/src/ATen/native/Dropout.cpp: dropout(input, p, train) takes native_dropout when train and
+    is_fused_kernel_acceptable (a CUDA input, 0 < p < 1, numel > 0); in-place dropout_ and the feature
+    variants keep the composite path (bernoulli_ into a noise tensor of the input's dtype, saved by the
+    multiply). native_dropout returns (output, mask) with a bool mask, and its backward saves only the mask
+    (tools/autograd/derivatives.yaml: native_dropout_backward(grad, result1, scale))."""
+    names = ("input", "p", "training", "inplace") if isinstance(func, types.FunctionType) else ("input", "p", "train")
+    bound = {"p": 0.5, "training": True, "inplace": False}
+    bound.update(zip(names, args))
+    bound.update(kwargs)
+    train = bound.get("training", bound.get("train"))
+    input_, p = bound.get("input"), bound["p"]
+    if not isinstance(input_, torch.Tensor) or not input_.is_floating_point() or bound["inplace"] or not train:
+        return None
+    if not 0 < float(p) < 1 or input_.numel() == 0:
+        return None
+    return input_, float(p)
+
+
+# --- linear -------------------------------------------------------------------------------------------
+def _linear_arguments(args, kwargs):
+    bound = {"bias": None}
+    bound.update(zip(("input", "weight", "bias"), args))
+    bound.update(kwargs)
+    return bound.get("input"), bound.get("weight"), bound["bias"]
+
+
+def _adds_bias_in_place(args, kwargs) -> bool:
+    """at::linear (aten/src/ATen/native/Linear.cpp) on an input that is neither 2-D nor contiguous computes
+    matmul(input, weight.t()) and then output.add_(bias) in place; under any dispatch mode (this estimate's
+    tracker) isTensorSubclassLike() is true and it takes out-of-place at::add instead, a second output-sized
+    tensor a real device never allocates. Replayed here as the device runs it."""
+    input_, weight, bias = _linear_arguments(args, kwargs)
+    if not all(isinstance(t, torch.Tensor) for t in (input_, weight, bias)):
+        return False
+    return input_.dim() != 2 and not input_.is_contiguous() and bias.dim() == 1 and input_.dtype == bias.dtype
+
+
 @dataclass
 class TargetFunctionMode(TorchFunctionMode):
     """Above autograd: autocast emulation and the target's attention kernel, for meta tensors."""
@@ -197,13 +240,17 @@ class TargetFunctionMode(TorchFunctionMode):
     autocast_enabled: bool = False
     sdpa_backends_used: dict[str, int] = field(default_factory=dict)
     checkpoint_calls: int = 0  # torch.utils.checkpoint calls seen while recompute_in_backward() is active
-    memory_kernels: bool = True  # on the CPU target, replay what oneDNN's LSTM/conv allocate (memory, not FLOPs)
+    memory_kernels: bool = True  # replay library kernels (oneDNN LSTM/conv on CPU, cuDNN LSTM on CUDA); off for FLOPs
     cpu_lstm_calls: int = 0  # nn.LSTM calls replayed as the CPU's oneDNN kernels
     cpu_conv_calls: int = 0  # convolutions with the CPU kernel's own transient bytes
+    fused_dropout_calls: int = 0  # dropout calls run as CUDA's native_dropout (bool mask)
+    cudnn_lstm_calls: int = 0  # nn.LSTM calls replayed as cuDNN's RNN kernels
+    kernel_sink: Callable | None = None  # told the kernels a replayed library call runs (kernel_time.py)
 
     def __post_init__(self):
         super().__init__()
         self.replays_cpu_kernels = self.memory_kernels and self.target_device == "cpu"
+        self.replays_cuda_kernels = self.target_device == "cuda"
         self._clones: dict[Any, Callable] = {}
         self.autocast_rules: dict[str, str] = {}
         if self.autocast_dtype is not None:
@@ -229,9 +276,20 @@ class TargetFunctionMode(TorchFunctionMode):
         if name == "lstm" and self.replays_cpu_kernels and cpu_lstm.applies(args, kwargs):
             self.cpu_lstm_calls += 1
             return cpu_lstm.run(args)
+        if self.replays_cuda_kernels and name == "dropout":
+            fused = fused_dropout_arguments(func, args, kwargs)
+            if fused is not None:
+                self.fused_dropout_calls += 1
+                return torch.native_dropout(fused[0], fused[1], True)[0]
+        if name == "lstm" and self.replays_cuda_kernels and self.memory_kernels and cuda_lstm.applies(args, kwargs):
+            self.cudnn_lstm_calls += 1
+            return cuda_lstm.run(args, self.kernel_sink)
         if self.replays_cpu_kernels and cpu_conv.applies(name, args, kwargs):
             self.cpu_conv_calls += 1
             return cpu_conv.run(name, func, args, kwargs)
+        if name == "linear" and _adds_bias_in_place(args, kwargs):
+            input_, weight, bias = _linear_arguments(args, kwargs)
+            return torch.matmul(input_, weight.t()).add_(bias)
         if name in _REENTER_FUNCTIONS and isinstance(func, types.FunctionType):
             with self:  # see the body's own ops (its linear, bmm, softmax)
                 return self._unguarded(func)(*args, **kwargs)

@@ -14,7 +14,7 @@ from torch import nn
 from ..errors import UserError
 from ..guard import preserved
 from ..inputs import ModelInputs
-from . import cpu_conv, cpu_lstm, device_rules
+from . import cpu_conv, cpu_lstm, cuda_allocator, cuda_lstm, device_rules
 from .optimizer_state import OPTIMIZER_RULES, build_optimizer, parameter_bytes, state_tensors, unique_trainable
 from .step import PRECISIONS, MetaGradScaler, cast_inputs, inference_step, training_step
 from .tracker import AllocationTracker
@@ -40,6 +40,9 @@ class EstimateOptions:
     gradient_checkpointing: bool = False
     sdpa_backend: str | None = None  # force one attention kernel (what-ifs, tests)
     inference: bool = True
+    # CUDA target: also replay the step through an allocator that may reserve at most this many bytes (a
+    # capped process: it frees its cached segments and retries before running out), see fits_allocator_capacity
+    allocator_capacity_bytes: int | None = None
 
 
 @dataclass
@@ -60,6 +63,11 @@ class MemoryEstimate:
     cpu_standin_ops: dict[str, int] = field(default_factory=dict)
     # Memory the estimate knows it does not see (library kernels' own buffers), each with its measured size.
     unmodelled_buffers: list[str] = field(default_factory=list)
+    # CUDA target: what the caching allocator reserves (segments) over setup + warm-up + steady step, from the
+    # tracker's allocations and frees replayed through cuda_allocator.py; None on the CPU target.
+    reserved_peak_bytes: int | None = None
+    # With options.allocator_capacity_bytes: whether the capped replay ran without running out of memory.
+    fits_allocator_capacity: bool | None = None
 
 
 def meta_copy(model: nn.Module) -> nn.Module:
@@ -120,11 +128,17 @@ class _Workspaces:
                 block = torch.empty(nbytes, dtype=torch.uint8, device="meta")
                 tracker.register(block, "workspace")
                 self.blocks.append(block)
+        self.keys = {thread: block.untyped_storage()._cdata for thread, block in zip(threads, self.blocks)}
 
     def on_op(self, func, outputs) -> None:
         name = func.overloadpacket.__name__ if hasattr(func, "overloadpacket") else ""
         if name in device_rules.CUBLAS_OPS:
             self.used.add("autograd" if self.tracker.phase == "backward" else "main")
+
+    def without_unused(self, events: list[tuple[int, int | None]]) -> list[tuple[int, int | None]]:
+        """EVENTS less the allocation of a workspace no matmul used (torch creates it on the first use)."""
+        unused = {key for thread, key in self.keys.items() if thread not in self.used}
+        return [event for event in events if event[0] not in unused]  # a workspace lives as long as the step
 
     def unused_bytes(self) -> int:
         return sum(self.tracker.block_bytes(self.nbytes) for thread in self.threads if thread not in self.used) \
@@ -166,6 +180,8 @@ def estimate_memory(model: nn.Module, build_inputs: Callable[[str], ModelInputs]
 
     workspace_bytes = device_rules.cublas_workspace_bytes(options.gpu_name) if target == "cuda" else 0
     tracker = AllocationTracker(BLOCK_RULES[target], devices=("meta",))
+    if target == "cuda":
+        tracker.events = []
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         tracker.relabel(tensor, "activations")
@@ -180,10 +196,16 @@ def estimate_memory(model: nn.Module, build_inputs: Callable[[str], ModelInputs]
             tracker.on_op = workspaces.on_op
             optimizer = build_optimizer(options.optimizer, trainable, FOREACH_BY_TARGET[target])
             scaler = MetaGradScaler() if precision.grad_scaler else None
-            if optimizer is not None:  # step 1, as far as memory goes: grads exist, state gets created
+            if target == "cuda":  # step 1 in full: the caching allocator's segments are laid out by it
+                training_step(work, inputs, loss_fn, optimizer, function_mode.autocast, scaler, model_name=model_name)
+                function_mode.sdpa_backends_used.clear()  # the assumptions count the steady step's calls
+                function_mode.fused_dropout_calls = function_mode.cudnn_lstm_calls = 0
+                function_mode.checkpoint_calls = 0
+            elif optimizer is not None:  # step 1, as far as memory goes: grads exist, state gets created
                 for parameter in trainable:
                     parameter.grad = torch.zeros_like(parameter)
                 optimizer.step()
+            if optimizer is not None:
                 for tensor in state_tensors(optimizer):
                     tracker.relabel(tensor, "optimizer_state")
             tracker.reset_peak()
@@ -199,6 +221,14 @@ def estimate_memory(model: nn.Module, build_inputs: Callable[[str], ModelInputs]
             if not loss.requires_grad and loss.grad_fn is None and all(p.grad is None for p in trainable):
                 raise UserError("the loss does not reach any trainable parameter; check requires_grad and --loss")
         peak_bytes, detail = _without_unused_workspace(tracker, workspaces)
+        reserved_peak = fits_capacity = None
+        if tracker.events is not None:
+            events = workspaces.without_unused(tracker.events)
+            reserved_peak = cuda_allocator.replay(events).peak_reserved_bytes
+            if options.allocator_capacity_bytes is not None:
+                fits_capacity = reserved_peak <= options.allocator_capacity_bytes or not cuda_allocator.replay(
+                    events, options.allocator_capacity_bytes).out_of_memory
+            tracker.events = None
         peak_phase = tracker.peak_phase
         training_tracker = tracker
         backends = dict(function_mode.sdpa_backends_used)
@@ -224,7 +254,8 @@ def estimate_memory(model: nn.Module, build_inputs: Callable[[str], ModelInputs]
         trainable_param_bytes=parameter_bytes(trainable), activation_bytes_end_of_forward=activations_end,
         sdpa_backends=backends,
         data_dependent_reads=sum(training_tracker.data_dependent_reads.values()),
-        cpu_standin_ops=dict(training_tracker.cpu_standin_ops), unmodelled_buffers=unmodelled)
+        cpu_standin_ops=dict(training_tracker.cpu_standin_ops), unmodelled_buffers=unmodelled,
+        reserved_peak_bytes=reserved_peak, fits_allocator_capacity=fits_capacity)
 
 
 def _estimate_inference(work: nn.Module, inputs: ModelInputs, options: EstimateOptions, precision, workspace_bytes: int,
@@ -248,7 +279,9 @@ def _library_kernel_modules(model: nn.Module) -> set[str]:
     """Which module kinds run vendor-library kernels whose own buffers the estimate does not see."""
     kinds = set()
     for module in model.modules():
-        if isinstance(module, nn.RNNBase):
+        if isinstance(module, nn.LSTM) and not module.proj_size:
+            kinds.add("lstm")
+        elif isinstance(module, nn.RNNBase):
             kinds.add("rnn")
         elif isinstance(module, nn.modules.conv._ConvNd):
             kinds.add("conv")
@@ -256,7 +289,7 @@ def _library_kernel_modules(model: nn.Module) -> set[str]:
 
 
 # What the library kernels' own buffers cost where they were measured (bench/results_cpu.md, CPU allocator).
-RNN_BUFFER_NOTE = ("nn.LSTM/GRU/RNN on CUDA run cuDNN, whose training reserve is not modelled (PyTorch's own meta "
+RNN_BUFFER_NOTE = ("nn.GRU/RNN (and LSTM with proj_size) on CUDA run cuDNN, whose training reserve is not modelled (PyTorch's own meta "
                    "kernel reports it as 0 bytes), so expect an UNDER-estimate: on the CPU target, where oneDNN's "
                    "workspace is modelled, leaving it out had put a 2-layer LSTM(256->512), batch 32 x 128 steps, at "
                    "2.26x below its measured peak")
@@ -286,6 +319,8 @@ def describe_assumptions(options: EstimateOptions, precision, tracker: Allocatio
     checkpoint_calls = function_mode.checkpoint_calls if function_mode else 0
     cpu_lstm_calls = function_mode.cpu_lstm_calls if function_mode else 0
     cpu_conv_calls = function_mode.cpu_conv_calls if function_mode else 0
+    fused_dropout_calls = function_mode.fused_dropout_calls if function_mode else 0
+    cudnn_lstm_calls = function_mode.cudnn_lstm_calls if function_mode else 0
     lines = [
         "steady step: the 2nd training step (optimizer state already exists); zero_grad(set_to_none=True), "
         "forward + loss, backward, optimizer step; the output stays alive until the step ends",
@@ -317,6 +352,11 @@ def describe_assumptions(options: EstimateOptions, precision, tracker: Allocatio
                      "backward is traced")
     if cpu_lstm_calls:
         lines.append(f"{cpu_lstm.describe()} ({cpu_lstm_calls} LSTM call(s) traced over the warm-up and steady steps)")
+    if fused_dropout_calls:
+        lines.append(f"dropout on CUDA: the fused native_dropout kernel, which saves a bool mask (1 byte per element) "
+                     f"for backward, not a noise tensor of the input's dtype ({fused_dropout_calls} call(s) traced)")
+    if cudnn_lstm_calls:
+        lines.append(f"{cuda_lstm.describe()} ({cudnn_lstm_calls} LSTM call(s) traced)")
     if cpu_conv_calls:
         lines.append(f"{cpu_conv.describe()} ({cpu_conv_calls} convolution call(s) traced)")
     if checkpoint_calls:

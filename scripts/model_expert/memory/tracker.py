@@ -77,6 +77,9 @@ class AllocationTracker(TorchDispatchMode):
         self._peak_dirty = False
         self.data_dependent_reads: Counter[str] = Counter()
         self.cpu_standin_ops: Counter[str] = Counter()
+        # (storage key, requested bytes) per allocation and (key, None) per free, in order, when a list is given:
+        # what the CUDA target replays through its caching allocator (cuda_allocator.py).
+        self.events: list[tuple[int, int | None]] | None = None
 
     # --- storages -------------------------------------------------------------------------------
     def register(self, tensor: torch.Tensor, category: str) -> None:
@@ -91,6 +94,8 @@ class AllocationTracker(TorchDispatchMode):
                 record.category = category
             return
         nbytes = self.block_bytes(storage.nbytes())
+        if self.events is not None:
+            self.events.append((key, storage.nbytes()))
         self.live[key] = StorageRecord(nbytes=nbytes, category=category, phase=self.phase)
         self._refs[key] = weakref.ref(storage, lambda _ref, key=key: self._freed(key))
         self.current_bytes += nbytes
@@ -112,6 +117,8 @@ class AllocationTracker(TorchDispatchMode):
             self._peak_dirty = False
         del self.live[key]
         self._refs.pop(key, None)
+        if self.events is not None:
+            self.events.append((key, None))
         self.current_bytes -= record.nbytes
 
     def reset_peak(self) -> None:
