@@ -36,6 +36,7 @@ from torch.autograd.function import Function
 
 from . import cli, render
 from .errors import UserError
+from .target import NoInputsError
 from .guard import preserved
 from .inputs import DTYPE_NAMES, ModelInputs
 from .runner import ModelCallError, call_model, shape_text
@@ -1245,21 +1246,19 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError(f"--follow-depth must be 0 or more, not {args.follow_depth}")
     inputs = None
     no_inputs_reason = None
-    if args.static_only or not (args.input or args.inputs):
+    if args.static_only:
         loaded = cli.load_model(args.target, kwargs=cli.parse_kwargs_json(args.kwargs), config=args.config,
                                 checkpoint=args.checkpoint, device=args.device)
-        if not args.static_only:
-            try:
-                source = cli.default_input_source(loaded)
-            except UserError as error:
-                no_inputs_reason = f"no inputs ({error})"
-            else:
-                session = cli.Session(loaded=loaded, input_source=source, dim_overrides=cli.parse_dim_overrides(args))
-                inputs = session.build_inputs()
     else:
-        session = cli.open_session(args)
-        loaded = session.loaded
-        inputs = session.build_inputs()
+        try:
+            session = cli.open_session(args)
+        except NoInputsError as error:  # the runtime checks are skipped, and the review says why
+            loaded = cli.load_model(args.target, kwargs=cli.parse_kwargs_json(args.kwargs), config=args.config,
+                                    checkpoint=args.checkpoint, device=args.device)
+            no_inputs_reason = f"no inputs ({error})"
+        else:
+            loaded = session.loaded
+            inputs = session.build_inputs()
     data = lint_model(loaded.module, inputs, model_name=loaded.name, scan_libraries=args.scan_libraries,
                       follow_depth=args.follow_depth, no_inputs_reason=no_inputs_reason,
                       run_forward=not args.static_only)
