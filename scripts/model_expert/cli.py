@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import logging
 import os
+import shlex
 import warnings
 import sys
 import traceback
@@ -18,7 +19,7 @@ from .cli_base import OneLineArgumentParser, json_safe, to_json, write_atomicall
 from .errors import UserError  # noqa: F401  (re-exported for capabilities)
 from .inputs import InputSource, ModelInputs, SpecInputs, FactoryInputs
 from .model_copy import copy_model, lazy_modules, materialise_lazy
-from .runner import LossFunction
+from .runner import LossFunction, default_losses_used, loss_description
 from .target import DEVICES, LoadedModel, default_input_source, load_function, load_model, parse_kwargs_json
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "sgd-momentum", "none")
@@ -189,19 +190,34 @@ def quiet_libraries(enabled: bool):
         hf_logger.setLevel(level)
 
 
+def _with_loss_line(text: str, loss: str | None) -> str:
+    """The loss that was backpropagated, under the title line of every script that ran one."""
+    if not loss:
+        return text
+    title, _, rest = text.partition("\n")
+    return f"{title}\nLoss: {loss}\n{rest}"
+
+
 def main(capability: Capability, argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = capability.parser(prog)
     args = parser.parse_args(argv)
+    # The command as the user typed it, for "Reproduce with": `model-expert NAME` once installed.
+    args.command_line = " ".join([prog or f"python scripts/{capability.name}.py",
+                                  *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
     debug = getattr(args, "debug", False)
     try:
+        default_losses_used.clear()
         with quiet_libraries(not debug):
             data = {"schema": capability.schema, **capability.analyse(args)}
+        loss = loss_description(getattr(args, "loss", None)) if hasattr(args, "loss") else None
+        if loss:
+            data.setdefault("loss", loss)
         if getattr(args, "json", False):
             text = to_json(data)
         elif getattr(args, "markdown", False) and capability.render_markdown is not None:
-            text = capability.render_markdown(data, args)
+            text = _with_loss_line(capability.render_markdown(data, args), data.get("loss"))
         else:
-            text = capability.render_table(data, args)
+            text = _with_loss_line(capability.render_table(data, args), data.get("loss"))
     except UserError as error:
         if debug:
             traceback.print_exc()

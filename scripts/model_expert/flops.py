@@ -526,7 +526,7 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
         raise
 
     dims = _known_dims(session)
-    result: dict[str, Any] = {"target": args.target, "model": session.loaded.name, "device": args.device,
+    result: dict[str, Any] = {"target": args.target, "model": type(session.model).__name__, "device": args.device,
                               "inputs": inputs.describe()}
     result.update(step_flops(counter, model, args.precision, args.optimizer, args.depth))
     result["batch_size"] = dims.get("B")
@@ -682,7 +682,7 @@ def _throughput_lines(data: dict[str, Any]) -> list[str]:
 
 def _module_rows(data: dict[str, Any]) -> list[list[str]]:
     total = data["step_flops"]
-    return [[("  " * m["depth"]) + m["name"].rpartition(".")[2] if m["depth"] else m["name"], m["type"],
+    return [[m["name"], m["type"],  # the full path: tabulate strips indentation, so children would read as siblings
              render.flops(m["forward_flops"]), render.flops(m["backward_flops"]),
              _share(m["forward_flops"] + m["backward_flops"], total)] for m in data["modules"]]
 

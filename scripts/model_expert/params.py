@@ -144,7 +144,7 @@ def _summary_rows(data: dict[str, Any]) -> list[list[str]]:
 
 
 def _module_rows(data: dict[str, Any]) -> list[list[str]]:
-    return [[("  " * m["depth"]) + m["name"].rpartition(".")[2] if m["depth"] else m["name"], m["type"],
+    return [[m["name"], m["type"],  # the full path: tabulate strips indentation, so children would read as siblings
              render.count(m["parameters"]), render.count(m["trainable"])] for m in data["modules"]]
 
 

@@ -735,7 +735,7 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
     options = Options(kinds=None, steps=args.steps, global_batch=args.global_batch, gpu=args.gpu,
                       cluster_gpu=args.cluster_gpu, gpus_per_node=args.gpus_per_node, nodes=args.nodes,
                       l1_regularization=l1_regularization)
-    result = recommend({"model": session.loaded.name, "params": params, "architecture": architecture,
+    result = recommend({"model": type(session.model).__name__, "params": params, "architecture": architecture,
                         "memory": memory, "grads": grads}, options)
     result = {"target": args.target, **result, "evidence_sources": sources}
     if args.slurm_out:

@@ -250,7 +250,7 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
     calls = traced["calls"]
     if args.max_depth is not None:
         calls = [c for c in calls if c["depth"] <= args.max_depth]
-    data = {"target": args.target, "model": session.loaded.name, "device": args.device,
+    data = {"target": args.target, "model": type(session.model).__name__, "device": args.device,
             "training": session.model.training, "inputs": inputs.describe(session.model.forward), "outputs": traced["outputs"],
             "calls": calls, "call_count": len(traced["calls"])}
     if varied is not None:

@@ -65,7 +65,7 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
     estimate = estimate_memory(session.model, build(None), session.loss_fn, options(), name)
     batch_size = session.dim_overrides.get(BATCH_DIM_NAME, session.input_source.resizable_dims.get(BATCH_DIM_NAME))
     data: dict[str, Any] = {
-        "target": args.target, "model": name, "batch_size": batch_size,
+        "target": args.target, "model": type(session.model).__name__, "batch_size": batch_size,
         "optimizer": args.optimizer, "precision": args.precision, "target_device": args.target_device,
         "gradient_checkpointing": args.gradient_checkpointing,
         "peak_bytes": estimate.peak_bytes, "peak_phase": estimate.peak_phase, "breakdown": estimate.breakdown,

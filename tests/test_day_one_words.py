@@ -1,0 +1,99 @@
+"""What a new user reads on day one (issue 14, items 10, 11, 13): the loss that was backpropagated, the
+command that reproduces a review, the console command's help, one model name, full module paths."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+
+import pytest
+
+from conftest import REPO
+from model_expert import __main__ as console
+from model_expert import cli, flops, grads, init, params, registry, trace
+from model_expert.memory import cli as memory_cli
+
+MLP = "tests/fixtures/models.py"
+
+
+def main_output(capability, argv, capsys) -> tuple[int, str, str]:
+    code = cli.main(capability.CAPABILITY, argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# --- item 10: the default loss is named ---------------------------------------------------------
+
+@pytest.mark.parametrize("capability,extra", [(grads, ["--batches", "1"]), (memory_cli, []), (flops, [])])
+def test_default_loss_in_json_and_header(capability, extra, capsys):
+    code, out, _ = main_output(capability, [f"{MLP}:TinyMLP", "--json", *extra], capsys)
+    assert code == 0 and json.loads(out)["loss"] == "default: mean of outputs"
+    code, out, _ = main_output(capability, [f"{MLP}:TinyMLP", *extra], capsys)
+    assert out.splitlines()[1] == "Loss: default: mean of outputs"
+
+
+def test_hugging_face_default_loss_is_named_as_such(capsys):
+    code, out, _ = main_output(flops, ["tests/defects/clean_gpt2.py:Model", "--json"], capsys)
+    assert code == 0 and json.loads(out)["loss"] == "default: output.loss"
+
+
+def test_a_given_loss_is_named_and_scripts_without_a_loss_say_nothing(tmp_path, capsys):
+    loss_file = tmp_path / "loss.py"
+    loss_file.write_text("def loss(output):\n    return output.pow(2).sum()\n")
+    code, out, _ = main_output(grads, [f"{MLP}:TinyMLP", "--batches", "1", "--loss", f"{loss_file}:loss", "--json"], capsys)
+    assert json.loads(out)["loss"] == f"{loss_file}:loss"
+    code, out, _ = main_output(trace, [f"{MLP}:TinyMLP", "--json"], capsys)
+    assert "loss" not in json.loads(out)
+
+
+# --- item 11: "Reproduce with" is the command that was typed ------------------------------------
+
+def test_reproduce_line_of_the_installed_command(tmp_path, capsys):
+    skips = [a for s in ("lint", "grads", "memory", "flops", "recommend") for a in ("--skip", s)]
+    code = console.main(["report", f"{MLP}:TinyMLP", "--out", str(tmp_path), *skips])
+    assert code == 0, capsys.readouterr().err
+    command = json.loads((tmp_path / "analysis.json").read_text())["command"]
+    assert command.startswith(f"model-expert report {MLP}:TinyMLP --out ")
+    assert "python scripts" not in command
+
+
+# --- item 13: words and small things ------------------------------------------------------------
+
+def test_console_help_has_one_line_per_capability():
+    lines = console.usage().splitlines()
+    for name in registry.CAPABILITIES:
+        module = registry.load(name)
+        description = module.CAPABILITY.description if hasattr(module, "CAPABILITY") else module.__doc__.strip()
+        assert sum(line.split()[:1] == [name] for line in lines) == 1
+        assert any(line.split()[:1] == [name] and description.splitlines()[0] in line for line in lines)
+
+
+def test_init_error_prefix_once(tmp_path, capsys):
+    not_a_directory = tmp_path / "file.txt"
+    not_a_directory.write_text("")
+    assert init.main([str(not_a_directory)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("model-expert init: error: ") and err.count("init:") == 1
+
+
+def test_one_model_name_in_every_header():
+    """A factory's name (make_mlp) is not the model's: every script names the built class."""
+    names = set()
+    for capability, extra in ((params, []), (trace, []), (flops, []), (memory_cli, [])):
+        args = capability.CAPABILITY.parser().parse_args([f"{MLP}:make_mlp", *extra])
+        names.add(capability.CAPABILITY.analyse(args)["model"])
+    assert names == {"TinyMLP"}
+
+
+def test_module_tables_keep_the_full_path():
+    for capability in (flops, params):
+        args = capability.CAPABILITY.parser().parse_args([f"{MLP}:TinyMLP"])
+        table = capability.CAPABILITY.render_table({"schema": "", **capability.CAPABILITY.analyse(args)}, args)
+        first_cells = {line.split()[0] for line in table.splitlines() if line.strip()}
+        assert {"net", "net.0", "net.2"} <= first_cells  # net.0 is a child of net, and reads as one
+
+
+def test_numpy_is_declared():
+    dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert any(d.startswith("numpy") for d in dependencies)
+    assert any(line.startswith("numpy") for line in (REPO / "requirements.txt").read_text().splitlines())
