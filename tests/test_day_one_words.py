@@ -97,3 +97,30 @@ def test_numpy_is_declared():
     dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     assert any(d.startswith("numpy") for d in dependencies)
     assert any(line.startswith("numpy") for line in (REPO / "requirements.txt").read_text().splitlines())
+
+
+# --- item 6: the card whose rules were used is named; script and report agree ------------------
+
+def test_memory_names_the_card_whose_rules_it_used(capsys):
+    code, out, _ = main_output(memory_cli, [f"{MLP}:TinyMLP", "--json"], capsys)
+    default = json.loads(out)
+    code, out, _ = main_output(memory_cli, [f"{MLP}:TinyMLP", "--json", "--gpu", "rtx3060-12gb"], capsys)
+    rtx = json.loads(out)
+    assert (default["rules_gpu"], default["rules_gpu_is_default"]) == ("h100-80gb", True)
+    assert (rtx["rules_gpu"], rtx["rules_gpu_is_default"]) == ("rtx3060-12gb", False)
+    # The only difference is cuBLAS's workspace, one per thread (forward and autograd): 32 MiB on Hopper,
+    # 2 x 4 MiB + 8 x 16 KiB = 8.125 MiB elsewhere.
+    assert default["peak_bytes"] - rtx["peak_bytes"] == 2 * (32 * 2**20 - (8 * 2**20 + 128 * 2**10))
+    code, out, _ = main_output(memory_cli, [f"{MLP}:TinyMLP"], capsys)
+    assert "(h100-80gb rules; the default without --gpu)" in out.splitlines()[0]
+
+
+def test_script_and_report_agree_for_the_same_card(tmp_path):
+    from model_expert import report
+    skips = [a for s in ("lint", "grads", "flops", "recommend") for a in ("--skip", s)]
+    args = report.CAPABILITY.parser().parse_args([f"{MLP}:TinyMLP", "--out", str(tmp_path), *skips])
+    evidence = report.collect(args, on_progress=lambda message: None)
+    for key, card in (("memory", args.gpu), ("memory_cluster", args.cluster_gpu)):
+        alone = memory_cli.CAPABILITY.analyse(memory_cli.CAPABILITY.parser().parse_args([f"{MLP}:TinyMLP", "--gpu", card]))
+        assert evidence[key]["rules_gpu"] == card
+        assert evidence[key]["peak_bytes"] == alone["peak_bytes"]

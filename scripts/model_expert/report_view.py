@@ -76,7 +76,7 @@ def _overview(evidence: dict[str, Any], derived: dict[str, Any]) -> dict[str, An
     if memory:
         memory_line = (f"{render.mib(memory['peak_bytes'])} peak per training step at batch {memory.get('batch_size', '?')} "
                        f"({memory.get('precision', 'fp32')}, {memory.get('optimizer', 'adamw')}, "
-                       f"{memory.get('target_device', 'cuda')} rules{' for ' + memory['gpu'] if memory.get('gpu') else ''}); "
+                       f"{memory.get('target_device', 'cuda')} rules{' for ' + memory['rules_gpu'] if memory.get('rules_gpu') else ''}); "
                        f"{render.mib(memory['inference_peak_bytes'])} for inference")
     else:
         memory_line = NOT_MEASURED

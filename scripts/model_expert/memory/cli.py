@@ -8,6 +8,7 @@ from typing import Any
 from .. import cli, render
 from ..gpus import find_gpu, usable_memory_assumption
 from ..inputs import BATCH_DIM_NAME
+from .device_rules import rules_gpu
 from .estimate import EstimateOptions, estimate_memory
 from .search import largest_batch
 from .sharding import STRATEGIES, distributed_what_if
@@ -68,6 +69,9 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
         "target": args.target, "model": type(session.model).__name__, "batch_size": batch_size,
         "optimizer": args.optimizer, "precision": args.precision, "target_device": args.target_device,
         "gradient_checkpointing": args.gradient_checkpointing,
+        # The card whose rules (cuBLAS workspace) the CUDA estimate used; the headline names it.
+        "rules_gpu": rules_gpu(gpu.name if gpu else None) if args.target_device == "cuda" else None,
+        "rules_gpu_is_default": gpu is None,
         "peak_bytes": estimate.peak_bytes, "peak_phase": estimate.peak_phase, "breakdown": estimate.breakdown,
         "breakdown_detail": estimate.breakdown_detail,
         "activation_bytes_end_of_forward": estimate.activation_bytes_end_of_forward,
@@ -201,16 +205,22 @@ def _rows(data: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def _rules_text(data: dict[str, Any]) -> str:
+    if not data.get("rules_gpu"):
+        return ""
+    return f" ({data['rules_gpu']} rules{'; the default without --gpu' if data['rules_gpu_is_default'] else ''})"
+
+
 def render_table(data: dict[str, Any], args: argparse.Namespace) -> str:
     head = (f"Memory of {data['model']} ({data['target']}): {_batch_text(data['batch_size'])}, {data['optimizer']}, "
-            f"{data['precision']}, target {data['target_device']}"
+            f"{data['precision']}, target {data['target_device']}" + _rules_text(data)
             + (", gradient checkpointing" if data["gradient_checkpointing"] else ""))
     return "\n".join([head, "", render.table(_rows(data), []), "", "Assumptions:"]
                      + [f"- {line}" for line in data["assumptions"]])
 
 
 def render_markdown(data: dict[str, Any], args: argparse.Namespace) -> str:
-    return "\n".join([f"### Memory: {data['model']}", "", render.markdown_table(_rows(data), ["quantity", "value"]), "",
+    return "\n".join([f"### Memory: {data['model']}, target {data['target_device']}{_rules_text(data)}", "", render.markdown_table(_rows(data), ["quantity", "value"]), "",
                       "Assumptions:", ""] + [f"- {line}" for line in data["assumptions"]])
 
 
