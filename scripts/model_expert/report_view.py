@@ -118,14 +118,30 @@ def _scaling(trace: dict[str, Any] | None) -> list[str]:
     shapes_by_module: dict[str, list[str]] = {}
     for item in vary.get("quadratic_intermediates", []):
         shapes_by_module.setdefault(item["module"], []).append(item["symbolic"])
+    dim = vary["dim"]
+    modules_by_pattern: dict[tuple[str, ...], list[str]] = {}  # one CAUTION per pattern, not one per layer
     for module, shapes in shapes_by_module.items():
-        lines.append(f"**[CAUTION]** `{module}` builds {' and '.join(shapes)} tensors on the traced attention path: "
-                     f"memory there grows as {vary['dim']}² (CUDA's fused attention, which the memory estimate models, "
-                     f"keeps O({vary['dim']}) per head; the score FLOPs still grow as {vary['dim']}²)")
+        modules_by_pattern.setdefault(tuple(shapes), []).append(module)
+    for shapes, modules in modules_by_pattern.items():
+        lines.append(f"**[CAUTION]** {_modules_text(modules)} build{'s' if len(modules) == 1 else ''} "
+                     f"{' and '.join(shapes)} tensors on the traced attention path: memory there grows as {dim}² "
+                     f"(CUDA's fused attention, which the memory estimate models, keeps O({dim}) per head; the "
+                     f"score FLOPs still grow as {dim}², see below)")
+    modules_by_growth: dict[tuple[float, float | None], list[str]] = {}
     for growth in vary.get("flop_growth", []):
         if growth["superlinear"]:
-            lines.append(f"`{growth['module']}` FLOPs grow as {vary['dim']}^{growth['exponent']}")
+            modules_by_growth.setdefault((growth["exponent"], growth.get("score_exponent")), []).append(growth["module"])
+    for (exponent, score_exponent), modules in modules_by_growth.items():
+        lines.append(f"{_modules_text(modules)}: FLOPs grow as {dim}^{exponent} in total"
+                     + (f"; the attention-score FLOPs inside (Q·Kᵀ and scores·V) grow as {dim}^{score_exponent}, "
+                        f"the linear projections around them as {dim}^1, so the total tends to {dim}² as "
+                        f"{dim} grows" if score_exponent is not None else ""))
     return lines
+
+
+def _modules_text(modules: list[str]) -> str:
+    return (f"`{modules[0]}`" if len(modules) == 1
+            else f"{len(modules)} modules (" + ", ".join(f"`{m}`" for m in modules) + ")")
 
 
 def _gradient(evidence: dict[str, Any]) -> dict[str, Any]:
@@ -222,8 +238,12 @@ def _performance(evidence: dict[str, Any], derived: dict[str, Any]) -> list[str]
              f"({render.count(params.get('parameter_bytes'))} bytes)"]
     if memory:
         breakdown = memory.get("breakdown", {})
-        lines.append(f"**Training step peak**: {render.mib(memory['peak_bytes'])} at batch {memory.get('batch_size')} — "
-                     + ", ".join(f"{name.replace('_', ' ')} {render.mib(value)}" for name, value in breakdown.items()))
+        full = memory.get("full_bytes", {})
+        lines.append(f"**Training step peak**: {render.mib(memory['peak_bytes'])} at batch {memory.get('batch_size')}, "
+                     f"during {memory.get('peak_phase', 'the step')}; alive at that moment: "
+                     + ", ".join(f"{name.replace('_', ' ')} {render.mib(value)}"
+                                 + (f" (full size {render.mib(full[name])})" if name in full else "")
+                                 for name, value in breakdown.items()))
         if "activation_bytes_per_sample" in derived:
             lines.append(f"**Activation Memory per Sample**: {render.human_bytes(derived['activation_bytes_per_sample'])} "
                          "(saved for backward at the end of the forward)")

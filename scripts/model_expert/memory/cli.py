@@ -74,6 +74,10 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
         "rules_gpu_is_default": gpu is None,
         "peak_bytes": estimate.peak_bytes, "peak_phase": estimate.peak_phase, "breakdown": estimate.breakdown,
         "breakdown_detail": estimate.breakdown_detail,
+        # The breakdown is what is alive at the peak; these are the parts at their full size (unrounded):
+        # every grad once backward is done, every saved activation once forward is done.
+        "full_bytes": {"params": estimate.param_bytes, "grads": estimate.trainable_param_bytes,
+                       "activations": estimate.activation_bytes_end_of_forward},
         "activation_bytes_end_of_forward": estimate.activation_bytes_end_of_forward,
         "inference_peak_bytes": estimate.inference_peak_bytes,
         "param_bytes": estimate.param_bytes, "trainable_param_bytes": estimate.trainable_param_bytes,
@@ -152,7 +156,7 @@ def percent_error(estimate: int | None, measured: int | None) -> float | None:
 # Table labels for the breakdown keys (the JSON keys stay as they are); every key of the CUDA breakdown is
 # allocator-rounded, params also holds the buffers (breakdown_detail keeps them apart).
 BREAKDOWN_LABELS = {"params": "params (+ buffers, rounded to allocator blocks)",
-                    "activations": "activations (saved for backward, alive at the peak)"}
+                    "activations": "activations (saved for backward)"}
 
 
 def _largest_batch_text(data: dict[str, Any], b) -> str:
@@ -176,12 +180,14 @@ def _batch_text(batch_size: Any) -> str:
 def _rows(data: dict[str, Any]) -> list[list[str]]:
     def b(value):
         return f"{render.human_bytes(value)} ({render.count(value)} B)"
-    rows = [["Training step peak", b(data["peak_bytes"]) + f", during {data['peak_phase']}"]]
+    rows = [["Training step peak", b(data["peak_bytes"]) + f", during {data['peak_phase']}"],
+            ["Of which alive at the peak:", ""]]
+    full = data.get("full_bytes", {})
     for key, value in data["breakdown"].items():
         label = BREAKDOWN_LABELS.get(key, key)
         if data["target_device"] == "cpu":
             label = label.replace(", rounded to allocator blocks", "")
-        rows.append([f"  {label}", b(value)])
+        rows.append([f"  {label}", b(value) + (f"; full size {render.human_bytes(full[key])}" if key in full else "")])
     rows.append(["Saved for backward at end of forward", b(data["activation_bytes_end_of_forward"])])
     rows.append(["Inference peak (eval, no grad)", b(data["inference_peak_bytes"])])
     if "measured_peak_bytes" in data:
