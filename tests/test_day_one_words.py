@@ -124,3 +124,49 @@ def test_script_and_report_agree_for_the_same_card(tmp_path):
         alone = memory_cli.CAPABILITY.analyse(memory_cli.CAPABILITY.parser().parse_args([f"{MLP}:TinyMLP", "--gpu", card]))
         assert evidence[key]["rules_gpu"] == card
         assert evidence[key]["peak_bytes"] == alone["peak_bytes"]
+
+
+# --- item 7: the breakdown is what is alive at the peak, with the full sizes beside -------------
+
+def test_breakdown_says_alive_at_the_peak_with_full_sizes(capsys):
+    code, out, _ = main_output(memory_cli, [f"{MLP}:TinyMLP", "--json"], capsys)
+    data = json.loads(out)
+    assert data["full_bytes"]["grads"] == 212 * 4  # every grad once backward is done: 212 fp32 parameters
+    assert data["full_bytes"]["params"] == 212 * 4
+    assert data["full_bytes"]["activations"] == data["activation_bytes_end_of_forward"]
+    code, out, _ = main_output(memory_cli, [f"{MLP}:TinyMLP"], capsys)
+    assert "Of which alive at the peak:" in out and "full size 848 B" in out
+    from model_expert.report_view import _performance
+    line = next(l for l in _performance({"params": {"parameter_bytes": 848}, "memory": data}, {})
+                if l.startswith("**Training step peak**"))
+    assert "alive at that moment" in line and "(full size 0.0 MiB)" in line
+
+
+# --- item 8: the attention-score exponent on its own; one CAUTION per pattern -------------------
+
+def _vary_attention(fused: bool) -> dict:
+    args = trace.CAPABILITY.parser().parse_args(["tests/fixtures/dayone.py:TwoAttentionLayers", "--inputs",
+                                                 "tests/fixtures/dayone.py:attention_inputs", "--vary", "tokens=8,32",
+                                                 "--kwargs", json.dumps({"fused": fused})])
+    return trace.CAPABILITY.analyse(args)["vary"]
+
+
+def test_fused_attention_score_flops_exponent():
+    rows = {g["module"]: g for g in _vary_attention(fused=True)["flop_growth"]}
+    assert rows["layers.0"]["score_exponent"] == pytest.approx(2.0)  # the fused kernel: 4·B·h·T²·(d/h)
+
+
+def test_attention_score_flops_exponent_and_one_caution_per_pattern():
+    from model_expert.report_view import _scaling
+    vary = _vary_attention(fused=False)
+    rows = {g["module"]: g for g in vary["flop_growth"]}
+    for layer in ("layers.0", "layers.1"):
+        # Q·Kᵀ and scores·V: 2·B·heads·T²·(d/heads) each, so they grow exactly as T² (log 16 / log 4 = 2)
+        assert rows[layer]["score_exponent"] == pytest.approx(2.0)
+        assert 1.0 < rows[layer]["exponent"] < 2.0  # the total mixes in the T-linear projections
+        assert rows[layer]["score_flops_large"] == 16 * rows[layer]["score_flops_small"]
+    lines = _scaling({"vary": vary})
+    cautions = [l for l in lines if l.startswith("**[CAUTION]**")]
+    assert len(cautions) == 1 and "2 modules (`layers.0`, `layers.1`)" in cautions[0]
+    growth = [l for l in lines if "FLOPs grow as" in l and "layers." in l]
+    assert len(growth) == 1 and "attention-score FLOPs inside (Q·Kᵀ and scores·V) grow as tokens^2.0" in growth[0]

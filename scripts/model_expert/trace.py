@@ -158,6 +158,9 @@ def _parse_vary(text: str) -> tuple[str, int, int]:
     return name, first, second
 
 
+FUSED_ATTENTION_PREFIX = "_scaled_dot_product"  # aten's fused attention kernels (flash, efficient, cuDNN, CPU)
+
+
 def _dim_label(size_small: int, size_large: int, name: str, small: int, large: int) -> tuple[str, str | None]:
     """How one dim moves when NAME goes small -> large: constant, proportional (k·NAME) or affine (NAME+c)."""
     if size_small == size_large:
@@ -221,7 +224,7 @@ def vary_analysis(session: cli.Session, name: str, small: int, large: int) -> di
     if len(first["ops"]) == len(second["ops"]):
         for a, b in zip(first["ops"], second["ops"]):
             module = a["module"] or "(root)"
-            touches_scores = False
+            touches_scores = a["op"].startswith(FUSED_ATTENTION_PREFIX)  # scores made and used inside the kernel
             for sa, sb in zip(a["shapes"], b["shapes"]):
                 faster, symbolic = grows_faster_than_linear(a["op"], sa, sb)
                 if faster:
