@@ -170,3 +170,42 @@ def test_attention_score_flops_exponent_and_one_caution_per_pattern():
     assert len(cautions) == 1 and "2 modules (`layers.0`, `layers.1`)" in cautions[0]
     growth = [l for l in lines if "FLOPs grow as" in l and "layers." in l]
     assert len(growth) == 1 and "attention-score FLOPs inside (Q·Kᵀ and scores·V) grow as tokens^2.0" in growth[0]
+
+
+# --- item 9: where a seed rule and a measurement disagree, both are shown and the choice explained -
+
+@pytest.fixture(scope="module")
+def gpt2_recommendation():
+    from model_expert import recommend
+    args = recommend.CAPABILITY.parser().parse_args(["tests/defects/clean_gpt2.py:Model"])
+    return recommend.CAPABILITY.analyse(args)
+
+
+def test_seed_clip_that_clips_every_step_is_called_out(gpt2_recommendation):
+    clip = next(r for r in gpt2_recommendation["recommendations"] if r["setting"] == "gradient_clipping")
+    measured = clip["measured"]
+    assert measured["median_global_grad_norm"] > 1.0  # the tiny GPT-2's gradients are larger than the seed's 1.0
+    assert clip["value"]["seed_and_measurement_disagree"] is True and clip["value"]["used"] == "seed"
+    assert measured["fraction_of_steps_clipped"] == 1.0
+    assert "clips 3 of 3 sampled steps" in clip["justification"]
+    assert f"max_norm={clip['value']['measured_suggestion']}" in clip["justification"]
+
+
+def test_global_batch_says_gpus_times_batch(gpt2_recommendation):
+    texts = [r["text"] for r in gpt2_recommendation["recommendations"] if r["setting"] == "grad_accum"]
+    assert any(" = 4 GPUs x " in t for t in texts) and any(" = 1 GPU x " in t for t in texts)
+    for text in texts:
+        total, gpus, batch = (int(x) for x in __import__("re").search(r"global batch (\d+) = (\d+) GPUs? x (\d+)", text).groups())
+        assert total == gpus * batch
+
+
+def test_a_model_with_its_own_init_keeps_it():
+    from model_expert.report_view import _checklist
+    args = params.CAPABILITY.parser().parse_args(["tests/defects/clean_gpt2.py:Model"])
+    data = params.CAPABILITY.analyse(args)
+    assert data["own_initialisers"] == ["GPT2PreTrainedModel._init_weights"]
+    evidence = {"params": data, "recommend": {"architecture": {"architecture": "transformer"}}}
+    line = next(item for item in _checklist(evidence) if item.startswith("Initialise weights"))
+    assert "`GPT2PreTrainedModel._init_weights`" in line and "Xavier-uniform" in line and "kept rather than" in line
+    evidence["params"] = {**data, "own_initialisers": []}
+    assert next(i for i in _checklist(evidence) if i.startswith("Initialise")).startswith("Initialise weights: Xavier")

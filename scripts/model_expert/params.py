@@ -106,6 +106,24 @@ def pruning_masks(model: nn.Module) -> dict[str, Any] | None:
             "masked": sum(t["masked"] for t in tensors) if known else None}
 
 
+INIT_METHODS = ("_init_weights", "init_weights", "initialize_weights", "reset_parameters", "_reset_parameters")
+
+
+def own_initialisers(model: nn.Module) -> list[str]:
+    """'Class.method' for the initialisers the model's classes (not torch's) define: per module, those of the
+    most derived class that defines one."""
+    found: list[str] = []
+    for module in model.modules():
+        for cls in type(module).__mro__:
+            if (cls.__module__ or "").split(".")[0] in ("torch", "builtins"):
+                continue
+            names = [f"{cls.__name__}.{name}" for name in INIT_METHODS if name in vars(cls)]
+            if names:
+                found += [name for name in names if name not in found]
+                break
+    return found
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     cli.add_model_arguments(parser)
     cli.add_input_arguments(parser)  # used only to materialise lazy modules (one forward)
@@ -121,6 +139,7 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
     with preserved(loaded.module):
         data = count_parameters(loaded.module, depth=args.depth, top_k=args.top)
         data["pruning"] = pruning_masks(loaded.module)
+        data["own_initialisers"] = own_initialisers(loaded.module)
     return {"target": args.target, "device": args.device, **data}
 
 

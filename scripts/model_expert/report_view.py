@@ -276,7 +276,12 @@ def _performance(evidence: dict[str, Any], derived: dict[str, Any]) -> list[str]
 def _checklist(evidence: dict[str, Any]) -> list[str]:
     items = []
     kind = _get(evidence, "recommend", "architecture", "architecture")
-    if kind in INIT_ADVICE:
+    own_init = _get(evidence, "params", "own_initialisers", default=[])
+    if kind in INIT_ADVICE and own_init:  # the seed's rule and the model disagree: both shown, the model's used
+        items.append(f"Initialise weights: the model defines its own ({', '.join('`' + m + '`' for m in own_init[:3])}); "
+                     f"it is kept rather than the seed's rule ({INIT_ADVICE[kind]}), because it was written for this "
+                     f"architecture (and a pretrained checkpoint replaces both)")
+    elif kind in INIT_ADVICE:
         items.append(f"Initialise weights: {INIT_ADVICE[kind]}")
     dropouts = sum(1 for c in _get(evidence, "trace", "calls", default=[]) if "Dropout" in c["type"])
     items.append(f"Call model.eval() before inference ({dropouts} dropout module call(s) in the traced forward)")
