@@ -4,6 +4,7 @@ command that reproduces a review, the console command's help, one model name, fu
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 
 import pytest
@@ -195,7 +196,7 @@ def test_global_batch_says_gpus_times_batch(gpt2_recommendation):
     texts = [r["text"] for r in gpt2_recommendation["recommendations"] if r["setting"] == "grad_accum"]
     assert any(" = 4 GPUs x " in t for t in texts) and any(" = 1 GPU x " in t for t in texts)
     for text in texts:
-        total, gpus, batch = (int(x) for x in __import__("re").search(r"global batch (\d+) = (\d+) GPUs? x (\d+)", text).groups())
+        total, gpus, batch = (int(x) for x in re.search(r"global batch (\d+) = (\d+) GPUs? x (\d+)", text).groups())
         assert total == gpus * batch
 
 
@@ -209,3 +210,17 @@ def test_a_model_with_its_own_init_keeps_it():
     assert "`GPT2PreTrainedModel._init_weights`" in line and "Xavier-uniform" in line and "kept rather than" in line
     evidence["params"] = {**data, "own_initialisers": []}
     assert next(i for i in _checklist(evidence) if i.startswith("Initialise")).startswith("Initialise weights: Xavier")
+
+
+# --- item 5: one model, one FLOP count for one target -------------------------------------------
+
+def test_flops_for_a_gpu_target_do_not_depend_on_where_the_model_was_built():
+    results = {}
+    for device in ("cpu", "meta"):
+        args = flops.CAPABILITY.parser().parse_args(["tests/fixtures/dayone.py:TwoAttentionLayers", "--inputs",
+                                                     "tests/fixtures/dayone.py:attention_inputs", "--kwargs",
+                                                     '{"fused": true}', "--gpu", "rtx3060-12gb", "--device", device])
+        results[device] = flops.CAPABILITY.analyse(args)
+    for key in ("forward_flops", "backward_flops", "estimated_step_seconds", "attention_kernels"):
+        assert results["cpu"][key] == results["meta"][key], key
+    assert results["cpu"]["attention_kernels_of"] == "cuda"

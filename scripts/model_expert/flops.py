@@ -35,6 +35,7 @@ from . import cli, render
 from .errors import UserError
 from .gpus import GpuSpec, find_gpu
 from .guard import preserved
+from .model_copy import copy_model
 from .memory.device_rules import TargetFunctionMode
 from .memory.tracker import plausible_scalar
 from .runner import ModelCallError, call_model, compute_loss, run_backward
@@ -515,9 +516,12 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
     inputs = session.build_inputs()
     model = session.model
     try:
-        # The target's kernels can be traced only on meta tensors (or on the target itself).
-        rules_target = args.target_device if args.device in ("meta", args.target_device) else None
-        counter = count_step(model, inputs, session.loss_fn, session.loaded.name, target_device=rules_target)
+        # The target's kernels can be traced only on meta tensors (or on the target itself): a model built
+        # elsewhere is counted on a meta copy, so one model gets one count for one target whatever --device.
+        if args.device in ("meta", args.target_device):
+            counter = count_step(model, inputs, session.loss_fn, session.loaded.name, target_device=args.target_device)
+        else:
+            counter = _count_on_meta_copy(session, args.target_device)
     except ModelCallError as error:
         if args.device == "meta" and _meta_failure(error):
             raise UserError(f"{error}. On --device meta tensors have shapes but no values, so a data-dependent "
@@ -534,6 +538,20 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
     if gpu is not None:
         result.update(time_estimate(result, gpu, args.precision, args.mfu, args.allow_tf32))
     return result
+
+
+def _count_on_meta_copy(session: cli.Session, target_device: str) -> StepFlopCounter:
+    """The step counted with TARGET_DEVICE's kernels on a meta copy; where the model reads values (.item(),
+    data-dependent shapes) meta cannot run it, and the count falls back to the built device's kernels (stated)."""
+    with preserved(session.model):
+        work = copy_model(session.model, "meta")
+    try:
+        return count_step(work, session.build_inputs(device="meta"), session.loss_fn, session.loaded.name,
+                          target_device=target_device)
+    except ModelCallError as error:
+        if not _meta_failure(error):
+            raise
+    return count_step(session.model, session.build_inputs(), session.loss_fn, session.loaded.name)
 
 
 def step_flops(counter: StepFlopCounter, model: nn.Module, precision_name: str, optimizer: str,

@@ -82,7 +82,8 @@ def _overview(evidence: dict[str, Any], derived: dict[str, Any]) -> dict[str, An
         memory_line = NOT_MEASURED
     if flops:
         complexity = (f"{render.flops(flops['forward_flops'])} forward + {render.flops(flops['backward_flops'])} backward "
-                      f"per batch; matmul FLOPs by op: "
+                      f"per batch (counted with the {flops.get('attention_kernels_of') or flops.get('device')} target's kernels); "
+                      f"matmul FLOPs by op: "
                       + ", ".join(f"{op} {render.flops(total)}"
                                   for op, total in sorted(derived.get("training_flops_by_op", {}).items())))
     else:
