@@ -541,13 +541,16 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _count_on_meta_copy(session: cli.Session, target_device: str) -> StepFlopCounter:
-    """The step counted with TARGET_DEVICE's kernels on a meta copy; where the model reads values (.item(),
-    data-dependent shapes) meta cannot run it, and the count falls back to the built device's kernels (stated)."""
+    """The step counted with TARGET_DEVICE's kernels on a meta copy. Where the model reads values (.item(),
+    data-dependent shapes) meta could only assume them, so the count is taken on the built model with its
+    device's kernels instead (attention_kernels_of says whose)."""
     with preserved(session.model):
         work = copy_model(session.model, "meta")
     try:
-        return count_step(work, session.build_inputs(device="meta"), session.loss_fn, session.loaded.name,
-                          target_device=target_device)
+        counter = count_step(work, session.build_inputs(device="meta"), session.loss_fn, session.loaded.name,
+                             target_device=target_device)
+        if not counter.scalar_reads.reads:
+            return counter
     except ModelCallError as error:
         if not _meta_failure(error):
             raise
