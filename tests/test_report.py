@@ -42,7 +42,7 @@ def test_every_section_for_the_similarity_transformer(st_report):
     assert "- `padding_mask`: shape `[8, 64]`, dtype `torch.bool`" in markdown
     assert "**Stability Assessment**: STABLE" in markdown
     assert "`model_path` (prefix `model_proj`): reached" in markdown and "`dataset_path` (prefix `dataset_proj`): reached" in markdown
-    assert "builds [64, max_images, max_images]" in markdown  # attention over the dataset's images is quadratic
+    assert "build [64, max_images, max_images]" in markdown  # attention over the dataset's images is quadratic
     assert "```mermaid" in markdown  # the per-layer gradient chart GitHub renders
     assert "<details>" in (out / "pr.md").read_text()
 
