@@ -224,3 +224,14 @@ def test_flops_for_a_gpu_target_do_not_depend_on_where_the_model_was_built():
     for key in ("forward_flops", "backward_flops", "estimated_step_seconds", "attention_kernels"):
         assert results["cpu"][key] == results["meta"][key], key
     assert results["cpu"]["attention_kernels_of"] == "cuda"
+
+
+def test_epoch_time_names_its_batch_and_the_recommended_one():
+    from model_expert.report_view import _performance, derive
+    evidence = {"params": {"parameter_bytes": 4}, "samples_per_epoch": 1000,
+                "flops": {"batch_size": 8, "estimated_step_seconds": 0.5, "forward_flops": 1, "backward_flops": 2},
+                "recommend": {"recommendations": [{"setting": "batch_size", "role": "single_gpu", "value": 32}]}}
+    derived = derive(evidence)
+    assert derived["steps_per_epoch"] == 125  # ceil(1000 / 8)
+    line = next(l for l in _performance(evidence, derived) if l.startswith("**Estimated Training Time**"))
+    assert "steps at batch 8, the traced batch" in line and "rerun with --batch-size 32" in line

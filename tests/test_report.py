@@ -94,7 +94,7 @@ def test_findings_merge_into_issues(tmp_path, st_report):
     # 1,000 samples at batch 8 = ceil(1000 / 8) = 125 steps, each the roofline step time
     assert evidence["derived"]["steps_per_epoch"] == 125
     assert evidence["derived"]["epoch_seconds"] == pytest.approx(125 * evidence["flops"]["estimated_step_seconds"])
-    assert "per epoch of 1,000 samples (125 steps at batch 8)" in markdown
+    assert "per epoch of 1,000 samples (125 steps at batch 8, the traced batch)" in markdown
     assert "memory" in evidence["not_measured"] or "memory" not in evidence
 
 

@@ -263,9 +263,14 @@ def _performance(evidence: dict[str, Any], derived: dict[str, Any]) -> list[str]
     else:
         lines.append(f"**Estimated training step**: {NOT_MEASURED}")
     if "epoch_seconds" in derived:
+        recommended = next((r["value"] for r in _get(evidence, "recommend", "recommendations", default=[])
+                            if r["setting"] == "batch_size" and r.get("role") == "single_gpu"), None)
+        other_batch = (f"; the batch recommended below is {recommended}: rerun with --batch-size {recommended} for the "
+                       f"epoch time at that batch" if isinstance(recommended, int) and recommended != flops.get("batch_size")
+                       else "")
         lines.append(f"**Estimated Training Time**: {render.seconds(derived['epoch_seconds'])} per epoch of "
                      f"{render.count(evidence['samples_per_epoch'])} samples ({render.count(derived['steps_per_epoch'])} "
-                     f"steps at batch {flops.get('batch_size')}) on {gpu}")
+                     f"steps at batch {flops.get('batch_size')}, the traced batch) on {gpu}{other_batch}")
     else:
         lines.append("**Estimated Training Time**: per epoch not measured (pass --samples-per-epoch N)")
     if flops and flops.get("inference_seconds_per_batch") is not None:
