@@ -3,7 +3,7 @@
 import sys
 
 from model_expert.cli import main
-from model_expert.lint import CAPABILITY
+from model_expert.lint.cli import CAPABILITY
 
 if __name__ == "__main__":
     sys.exit(main(CAPABILITY))

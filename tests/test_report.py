@@ -48,7 +48,7 @@ def test_every_section_for_the_similarity_transformer(st_report):
     assert "Validate during the first iteration" not in markdown
     assert "- `padding_mask`: shape `[8, 64]`, dtype `torch.bool`, range {False, True}" in markdown
     assert "`model_path` (prefix `model_proj`): reached" in markdown and "`dataset_path` (prefix `dataset_proj`): reached" in markdown
-    assert "builds [64, max_images, max_images]" in markdown  # attention over the dataset's images is quadratic
+    assert "build [64, max_images, max_images]" in markdown  # attention over the dataset's images is quadratic
     assert "```mermaid" in markdown  # the per-layer gradient chart GitHub renders
     assert "<details>" in (out / "pr.md").read_text()
 
@@ -100,7 +100,7 @@ def test_findings_merge_into_issues(tmp_path, st_report):
     # 1,000 samples at batch 8 = ceil(1000 / 8) = 125 steps, each the roofline step time
     assert evidence["derived"]["steps_per_epoch"] == 125
     assert evidence["derived"]["epoch_seconds"] == pytest.approx(125 * evidence["flops"]["estimated_step_seconds"])
-    assert "per epoch of 1,000 samples (125 steps at batch 8)" in markdown
+    assert "per epoch of 1,000 samples (125 steps at batch 8, the traced batch)" in markdown
     assert "memory" in evidence["not_measured"] or "memory" not in evidence
 
 

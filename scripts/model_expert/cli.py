@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import logging
 import os
+import shlex
 import warnings
 import sys
 import traceback
@@ -17,7 +18,8 @@ import torch
 from .cli_base import OneLineArgumentParser, json_safe, to_json, write_atomically  # noqa: F401  (re-exported)
 from .errors import UserError  # noqa: F401  (re-exported for capabilities)
 from .inputs import InputSource, ModelInputs, SpecInputs, FactoryInputs
-from .runner import LossFunction
+from .model_copy import copy_model, lazy_modules, materialise_lazy
+from .runner import LossFunction, default_losses_used, loss_description
 from .target import DEVICES, LoadedModel, default_input_source, load_function, load_model, parse_kwargs_json
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "sgd-momentum", "none")
@@ -89,7 +91,7 @@ class Session:
     """What every model-running capability starts from."""
 
     loaded: LoadedModel
-    input_source: InputSource
+    input_source: InputSource | None
     dim_overrides: dict[str, int] = field(default_factory=dict)
     loss_fn: LossFunction | None = None
 
@@ -103,20 +105,33 @@ class Session:
         return self.input_source.build(device or self.loaded.device, overrides, seed=seed)
 
 
-def open_session(args: argparse.Namespace) -> Session:
-    """Load the model, the inputs and the loss from the parsed common options."""
-    loaded = load_model(args.target, kwargs=parse_kwargs_json(args.kwargs), config=args.config,
-                        checkpoint=args.checkpoint, device=args.device)
+def _input_source(args: argparse.Namespace, loaded: LoadedModel) -> InputSource:
     if getattr(args, "input", None) and getattr(args, "inputs", None):
         raise UserError("give either --input specs or --inputs FILE.py:FN, not both")
     if getattr(args, "input", None):
-        source: InputSource = SpecInputs(args.input)
-    elif getattr(args, "inputs", None):
-        source = FactoryInputs(load_function(args.inputs, "--inputs"), f"--inputs {args.inputs}")
-    else:
-        source = default_input_source(loaded)
-    loss_fn = load_function(args.loss, "--loss") if getattr(args, "loss", None) else None
-    return Session(loaded=loaded, input_source=source, dim_overrides=parse_dim_overrides(args), loss_fn=loss_fn)
+        return SpecInputs(args.input)
+    if getattr(args, "inputs", None):
+        return FactoryInputs(load_function(args.inputs, "--inputs"), f"--inputs {args.inputs}")
+    return default_input_source(loaded)
+
+
+def open_session(args: argparse.Namespace, inputs_required: bool = True) -> Session:
+    """Load the model, the inputs and the loss from the parsed common options. Lazy modules are
+    materialised first, on the tools' own copy, by one forward on the inputs (on meta with --device meta).
+    INPUTS_REQUIRED=False (params): inputs are looked up only when lazy modules need them."""
+    loaded = load_model(args.target, kwargs=parse_kwargs_json(args.kwargs), config=args.config,
+                        checkpoint=args.checkpoint, device=args.device)
+    lazy = lazy_modules(loaded.module)
+    source = _input_source(args, loaded) if inputs_required or lazy or getattr(args, "input", None) \
+        or getattr(args, "inputs", None) else None
+    session = Session(loaded=loaded, input_source=source, dim_overrides=parse_dim_overrides(args),
+                      loss_fn=load_function(args.loss, "--loss") if getattr(args, "loss", None) else None)
+    if lazy:
+        if not loaded.owned:
+            loaded.module = copy_model(loaded.module)
+            loaded.owned = True
+        materialise_lazy(loaded.module, session.build_inputs, loaded.name)
+    return session
 
 
 @dataclass
@@ -175,19 +190,34 @@ def quiet_libraries(enabled: bool):
         hf_logger.setLevel(level)
 
 
+def _with_loss_line(text: str, loss: str | None) -> str:
+    """The loss that was backpropagated, under the title line of every script that ran one."""
+    if not loss:
+        return text
+    title, _, rest = text.partition("\n")
+    return f"{title}\nLoss: {loss}\n{rest}"
+
+
 def main(capability: Capability, argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = capability.parser(prog)
     args = parser.parse_args(argv)
+    # The command as the user typed it, for "Reproduce with": `model-expert NAME` once installed.
+    args.command_line = " ".join([prog or f"python scripts/{capability.name}.py",
+                                  *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
     debug = getattr(args, "debug", False)
     try:
+        default_losses_used.clear()
         with quiet_libraries(not debug):
             data = {"schema": capability.schema, **capability.analyse(args)}
+        loss = loss_description(getattr(args, "loss", None)) if hasattr(args, "loss") else None
+        if loss:
+            data.setdefault("loss", loss)
         if getattr(args, "json", False):
             text = to_json(data)
         elif getattr(args, "markdown", False) and capability.render_markdown is not None:
-            text = capability.render_markdown(data, args)
+            text = _with_loss_line(capability.render_markdown(data, args), data.get("loss"))
         else:
-            text = capability.render_table(data, args)
+            text = _with_loss_line(capability.render_table(data, args), data.get("loss"))
     except UserError as error:
         if debug:
             traceback.print_exc()

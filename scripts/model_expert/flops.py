@@ -35,6 +35,7 @@ from . import cli, render
 from .errors import UserError
 from .gpus import GpuSpec, find_gpu
 from .guard import preserved
+from .model_copy import copy_model
 from .memory.device_rules import TargetFunctionMode
 from .memory.tracker import plausible_scalar
 from .runner import ModelCallError, call_model, compute_loss, run_backward
@@ -516,9 +517,12 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
     inputs = session.build_inputs()
     model = session.model
     try:
-        # The target's kernels can be traced only on meta tensors (or on the target itself).
-        rules_target = args.target_device if args.device in ("meta", args.target_device) else None
-        counter = count_step(model, inputs, session.loss_fn, session.loaded.name, target_device=rules_target)
+        # The target's kernels can be traced only on meta tensors (or on the target itself): a model built
+        # elsewhere is counted on a meta copy, so one model gets one count for one target whatever --device.
+        if args.device in ("meta", args.target_device):
+            counter = count_step(model, inputs, session.loss_fn, session.loaded.name, target_device=args.target_device)
+        else:
+            counter = _count_on_meta_copy(session, args.target_device)
     except ModelCallError as error:
         if args.device == "meta" and _meta_failure(error):
             raise UserError(f"{error}. On --device meta tensors have shapes but no values, so a data-dependent "
@@ -527,7 +531,7 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
         raise
 
     dims = _known_dims(session)
-    result: dict[str, Any] = {"target": args.target, "model": session.loaded.name, "device": args.device,
+    result: dict[str, Any] = {"target": args.target, "model": type(session.model).__name__, "device": args.device,
                               "inputs": inputs.describe()}
     result.update(step_flops(counter, model, args.precision, args.optimizer, args.depth))
     result["batch_size"] = dims.get("B")
@@ -574,6 +578,23 @@ def kernel_time_estimate(result: dict[str, Any], session: cli.Session, gpu: GpuS
             "inference latency = the forward phase of the training step (train-mode forward; eval mode skips dropout)",
             "one card, no data-parallel communication, no host-device copies, no data loading"],
     }
+
+
+def _count_on_meta_copy(session: cli.Session, target_device: str) -> StepFlopCounter:
+    """The step counted with TARGET_DEVICE's kernels on a meta copy. Where the model reads values (.item(),
+    data-dependent shapes) meta could only assume them, so the count is taken on the built model with its
+    device's kernels instead (attention_kernels_of says whose)."""
+    with preserved(session.model):
+        work = copy_model(session.model, "meta")
+    try:
+        counter = count_step(work, session.build_inputs(device="meta"), session.loss_fn, session.loaded.name,
+                             target_device=target_device)
+        if not counter.scalar_reads.reads:
+            return counter
+    except ModelCallError as error:
+        if not _meta_failure(error):
+            raise
+    return count_step(session.model, session.build_inputs(), session.loss_fn, session.loaded.name)
 
 
 def step_flops(counter: StepFlopCounter, model: nn.Module, precision_name: str, optimizer: str,
@@ -725,7 +746,7 @@ def _throughput_lines(data: dict[str, Any]) -> list[str]:
 
 def _module_rows(data: dict[str, Any]) -> list[list[str]]:
     total = data["step_flops"]
-    return [[("  " * m["depth"]) + m["name"].rpartition(".")[2] if m["depth"] else m["name"], m["type"],
+    return [[m["name"], m["type"],  # the full path: tabulate strips indentation, so children would read as siblings
              render.flops(m["forward_flops"]), render.flops(m["backward_flops"]),
              _share(m["forward_flops"] + m["backward_flops"], total)] for m in data["modules"]]
 

@@ -4,7 +4,7 @@ What is measured per batch (fresh inputs each: `session.build_inputs(seed=i)`):
   - every parameter's gradient norm (`torch._foreach_norm`, one host transfer per batch),
     and the global norm;
   - every module's output: min and max (`amin`/`amax`) -> max |activation| and
-    whether it went non-finite; under --precision *-autocast also the fp16 underflow count;
+    whether it went non-finite; under a --precision other than fp32 also the fp16 underflow count;
   - for ReLU-family modules, which units were ever active.
 What is judged (the rules are the constants and registries below, each with its reason):
 findings {severity, kind, where, message, value}; `stability` is the worst severity found
@@ -27,6 +27,8 @@ from . import cli, render
 from .errors import UserError
 from .guard import preserved
 from .inputs import ModelInputs
+from .memory.step import PRECISIONS, cast_inputs
+from .model_copy import copy_model
 from .runner import call_model, compute_loss, floating_leaves, run_backward
 
 # --- constants and their sources -------------------------------------------------------------
@@ -59,12 +61,6 @@ FINDINGS_PER_KIND = 8          # beyond this, one summary finding per kind and s
 
 SEVERITY_RANK = {"INFO": 0, "CAUTION": 1, "RISK": 2}
 STABILITY_RULE = "RISK if any finding is RISK, else CAUTION if any is CAUTION, else STABLE (INFO findings never count)"
-
-# --precision -> autocast dtype (None: plain fp32). Casting the parameters (bf16/fp16) would change
-# the user's model in place, so grads.py offers only the autocast modes.
-AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16-autocast": torch.bfloat16,
-                                                 "fp16-autocast": torch.float16}
-
 
 @dataclass(frozen=True)
 class ActivationRule:
@@ -111,8 +107,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="FN(output) returns the scalar to backpropagate (default: output.loss, else the mean of floating outputs)")
     group.add_argument("--batches", type=int, default=3, metavar="N",
                        help="forward/backward passes to sample, each on fresh inputs (seed 0..N-1; default: 3)")
-    group.add_argument("--precision", choices=tuple(AUTOCAST_DTYPES), default="fp32",
-                       help="run forward and loss under torch.autocast to see fp16 overflow/underflow (default: fp32)")
+    group.add_argument("--precision", choices=cli.PRECISIONS, default="fp32",
+                       help="bf16/fp16: a copy of the model and the floating inputs cast (pure low-precision training); "
+                            "*-autocast: under torch.autocast; both show fp16 overflow/underflow (default: fp32)")
     group.add_argument("--group", action="append", default=[], metavar="NAME=PREFIX",
                        help="a named parameter group (parameters whose name starts with PREFIX); reports whether it "
                             "gets gradient, e.g. --group model_path=model_proj (repeatable)")
@@ -437,12 +434,19 @@ def analyse_model(model: nn.Module, build_inputs: Callable[[int], ModelInputs], 
     """Sample BATCHES steps of MODEL (inside `preserved`: the model is restored afterwards) and judge them."""
     if batches < 1:
         raise UserError(f"--batches must be 1 or more, not {batches}")
-    if precision not in AUTOCAST_DTYPES:
-        raise UserError(f"unknown --precision '{precision}' for grads; expected one of {', '.join(AUTOCAST_DTYPES)}")
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown --precision '{precision}' for grads; expected one of {', '.join(PRECISIONS)}")
     groups = groups or {}
-    named = unique_parameters(model)
-    if any(p.device.type == "meta" for _, p in named):
+    if any(p.device.type == "meta" for _, p in unique_parameters(model)):
         raise UserError("grads needs real values to measure gradients; run with --device cpu (or cuda), not meta")
+    rule = PRECISIONS[precision]
+    if rule.param_dtype is not None:  # pure bf16/fp16 training: a cast copy; the user's model keeps its dtype
+        model = copy_model(model).to(rule.param_dtype)
+        build_fp32_inputs = build_inputs
+
+        def build_inputs(seed: int) -> ModelInputs:
+            return cast_inputs(build_fp32_inputs(seed), rule.param_dtype)
+    named = unique_parameters(model)
     names = [n for n, _ in named]
     parameters = [p for _, p in named]
     for group_name, prefix in groups.items():
@@ -450,12 +454,12 @@ def analyse_model(model: nn.Module, build_inputs: Callable[[int], ModelInputs], 
             tops = sorted({n.split(".")[0] for n in names})
             raise UserError(f"--group {group_name}={prefix}: no parameter name starts with '{prefix}'; "
                             f"top-level names are {', '.join(tops[:12])}")
-    autocast_dtype = AUTOCAST_DTYPES[precision]
+    autocast_dtype = rule.autocast_dtype
     device_type = parameters[0].device.type if parameters else "cpu"
 
     with preserved(model):
         model.train()
-        probe = ForwardProbe(model, count_underflow=autocast_dtype is not None)
+        probe = ForwardProbe(model, count_underflow=precision != "fp32")
         records: list[BatchRecord] = []
         with torch.no_grad():
             parameter_norms = ([float(v) for v in torch.stack([n.float() for n in torch._foreach_norm(
@@ -765,7 +769,7 @@ def _precision_findings(module_rows, precision) -> list[dict[str, Any]]:
                                      f"the output of '{row['name']}' held inf/NaN under {precision} (fp16 tops out at "
                                      f"{FP16_MAX:g}; see non_finite_activation for the first module)", peak))
         elif peak is not None and peak >= FP16_MAX:
-            findings.append(_finding("RISK" if precision == "fp16-autocast" else "CAUTION", "fp16_overflow",
+            findings.append(_finding("RISK" if precision in ("fp16", "fp16-autocast") else "CAUTION", "fp16_overflow",
                                      row["name"], f"max |activation| of '{row['name']}' is {peak:.3g}, beyond fp16's "
                                      f"{FP16_MAX:g}: it would be inf in fp16", peak))
         elif peak is not None and peak >= FP16_MAX / 8:

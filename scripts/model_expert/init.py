@@ -40,7 +40,7 @@ def merged_settings(existing: dict) -> dict:
 def install(directory: str, force: bool = False) -> list[str]:
     """Write the files (all checked before any is written); returns the paths written."""
     if not os.path.isdir(directory):
-        raise UserError(f"init: '{directory}' is not a directory; create it or name the repository root")
+        raise UserError(f"'{directory}' is not a directory; create it or name the repository root")
     claude_dir = os.path.join(directory, ".claude")
     planned: list[tuple[str, str]] = []
     for relative in FILES:
@@ -50,7 +50,7 @@ def install(directory: str, force: bool = False) -> list[str]:
         if os.path.exists(destination) and not force:
             with open(destination, encoding="utf-8") as stream:
                 if stream.read() != text:
-                    raise UserError(f"init: {destination} exists and differs; pass --force to replace it")
+                    raise UserError(f"{destination} exists and differs; pass --force to replace it")
         planned.append((destination, text))
     settings_path = os.path.join(claude_dir, "settings.json")
     existing = {}
@@ -59,9 +59,9 @@ def install(directory: str, force: bool = False) -> list[str]:
             with open(settings_path, encoding="utf-8") as stream:
                 existing = json.load(stream)
         except (json.JSONDecodeError, OSError) as error:
-            raise UserError(f"init: {settings_path} is not valid JSON ({error}); fix it first") from None
+            raise UserError(f"{settings_path} is not valid JSON ({error}); fix it first") from None
         if not isinstance(existing, dict):
-            raise UserError(f"init: {settings_path} must hold a JSON object")
+            raise UserError(f"{settings_path} must hold a JSON object")
     planned.append((settings_path, json.dumps(merged_settings(existing), indent=2) + "\n"))
     for destination, text in planned:
         os.makedirs(os.path.dirname(destination), exist_ok=True)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+from torch.utils._pytree import tree_map
 
 from .errors import UserError
 
@@ -295,6 +296,32 @@ class FactoryInputs(InputSource):
         finally:
             torch.set_rng_state(rng)
         return as_model_inputs(value, self.origin)
+
+
+class FixedInputs(InputSource):
+    """Inputs stored on the model (Lightning's `example_input_array`): one fixed batch, not resizable."""
+
+    def __init__(self, value: Any, origin: str):
+        self.value = as_model_inputs(value, origin)
+        self.origin = origin
+
+    def build(self, device, dim_overrides=None, seed=0) -> ModelInputs:
+        if dim_overrides:
+            raise UserError(f"{self.origin} is one fixed batch, so {', '.join(sorted(dim_overrides))} cannot be "
+                            f"resized; define example_inputs(batch_size=...) or pass --input specs")
+        target = torch.device(device)
+
+        def moved(value):
+            if not isinstance(value, torch.Tensor):
+                return value
+            if target.type == "meta":
+                return torch.empty_like(value, device="meta")
+            if value.device.type == "meta":
+                raise UserError(f"{self.origin} holds meta tensors (the model was built on meta); "
+                                f"pass --input specs or define example_inputs()")
+            return value.detach().clone().to(target)
+        return ModelInputs(args=tuple(tree_map(moved, a) for a in self.value.args),
+                           kwargs={k: tree_map(moved, v) for k, v in self.value.kwargs.items()})
 
 
 def _first_line(error: BaseException) -> str:

@@ -7,6 +7,7 @@ from collections import defaultdict
 from typing import Any
 
 from torch import nn
+from torch.nn.utils import prune
 
 from . import cli, render
 from .guard import preserved
@@ -86,8 +87,46 @@ def count_parameters(model: nn.Module, depth: int = 2, top_k: int = 10) -> dict[
     }
 
 
+def pruning_masks(model: nn.Module) -> dict[str, Any] | None:
+    """Weights torch.nn.utils.prune's masks zero: `weight_orig` is stored whole (and counted in the total);
+    the forward uses weight_orig * weight_mask. None when nothing is pruned; counts None on meta (no values)."""
+    tensors = []
+    for path, module in model.named_modules():
+        for hook in module._forward_pre_hooks.values():
+            if not isinstance(hook, prune.BasePruningMethod):
+                continue
+            mask = getattr(module, f"{hook._tensor_name}_mask")
+            name = f"{path}.{hook._tensor_name}" if path else hook._tensor_name
+            masked = None if mask.device.type == "meta" else int((mask == 0).sum())
+            tensors.append({"parameter": f"{name}_orig", "count": mask.numel(), "masked": masked})
+    if not tensors:
+        return None
+    known = all(t["masked"] is not None for t in tensors)
+    return {"tensors": tensors, "count": sum(t["count"] for t in tensors),
+            "masked": sum(t["masked"] for t in tensors) if known else None}
+
+
+INIT_METHODS = ("_init_weights", "init_weights", "initialize_weights", "reset_parameters", "_reset_parameters")
+
+
+def own_initialisers(model: nn.Module) -> list[str]:
+    """'Class.method' for the initialisers the model's classes (not torch's) define: per module, those of the
+    most derived class that defines one."""
+    found: list[str] = []
+    for module in model.modules():
+        for cls in type(module).__mro__:
+            if (cls.__module__ or "").split(".")[0] in ("torch", "builtins"):
+                continue
+            names = [f"{cls.__name__}.{name}" for name in INIT_METHODS if name in vars(cls)]
+            if names:
+                found += [name for name in names if name not in found]
+                break
+    return found
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     cli.add_model_arguments(parser)
+    cli.add_input_arguments(parser)  # used only to materialise lazy modules (one forward)
     parser.add_argument("--depth", type=int, default=2, help="module tree depth to list (default: 2)")
     parser.add_argument("--top", type=int, default=10, help="how many parameter-heavy layers to list (default: 10)")
     cli.add_output_arguments(parser)
@@ -96,10 +135,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def analyse(args: argparse.Namespace) -> dict[str, Any]:
     if args.depth < 0 or args.top < 0:
         raise cli.UserError("--depth and --top must be 0 or more")
-    loaded = cli.load_model(args.target, kwargs=cli.parse_kwargs_json(args.kwargs), config=args.config,
-                            checkpoint=args.checkpoint, device=args.device)
+    loaded = cli.open_session(args, inputs_required=False).loaded
     with preserved(loaded.module):
         data = count_parameters(loaded.module, depth=args.depth, top_k=args.top)
+        data["pruning"] = pruning_masks(loaded.module)
+        data["own_initialisers"] = own_initialisers(loaded.module)
     return {"target": args.target, "device": args.device, **data}
 
 
@@ -110,12 +150,20 @@ def _summary_rows(data: dict[str, Any]) -> list[list[str]]:
             ["Parameter memory", f"{render.count(data['parameter_bytes'])} bytes ({render.mib(data['parameter_bytes'])})"]]
     for dtype, size in data["bytes_by_dtype"].items():
         rows.append([f"  {dtype}", f"{render.count(size)} bytes"])
+    pruning = data.get("pruning")
+    if pruning:
+        if pruning["masked"] is None:
+            rows.append(["Zeroed by pruning masks", "unknown on meta (the masks hold no values; use --device cpu)"])
+        else:
+            rows.append(["Zeroed by pruning masks", f"{render.count(pruning['masked'])} of {render.count(pruning['count'])} "
+                                                    f"pruned weights ({len(pruning['tensors'])} tensors)"])
+            rows.append(["Total without them", f"{render.count(data['total'] - pruning['masked'])} (what torchinfo counts)"])
     rows.append(["Buffers", f"{render.count(data['buffers']['count'])} values, {render.count(data['buffers']['bytes'])} bytes"])
     return rows
 
 
 def _module_rows(data: dict[str, Any]) -> list[list[str]]:
-    return [[("  " * m["depth"]) + m["name"].rpartition(".")[2] if m["depth"] else m["name"], m["type"],
+    return [[m["name"], m["type"],  # the full path: tabulate strips indentation, so children would read as siblings
              render.count(m["parameters"]), render.count(m["trainable"])] for m in data["modules"]]
 
 

@@ -284,14 +284,21 @@ def _batch_largest_fit(ctx: Context) -> Decision:
                     "that fits is an upper bound (pass --kind to apply a range)")
 
 
+def _gpus_text(gpus: int) -> str:
+    return f"{gpus} GPU{'s' if gpus > 1 else ''}"
+
+
 def _accumulation(ctx: Context, target: int, reason: str) -> Decision:
     batch = ctx.decided["batch_size"].value
     gpus = ctx.role.gpus
     steps = math.ceil(target / (batch * gpus))
     effective = batch * gpus * steps
-    return Decision(steps, f"{steps} (global batch {batch} x {gpus} GPU{'s' if gpus > 1 else ''} x {steps} = {effective})",
+    return Decision(steps, f"{steps} (global batch {effective} = {_gpus_text(gpus)} x {batch} x {steps} steps)",
                     {"per_gpu_batch": batch, "gpus": gpus, "target_global_batch": target, "global_batch": effective},
                     f"ceil({target} / ({batch} x {gpus})) = {steps}; {reason}")
+
+
+CLIP_DISAGREEMENT_FRACTION = 0.5  # a seed clip norm that clips more of the sampled steps than this is called out
 
 
 def _clip_measured(ctx: Context) -> dict[str, Any]:
@@ -313,12 +320,21 @@ def _clip(ctx: Context, seed_value: float | tuple[float, float], chosen: float, 
         measured["fraction_of_steps_clipped"] = sum(n > chosen for n in norms) / len(norms)
     seed_text = "–".join(map(_norm, seed_value)) if isinstance(seed_value, tuple) else _norm(seed_value)
     suggestion = measured["suggested_clip_norm"]
+    clipped = measured.get("fraction_of_steps_clipped")
+    disagreement = ""
+    if used == "seed" and clipped is not None and clipped > CLIP_DISAGREEMENT_FRACTION:
+        disagreement = (f"; the seed's rule and the measurement disagree: max_norm={_norm(chosen)} clips "
+                        f"{sum(n > chosen for n in norms)} of {len(norms)} sampled steps (median global norm "
+                        f"{_norm(measured['median_global_grad_norm'])}), so clipping rescales nearly every update and acts "
+                        f"as a lower learning rate; the seed's value is kept because it is the written rule, and "
+                        f"max_norm={_norm(suggestion)} (the measured suggestion) would clip only spikes")
     return Decision({"max_norm": chosen, "seed": list(seed_value) if isinstance(seed_value, tuple) else seed_value,
-                     "measured_suggestion": suggestion, "used": used, "norm_type": 2.0},
+                     "measured_suggestion": suggestion, "used": used, "norm_type": 2.0,
+                     "seed_and_measurement_disagree": bool(disagreement)},
                     f"max_norm={_norm(chosen)} by global norm (seed {seed_text}; measured suggestion "
                     f"{NOT_MEASURED if suggestion is None else _norm(suggestion)}; using the {used} value)",
-                    measured, why + "; clip the global norm (torch.nn.utils.clip_grad_norm_), not per parameter, "
-                    "to keep the gradient's direction")
+                    measured, why + disagreement + "; clip the global norm (torch.nn.utils.clip_grad_norm_), not per "
+                    "parameter, to keep the gradient's direction")
 
 
 def _clip_autoencoder(ctx: Context) -> Decision:
@@ -445,7 +461,8 @@ RULES: tuple[Rule, ...] = (
          lambda ctx: _accumulation(ctx, BATCH_RANGES[ctx.architecture][0],
                                    "the per-GPU batch is below the seed's range, so steps are accumulated up to its lower end")),
     Rule("accum.none", "grad_accum", None, "no --global-batch asked for and the batch is within the seed's range", _always,
-         lambda ctx: Decision(1, f"1 (global batch {ctx.decided['batch_size'].value * ctx.role.gpus})",
+         lambda ctx: Decision(1, f"1 (global batch {ctx.decided['batch_size'].value * ctx.role.gpus} = "
+                                 f"{_gpus_text(ctx.role.gpus)} x {ctx.decided['batch_size'].value})",
                               {"per_gpu_batch": ctx.decided["batch_size"].value, "gpus": ctx.role.gpus,
                                "global_batch": ctx.decided["batch_size"].value * ctx.role.gpus},
                               "pass --global-batch N to accumulate towards a larger global batch")),
@@ -741,7 +758,7 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
     options = Options(kinds=None, steps=args.steps, global_batch=args.global_batch, gpu=args.gpu,
                       cluster_gpu=args.cluster_gpu, gpus_per_node=args.gpus_per_node, nodes=args.nodes,
                       l1_regularization=l1_regularization)
-    result = recommend({"model": session.loaded.name, "params": params, "architecture": architecture,
+    result = recommend({"model": type(session.model).__name__, "params": params, "architecture": architecture,
                         "memory": memory, "grads": grads}, options)
     result = {"target": args.target, **result, "evidence_sources": sources}
     if args.slurm_out:

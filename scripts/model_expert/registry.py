@@ -11,7 +11,7 @@ from types import ModuleType
 CAPABILITIES = {
     "params": "model_expert.params",
     "trace": "model_expert.trace",
-    "lint": "model_expert.lint",
+    "lint": "model_expert.lint.cli",
     "grads": "model_expert.grads",
     "memory": "model_expert.memory.cli",
     "flops": "model_expert.flops",

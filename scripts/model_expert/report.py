@@ -17,6 +17,7 @@ from typing import Any, Callable
 from . import cli, registry, render
 from .errors import UserError
 from .gpus import DEFAULT_CLUSTER_GPU, DEFAULT_CONSUMER_GPU
+from .runner import default_losses_used, loss_description
 
 # Order matters: trace first (a broken forward stops the report there, with the module that failed);
 # recommend last (it reads the params, memory and grads evidence).
@@ -115,8 +116,10 @@ def section_plan(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any
 def collect(args: argparse.Namespace, on_progress: Callable[[str], None] = progress) -> dict[str, Any]:
     """Run every section; a section that fails after the forward is known to work is recorded, not fatal."""
     plan = section_plan(args)
+    default_losses_used.clear()
     evidence: dict[str, Any] = {"schema": "model-expert/report/1", "target": args.target,
-                                "command": "python scripts/report.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+                                "command": getattr(args, "command_line", None) or "python scripts/report.py "
+                                + " ".join(shlex.quote(a) for a in sys.argv[1:]),
                                 "loss": args.loss, "samples_per_epoch": args.samples_per_epoch, "not_measured": {}}
     for position, (key, name, overrides) in enumerate(plan, start=1):
         module = registry.load(name)
@@ -138,6 +141,7 @@ def collect(args: argparse.Namespace, on_progress: Callable[[str], None] = progr
             on_progress(f"[{position}/{len(plan)}] {key} not measured: {error}")
             continue
         on_progress(f"[{position}/{len(plan)}] {key} done in {time.perf_counter() - started:.1f} s")
+    evidence["loss"] = loss_description(args.loss)
     if args.findings:
         evidence["reviewer_findings"] = read_findings(args.findings)
     return evidence

@@ -113,13 +113,14 @@ def _overview(evidence: dict[str, Any], derived: dict[str, Any]) -> dict[str, An
     if memory:
         memory_line = (f"{render.mib(memory['peak_bytes'])} peak per training step at batch {memory.get('batch_size', '?')} "
                        f"({memory.get('precision', 'fp32')}, {memory.get('optimizer', 'adamw')}, "
-                       f"{memory.get('target_device', 'cuda')} rules{' for ' + memory['gpu'] if memory.get('gpu') else ''}); "
+                       f"{memory.get('target_device', 'cuda')} rules{' for ' + memory['rules_gpu'] if memory.get('rules_gpu') else ''}); "
                        f"{render.mib(memory['inference_peak_bytes'])} for inference")
     else:
         memory_line = NOT_MEASURED
     if flops:
         complexity = (f"{render.flops(flops['forward_flops'])} forward + {render.flops(flops['backward_flops'])} backward "
-                      f"per batch; matmul FLOPs by op: "
+                      f"per batch (counted with the {flops.get('attention_kernels_of') or flops.get('device')} target's kernels); "
+                      f"matmul FLOPs by op: "
                       + ", ".join(f"{op} {render.flops(total)}"
                                   for op, total in sorted(derived.get("training_flops_by_op", {}).items())))
     else:
@@ -155,14 +156,30 @@ def _scaling(trace: dict[str, Any] | None) -> list[str]:
     shapes_by_module: dict[str, list[str]] = {}
     for item in vary.get("quadratic_intermediates", []):
         shapes_by_module.setdefault(item["module"], []).append(item["symbolic"])
+    dim = vary["dim"]
+    modules_by_pattern: dict[tuple[str, ...], list[str]] = {}  # one CAUTION per pattern, not one per layer
     for module, shapes in shapes_by_module.items():
-        lines.append(f"**[CAUTION]** `{module}` builds {' and '.join(shapes)} tensors on the traced attention path: "
-                     f"memory there grows as {vary['dim']}² (CUDA's fused attention, which the memory estimate models, "
-                     f"keeps O({vary['dim']}) per head; the score FLOPs still grow as {vary['dim']}²)")
+        modules_by_pattern.setdefault(tuple(shapes), []).append(module)
+    for shapes, modules in modules_by_pattern.items():
+        lines.append(f"**[CAUTION]** {_modules_text(modules)} build{'s' if len(modules) == 1 else ''} "
+                     f"{' and '.join(shapes)} tensors on the traced attention path: memory there grows as {dim}² "
+                     f"(CUDA's fused attention, which the memory estimate models, keeps O({dim}) per head; the "
+                     f"score FLOPs still grow as {dim}², see below)")
+    modules_by_growth: dict[tuple[float, float | None], list[str]] = {}
     for growth in vary.get("flop_growth", []):
         if growth["superlinear"]:
-            lines.append(f"`{growth['module']}` FLOPs grow as {vary['dim']}^{growth['exponent']}")
+            modules_by_growth.setdefault((growth["exponent"], growth.get("score_exponent")), []).append(growth["module"])
+    for (exponent, score_exponent), modules in modules_by_growth.items():
+        lines.append(f"{_modules_text(modules)}: FLOPs grow as {dim}^{exponent} in total"
+                     + (f"; the attention-score FLOPs inside (Q·Kᵀ and scores·V) grow as {dim}^{score_exponent}, "
+                        f"the linear projections around them as {dim}^1, so the total tends to {dim}² as "
+                        f"{dim} grows" if score_exponent is not None else ""))
     return lines
+
+
+def _modules_text(modules: list[str]) -> str:
+    return (f"`{modules[0]}`" if len(modules) == 1
+            else f"{len(modules)} modules (" + ", ".join(f"`{m}`" for m in modules) + ")")
 
 
 def _gradient(evidence: dict[str, Any]) -> dict[str, Any]:
@@ -267,8 +284,12 @@ def _performance(evidence: dict[str, Any], derived: dict[str, Any]) -> list[str]
              f"({render.count(params.get('parameter_bytes'))} bytes)"]
     if memory:
         breakdown = memory.get("breakdown", {})
-        lines.append(f"**Training step peak**: {render.mib(memory['peak_bytes'])} at batch {memory.get('batch_size')} — "
-                     + ", ".join(f"{name.replace('_', ' ')} {render.mib(value)}" for name, value in breakdown.items()))
+        full = memory.get("full_bytes", {})
+        lines.append(f"**Training step peak**: {render.mib(memory['peak_bytes'])} at batch {memory.get('batch_size')}, "
+                     f"during {memory.get('peak_phase', 'the step')}; alive at that moment: "
+                     + ", ".join(f"{name.replace('_', ' ')} {render.mib(value)}"
+                                 + (f" (full size {render.mib(full[name])})" if name in full else "")
+                                 for name, value in breakdown.items()))
         if "activation_bytes_per_sample" in derived:
             lines.append(f"**Activation Memory per Sample**: {render.human_bytes(derived['activation_bytes_per_sample'])} "
                          "(saved for backward at the end of the forward)")
@@ -288,9 +309,14 @@ def _performance(evidence: dict[str, Any], derived: dict[str, Any]) -> list[str]
     else:
         lines.append(f"**Estimated training step**: {NOT_MEASURED}")
     if "epoch_seconds" in derived:
+        recommended = next((r["value"] for r in _get(evidence, "recommend", "recommendations", default=[])
+                            if r["setting"] == "batch_size" and r.get("role") == "single_gpu"), None)
+        other_batch = (f"; the batch recommended below is {recommended}: rerun with --batch-size {recommended} for the "
+                       f"epoch time at that batch" if isinstance(recommended, int) and recommended != flops.get("batch_size")
+                       else "")
         lines.append(f"**Estimated Training Time**: {render.seconds(derived['epoch_seconds'])} per epoch of "
                      f"{render.count(evidence['samples_per_epoch'])} samples ({render.count(derived['steps_per_epoch'])} "
-                     f"steps at batch {flops.get('batch_size')}) on {gpu}")
+                     f"steps at batch {flops.get('batch_size')}, the traced batch) on {gpu}{other_batch}")
     else:
         lines.append("**Estimated Training Time**: per epoch not measured (pass --samples-per-epoch N)")
     if flops and flops.get("inference_seconds_per_batch") is not None:
@@ -302,7 +328,12 @@ def _performance(evidence: dict[str, Any], derived: dict[str, Any]) -> list[str]
 def _checklist(evidence: dict[str, Any]) -> list[str]:
     items = []
     kind = _get(evidence, "recommend", "architecture", "architecture")
-    if kind in INIT_ADVICE:
+    own_init = _get(evidence, "params", "own_initialisers", default=[])
+    if kind in INIT_ADVICE and own_init:  # the seed's rule and the model disagree: both shown, the model's used
+        items.append(f"Initialise weights: the model defines its own ({', '.join('`' + m + '`' for m in own_init[:3])}); "
+                     f"it is kept rather than the seed's rule ({INIT_ADVICE[kind]}), because it was written for this "
+                     f"architecture (and a pretrained checkpoint replaces both)")
+    elif kind in INIT_ADVICE:
         items.append(f"Initialise weights: {INIT_ADVICE[kind]}")
     dropouts = _get(evidence, "derived", "dropout_call_count", default=0)
     items.append(f"Call model.eval() before inference ({dropouts} dropout module call(s) in the traced forward)")

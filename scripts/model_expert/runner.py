@@ -85,13 +85,27 @@ def floating_leaves(value: Any) -> list[torch.Tensor]:
     return []
 
 
+# Which default loss this process backpropagated: the scripts name it in their header and JSON.
+DEFAULT_LOSS_TEXT = {"output.loss": "default: output.loss", "mean": "default: mean of outputs"}
+default_losses_used: set[str] = set()
+
+
+def loss_description(loss_option: str | None) -> str | None:
+    """What was backpropagated: the --loss option, else the default(s) used, else None (no loss ran)."""
+    if loss_option:
+        return loss_option
+    return "; ".join(DEFAULT_LOSS_TEXT[kind] for kind in sorted(default_losses_used)) or None
+
+
 def default_loss(output: Any) -> torch.Tensor:
     """`output.loss` when present (Hugging Face), else the sum of the means of the floating outputs."""
     loss = getattr(output, "loss", None)
     if loss is None and isinstance(output, dict):
         loss = output.get("loss")
     if isinstance(loss, torch.Tensor):
+        default_losses_used.add("output.loss")
         return loss
+    default_losses_used.add("mean")
     leaves = [t for t in floating_leaves(output) if t.requires_grad or t.grad_fn is not None] or floating_leaves(output)
     if not leaves:
         raise UserError("the model's output has no floating-point tensor to backpropagate; pass --loss file.py:fn "

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import configparser
 import contextlib
-import copy
 import hashlib
 import importlib
 import importlib.util
@@ -23,7 +22,8 @@ import torch
 from torch import nn
 
 from .errors import UserError
-from .inputs import FactoryInputs, InputSource
+from .inputs import FactoryInputs, FixedInputs, InputSource
+from .model_copy import copy_model
 
 DEVICES = ("meta", "cpu", "cuda")
 _STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "module")
@@ -197,7 +197,7 @@ def load_model(target: str, kwargs: dict[str, Any] | None = None, config: str | 
         module = obj
         if any(t.device.type != device for t in _tensors(obj)):
             try:
-                module = copy.deepcopy(obj).to(device)  # never move the user's own instance
+                module = copy_model(obj, device)  # never move the user's own instance
             except Exception as error:
                 raise UserError(f"cannot copy instance '{name}' to {device}: {_first_line(error)}") from error
         else:
@@ -266,7 +266,7 @@ def load_checkpoint(loaded: LoadedModel, path: str) -> None:
         raise UserError(f"--checkpoint '{path}' holds no state dict of tensors (looked at the top level "
                         f"and under {', '.join(_STATE_DICT_KEYS)})")
     if not loaded.owned:
-        loaded.module = copy.deepcopy(loaded.module)
+        loaded.module = copy_model(loaded.module)
         loaded.owned = True
     expected = loaded.module.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -291,14 +291,24 @@ def load_checkpoint(loaded: LoadedModel, path: str) -> None:
     loaded.checkpoint = path
 
 
+class NoInputsError(UserError):
+    """No input options and no example inputs on the target."""
+
+
 def default_input_source(loaded: LoadedModel) -> InputSource:
-    """`example_inputs` on the target itself, else in its Python module, else a how-to error."""
-    obj = getattr(loaded.python_module, loaded.name, None)
-    for owner, label in ((obj, f"{loaded.name}.example_inputs"), (loaded.python_module, "example_inputs")):
-        function = getattr(owner, "example_inputs", None) if owner is not None else None
-        if callable(function) and not isinstance(function, nn.Module):
-            return FactoryInputs(function, f"{label}()")
-    raise UserError(f"no inputs for {loaded.name}: pass --input for each forward argument, e.g. "
+    """The model's own inputs before its file's: its `example_inputs` (a static or class method, or an
+    instance method called on the built model), else Lightning's `example_input_array` attribute, else
+    a module-level `example_inputs()` beside the target, else a how-to error."""
+    method = getattr(loaded.module, "example_inputs", None)
+    if callable(method) and not isinstance(method, nn.Module):
+        return FactoryInputs(method, f"{loaded.name}.example_inputs()")
+    array = getattr(loaded.module, "example_input_array", None)
+    if array is not None:
+        return FixedInputs(array, f"{loaded.name}.example_input_array")
+    function = getattr(loaded.python_module, "example_inputs", None)
+    if callable(function) and not isinstance(function, nn.Module):
+        return FactoryInputs(function, "example_inputs()")
+    raise NoInputsError(f"no inputs for {loaded.name}: pass --input for each forward argument, e.g. "
                     f"--input 'float32[B=8,T=128,512]' --input 'mask=bool[B,T]', or --inputs file.py:make_inputs, "
                     f"or define example_inputs() in {loaded.target.rpartition(':')[0]}")
 

@@ -53,16 +53,21 @@ def _describe_output(value: Any) -> list[dict[str, Any]]:
 class _IntermediateRecorder(TorchDispatchMode):
     """Records the output shape of every aten op, with the innermost module running it."""
 
-    def __init__(self, stack: list[_OpenCall]):
+    def __init__(self, stack: list[_OpenCall], flop_registry: dict | None = None):
         super().__init__()
         self.stack = stack
+        self.flop_registry = flop_registry or {}
         self.ops: list[dict[str, Any]] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         shapes = [list(t.shape) for t in (out if isinstance(out, (tuple, list)) else [out]) if isinstance(t, torch.Tensor)]
+        input_shapes = [list(t.shape) for t in torch.utils._pytree.tree_leaves((args, kwargs))
+                        if isinstance(t, torch.Tensor)]
+        formula = self.flop_registry.get(func.overloadpacket)
+        flops = int(formula(*args, **(kwargs or {}), out_val=out)) if formula is not None else 0
         self.ops.append({"op": str(func.overloadpacket.__name__), "module": self.stack[-1].path if self.stack else "",
-                         "shapes": shapes})
+                         "shapes": shapes, "input_shapes": input_shapes, "flops": flops})
         return out
 
 
@@ -97,9 +102,10 @@ def trace_calls(model: nn.Module, inputs: ModelInputs, model_name: str, record_o
     for module in model.modules():
         handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
         handles.append(module.register_forward_hook(post_hook, with_kwargs=True))
-    recorder = _IntermediateRecorder(open_calls) if record_ops else None
     # flops.EXTRA_FLOP_FORMULAS adds the CPU fused attention kernels FlopCounterMode counts as zero.
     flop_counter = FlopCounterMode(display=False, custom_mapping=EXTRA_FLOP_FORMULAS) if count_flops else None
+    recorder = (_IntermediateRecorder(open_calls, flop_counter.flop_registry if flop_counter else None)
+                if record_ops else None)
     try:
         with torch.no_grad() if not torch.is_grad_enabled() else _null():
             if flop_counter is not None:
@@ -150,6 +156,9 @@ def _parse_vary(text: str) -> tuple[str, int, int]:
     if first == second or first <= 0 or second <= 0:
         raise UserError(f"bad --vary '{text}': V1 and V2 must be two different positive sizes")
     return name, first, second
+
+
+FUSED_ATTENTION_PREFIX = "_scaled_dot_product"  # aten's fused attention kernels (flash, efficient, cuDNN, CPU)
 
 
 def _dim_label(size_small: int, size_large: int, name: str, small: int, large: int) -> tuple[str, str | None]:
@@ -204,21 +213,41 @@ def vary_analysis(session: cli.Session, name: str, small: int, large: int) -> di
                 scaling_calls.append({"index": a["index"], "module": a["module"], "type": a["type"], "outputs": outs})
     # Intermediates (aten op outputs) with two or more dims that scale: attention scores and the like.
     # Views, copies and masks of the same tensor are grouped per module and symbolic shape.
+    # The attention-score FLOPs: ops that make or read such a tensor (Q·Kᵀ, scores·V), per module.
     quadratic_ops: dict[tuple[str, str], set[str]] = defaultdict(set)
+    score_flops: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+
+    def grows_faster_than_linear(op: str, sa, sb) -> tuple[bool, str]:
+        row = _compare_shapes([{"name": op, "shape": sa}], [{"name": op, "shape": sb}], name, small, large)[0]
+        return row["growth"] not in ("constant", "linear", "rank changes"), row["symbolic"]
+
     if len(first["ops"]) == len(second["ops"]):
         for a, b in zip(first["ops"], second["ops"]):
+            module = a["module"] or "(root)"
+            touches_scores = a["op"].startswith(FUSED_ATTENTION_PREFIX)  # scores made and used inside the kernel
             for sa, sb in zip(a["shapes"], b["shapes"]):
-                rows = _compare_shapes([{"name": a["op"], "shape": sa}], [{"name": b["op"], "shape": sb}], name, small, large)
-                if rows[0]["growth"] not in ("constant", "linear", "rank changes"):
-                    quadratic_ops[(a["module"] or "(root)", rows[0]["symbolic"])].add(a["op"])
+                faster, symbolic = grows_faster_than_linear(a["op"], sa, sb)
+                if faster:
+                    quadratic_ops[(module, symbolic)].add(a["op"])
+                    touches_scores = True
+            for sa, sb in zip(a.get("input_shapes", []), b.get("input_shapes", [])):
+                touches_scores = touches_scores or (len(sa) == len(sb) and grows_faster_than_linear(a["op"], sa, sb)[0])
+            if touches_scores and a.get("flops") and b.get("flops"):
+                score_flops[module][0] += a["flops"]
+                score_flops[module][1] += b["flops"]
     ratio = large / small
     flop_growth = []
     for module, flops_small in first["module_flops"].items():
         flops_large = second["module_flops"].get(module, 0)
         if flops_small > 0 and flops_large > 0:
             exponent = math.log(flops_large / flops_small) / math.log(ratio)
-            flop_growth.append({"module": module, "flops_small": flops_small, "flops_large": flops_large,
-                                "exponent": round(exponent, 3), "superlinear": exponent > 1.05})
+            row = {"module": module, "flops_small": flops_small, "flops_large": flops_large,
+                   "exponent": round(exponent, 3), "superlinear": exponent > 1.05}
+            scores_small, scores_large = score_flops.get(module, (0, 0))
+            if scores_small and scores_large:  # reported on their own: the total mixes them with linear projections
+                row.update({"score_flops_small": scores_small, "score_flops_large": scores_large,
+                            "score_exponent": round(math.log(scores_large / scores_small) / math.log(ratio), 3)})
+            flop_growth.append(row)
     quadratic_tensors = [{"module": c["module"], "output": o["name"], "symbolic": o["symbolic"]}
                          for c in scaling_calls for o in c["outputs"] if o["growth"] not in ("constant", "linear")]
     return {
@@ -250,7 +279,7 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
     calls = traced["calls"]
     if args.max_depth is not None:
         calls = [c for c in calls if c["depth"] <= args.max_depth]
-    data = {"target": args.target, "model": session.loaded.name, "device": args.device,
+    data = {"target": args.target, "model": type(session.model).__name__, "device": args.device,
             "training": session.model.training, "inputs": inputs.describe(session.model.forward), "outputs": traced["outputs"],
             "calls": calls, "call_count": len(traced["calls"])}
     if varied is not None:
@@ -304,7 +333,9 @@ def _vary_lines(data: dict[str, Any]) -> list[str]:
                      f"({len(item['ops'])} ops: {', '.join(item['ops'][:4])}{', ...' if len(item['ops']) > 4 else ''})")
     for growth in vary["flop_growth"]:
         if growth["superlinear"]:
-            lines.append(f"  FLOPs of {growth['module']} grow as {vary['dim']}^{growth['exponent']:.2f}")
+            lines.append(f"  FLOPs of {growth['module']} grow as {vary['dim']}^{growth['exponent']:.2f}"
+                         + (f"; its attention-score FLOPs as {vary['dim']}^{growth['score_exponent']:.2f}"
+                            if "score_exponent" in growth else ""))
     return lines
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from .. import cli, render
 from ..gpus import CUDA_CONTEXT_BYTES, CUDA_CONTEXT_SOURCE, find_gpu, usable_memory_assumption
 from ..inputs import BATCH_DIM_NAME
+from .device_rules import rules_gpu
 from .estimate import EstimateOptions, estimate_memory
 from .search import largest_batch
 from .distributed import distributed_estimate
@@ -85,11 +86,18 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
     estimate = estimate_memory(session.model, build(None), session.loss_fn, options(), name)
     batch_size = session.dim_overrides.get(BATCH_DIM_NAME, session.input_source.resizable_dims.get(BATCH_DIM_NAME))
     data: dict[str, Any] = {
-        "target": args.target, "model": name, "batch_size": batch_size,
+        "target": args.target, "model": type(session.model).__name__, "batch_size": batch_size,
         "optimizer": args.optimizer, "precision": args.precision, "target_device": args.target_device,
         "gradient_checkpointing": args.gradient_checkpointing,
+        # The card whose rules (cuBLAS workspace) the CUDA estimate used; the headline names it.
+        "rules_gpu": rules_gpu(gpu.name if gpu else None) if args.target_device == "cuda" else None,
+        "rules_gpu_is_default": gpu is None,
         "peak_bytes": estimate.peak_bytes, "peak_phase": estimate.peak_phase, "breakdown": estimate.breakdown,
         "breakdown_detail": estimate.breakdown_detail,
+        # The breakdown is what is alive at the peak; these are the parts at their full size (unrounded):
+        # every grad once backward is done, every saved activation once forward is done.
+        "full_bytes": {"params": estimate.param_bytes, "grads": estimate.trainable_param_bytes,
+                       "activations": estimate.activation_bytes_end_of_forward},
         "activation_bytes_end_of_forward": estimate.activation_bytes_end_of_forward,
         "inference_peak_bytes": estimate.inference_peak_bytes,
         "param_bytes": estimate.param_bytes, "trainable_param_bytes": estimate.trainable_param_bytes,
@@ -216,7 +224,7 @@ def percent_error(estimate: int | None, measured: int | None) -> float | None:
 # Table labels for the breakdown keys (the JSON keys stay as they are); every key of the CUDA breakdown is
 # allocator-rounded, params also holds the buffers (breakdown_detail keeps them apart).
 BREAKDOWN_LABELS = {"params": "params (+ buffers, rounded to allocator blocks)",
-                    "activations": "activations (saved for backward, alive at the peak)"}
+                    "activations": "activations (saved for backward)"}
 
 
 def _largest_batch_text(data: dict[str, Any], b) -> str:
@@ -240,12 +248,14 @@ def _batch_text(batch_size: Any) -> str:
 def _rows(data: dict[str, Any]) -> list[list[str]]:
     def b(value):
         return f"{render.human_bytes(value)} ({render.count(value)} B)"
-    rows = [["Training step peak", b(data["peak_bytes"]) + f", during {data['peak_phase']}"]]
+    rows = [["Training step peak", b(data["peak_bytes"]) + f", during {data['peak_phase']}"],
+            ["Of which alive at the peak:", ""]]
+    full = data.get("full_bytes", {})
     for key, value in data["breakdown"].items():
         label = BREAKDOWN_LABELS.get(key, key)
         if data["target_device"] == "cpu":
             label = label.replace(", rounded to allocator blocks", "")
-        rows.append([f"  {label}", b(value)])
+        rows.append([f"  {label}", b(value) + (f"; full size {render.human_bytes(full[key])}" if key in full else "")])
     if "reserved_peak_bytes" in data:
         rows.append(["Reserved by the caching allocator at its peak", b(data["reserved_peak_bytes"])])
         rows.append(["  + CUDA context (measured)", b(data["cuda_context_bytes"])])
@@ -278,16 +288,22 @@ def _rows(data: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def _rules_text(data: dict[str, Any]) -> str:
+    if not data.get("rules_gpu"):
+        return ""
+    return f" ({data['rules_gpu']} rules{'; the default without --gpu' if data['rules_gpu_is_default'] else ''})"
+
+
 def render_table(data: dict[str, Any], args: argparse.Namespace) -> str:
     head = (f"Memory of {data['model']} ({data['target']}): {_batch_text(data['batch_size'])}, {data['optimizer']}, "
-            f"{data['precision']}, target {data['target_device']}"
+            f"{data['precision']}, target {data['target_device']}" + _rules_text(data)
             + (", gradient checkpointing" if data["gradient_checkpointing"] else ""))
     return "\n".join([head, "", render.table(_rows(data), []), "", "Assumptions:"]
                      + [f"- {line}" for line in data["assumptions"]])
 
 
 def render_markdown(data: dict[str, Any], args: argparse.Namespace) -> str:
-    return "\n".join([f"### Memory: {data['model']}", "", render.markdown_table(_rows(data), ["quantity", "value"]), "",
+    return "\n".join([f"### Memory: {data['model']}, target {data['target_device']}{_rules_text(data)}", "", render.markdown_table(_rows(data), ["quantity", "value"]), "",
                       "Assumptions:", ""] + [f"- {line}" for line in data["assumptions"]])
 
 

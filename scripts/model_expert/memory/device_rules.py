@@ -61,9 +61,17 @@ CUBLAS_WORKSPACE_BYTES_DEFAULT = 4096 * 1024 * 2 + 16 * 1024 * 8
 HOPPER_GPU_PREFIXES = ("h100", "h200")
 
 
+DEFAULT_RULES_GPU = "h100-80gb"  # whose cuBLAS workspace a CUDA estimate without --gpu assumes
+
+
+def rules_gpu(gpu_name: str | None) -> str:
+    """The card whose rules a CUDA estimate used: the --gpu card, else the default (named, never silent)."""
+    return gpu_name or DEFAULT_RULES_GPU
+
+
 def cublas_workspace_bytes(gpu_name: str | None) -> int:
     """cuBLAS workspace per (thread, stream): 32 MiB on Hopper (the default card), 8.125 MiB otherwise."""
-    if gpu_name is None or gpu_name.startswith(HOPPER_GPU_PREFIXES):
+    if rules_gpu(gpu_name).startswith(HOPPER_GPU_PREFIXES):
         return CUBLAS_WORKSPACE_BYTES_SM90
     return CUBLAS_WORKSPACE_BYTES_DEFAULT
 

@@ -3,10 +3,9 @@ the allocation tracker and the target device's rules."""
 
 from __future__ import annotations
 
-import copy
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import nn
@@ -14,6 +13,7 @@ from torch import nn
 from ..errors import UserError
 from ..guard import preserved
 from ..inputs import ModelInputs
+from ..model_copy import copy_model
 from . import cpu_conv, cpu_lstm, cuda_allocator, cuda_lstm, device_rules
 from .optimizer_state import OPTIMIZER_RULES, build_optimizer, parameter_bytes, state_tensors, unique_trainable
 from .step import PRECISIONS, MetaGradScaler, cast_inputs, inference_step, training_step
@@ -72,15 +72,7 @@ class MemoryEstimate:
 
 def meta_copy(model: nn.Module) -> nn.Module:
     """A deep copy whose parameters and buffers are meta tensors (tied ones stay tied); no data is copied."""
-    memo: dict[int, Any] = {}
-    for parameter in model.parameters():
-        if id(parameter) not in memo:
-            memo[id(parameter)] = nn.Parameter(torch.empty_like(parameter, device="meta"),
-                                               requires_grad=parameter.requires_grad)
-    for buffer in model.buffers():
-        if id(buffer) not in memo:
-            memo[id(buffer)] = torch.empty_like(buffer, device="meta")
-    return copy.deepcopy(model, memo)
+    return copy_model(model, "meta")
 
 
 def enable_checkpointing(model: nn.Module, model_name: str) -> None:

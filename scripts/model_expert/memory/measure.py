@@ -11,7 +11,6 @@ estimate's dispatch-level tracker cannot see: this is the independent check of t
 from __future__ import annotations
 
 import contextlib
-import copy
 import gc
 import statistics
 import time
@@ -24,6 +23,7 @@ from torch.utils._pytree import tree_map
 from ..errors import UserError
 from ..guard import preserved
 from ..inputs import ModelInputs
+from ..model_copy import copy_model
 from .cpu_kernels import cpu_allocator_events, memory_changes
 from .estimate import enable_checkpointing
 from .optimizer_state import build_optimizer, state_tensors, unique_trainable
@@ -156,7 +156,7 @@ def measure_step(model: nn.Module, build_inputs: Callable[[str], ModelInputs], l
     meter = CudaMeter() if device == "cuda" else CpuMeter()
     step_seconds: list[float] = []
     with preserved(model), meter.session():
-        work = copy.deepcopy(model).to(device)
+        work = copy_model(model, device)
         if precision.param_dtype is not None:
             work = work.to(precision.param_dtype)
         if gradient_checkpointing:
