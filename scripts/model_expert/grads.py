@@ -342,7 +342,7 @@ def run_batch(model: nn.Module, parameters: list[nn.Parameter], inputs: ModelInp
                 else contextlib.nullcontext())
     with autocast:
         output = call_model(model, inputs, model_name)
-        loss = compute_loss(loss_fn, output)
+        loss = compute_loss(loss_fn, output, batch=inputs.batch)
     run_backward(loss, model_name)
 
     indices, norms = gradient_norms(parameters)
@@ -393,7 +393,7 @@ def parameters_change_loss(model: nn.Module, parameters: list[nn.Parameter], inp
                         spread = parameter.detach().float().std().nan_to_num(0.0) + 1.0 if parameter.numel() > 1 else 1.0
                         parameter.add_(noise * spread)
                 torch.manual_seed(0)
-                losses.append(compute_loss(loss_fn, call_model(model, inputs, model_name)).detach().float())
+                losses.append(compute_loss(loss_fn, call_model(model, inputs, model_name), batch=inputs.batch).detach().float())
     finally:
         with torch.no_grad():
             for parameter, original in zip(parameters, originals):
