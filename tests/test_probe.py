@@ -149,7 +149,7 @@ def test_every_training_step_capability_takes_data_and_a_two_parameter_loss(capa
 
 @pytest.mark.parametrize("argv, says", [
     (["--lr", "0"], "--lr must be a positive number"),
-    (["--lr", "-1e-3"], "--lr must be a positive number"),
+    (["--lr=-1e-3"], "--lr must be a positive number"),
     (["--steps", "0"], "--steps must be a positive whole number"),
     (["--data", f"{FX}:no_batches"], "yielded no batch"),
     (["--data", f"{FX}:wrong_width_batches", "--batch-inputs", f"{FX}:pick_x"], "forward failed in module"),

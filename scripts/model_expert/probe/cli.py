@@ -71,12 +71,13 @@ def check_options(args: argparse.Namespace) -> None:
         raise UserError("probe trains the model for real; --device meta has no values, use --device cpu or cuda")
 
 
-def refuse_default_loss(bench: Workbench) -> None:
-    """The mean of the outputs is no training objective: ask for --loss or a model returning .loss."""
+def check_first_batch(bench: Workbench) -> None:
+    """Forward and loss on batch 0 before any output: a batch the model rejects fails here, in one line. The mean
+    of the outputs is no training objective: without --loss the model must return .loss."""
+    with torch.no_grad():
+        output, _ = bench.output_and_loss(seed=0, dropout_seed=0)
     if bench.loss_fn is not None:
         return
-    with torch.no_grad():
-        output = call_model(bench.model, bench.inputs(0), bench.model_name)
     loss = getattr(output, "loss", None)
     if loss is None and isinstance(output, dict):
         loss = output.get("loss")
@@ -208,7 +209,7 @@ def run_probe(args: argparse.Namespace, on_progress=progress) -> dict[str, Any]:
                           AUTOCAST[args.precision])
         if not bench.parameters:
             raise UserError("the model has no trainable parameter; nothing to probe")
-        refuse_default_loss(bench)
+        check_first_batch(bench)
         lr, lr_source = choose_lr(args, model, session)
         on_progress(f"lr {lr:.3g} ({lr_source}), optimizer {optimizer}, budget {args.time_budget_s:g} s")
         first = initial_loss.measure(bench)
