@@ -169,11 +169,21 @@ def test_the_default_loss_is_refused():
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_verdict_rules():
+    assert overfit.verdict([1.0, 0.5, 0.05]) == ("fits", None)
+    assert overfit.verdict([1.0, 0.8, 0.5]) == ("slow", None)
+    assert overfit.verdict([1.0, 0.99, 0.95]) == ("flat", None)
+    assert overfit.verdict([1.0, 1.8, 0.8]) == ("slow", None)  # Adam's transient spike, then down
+    assert overfit.verdict([1.0, 1.8, 1.6]) == ("diverges", 1)  # ends above 1.5 x
+    assert overfit.verdict([1.0, 0.9, float("nan")]) == ("diverges", 2)
+    assert overfit.verdict([1.0, 20.0, 0.5]) == ("diverges", 1)  # blew up past 10 x
+
+
 def test_charts_are_mermaid_line_charts_of_what_was_measured():
     fit = {"losses": [1.0, 0.1, 0.01], "optimizer": "adamw", "lr": 0.001}
-    chart = charts.overfit_chart(fit)
+    chart = charts.line_chart(charts.overfit_series(fit))
     assert chart.splitlines()[:2] == ["```mermaid", "xychart-beta"]
     assert "    line [0, -1, -2]" in chart  # log10 of 1, 0.1, 0.01
     sweep = {"lrs": [1e-7, 1e-5, 1e-3], "losses": [2.0, 1.5, 9.0]}
-    assert 'x-axis "log10(lr)" ["-7", "-5", "-3"]' in charts.lr_range_chart(sweep)
+    assert 'x-axis "log10(lr)" ["-7", "-5", "-3"]' in charts.line_chart(charts.lr_range_series(sweep))
     assert charts.decimal(1.5e-5) == "0.000015" and "e" not in charts.decimal(187944.2463)

@@ -19,8 +19,8 @@ from .errors import UserError
 from .gpus import DEFAULT_CLUSTER_GPU, DEFAULT_CONSUMER_GPU
 
 # Order matters: trace first (a broken forward stops the report there, with the module that failed);
-# recommend last (it reads the params, memory and grads evidence).
-SECTIONS = ("params", "trace", "lint", "grads", "memory", "flops", "recommend")
+# recommend last (it reads the params, memory, grads and probe evidence).
+SECTIONS = ("params", "trace", "lint", "grads", "memory", "flops", "probe", "recommend")
 # Options of the report that only the report reads.
 REPORT_ONLY = {"out", "findings", "skip", "json", "markdown", "debug", "target", "samples_per_epoch"}
 # Per-section options that differ from the section's own default when it runs inside the report.
@@ -122,7 +122,10 @@ def collect(args: argparse.Namespace, on_progress: Callable[[str], None] = progr
         namespace = section_namespace(module.CAPABILITY, args, overrides)
         if name == "recommend":
             namespace.evidence = {"params": evidence.get("params"), "grads": evidence.get("grads"),
+                                  "probe": evidence.get("probe"),
                                   "memory": [evidence[k] for k in ("memory", "memory_cluster") if k in evidence]}
+        if name == "probe":  # the report's --steps is recommend's run length, not probe's steps on one batch
+            namespace.steps = module.CAPABILITY.parser().get_default("steps")
         started = time.perf_counter()
         on_progress(f"[{position}/{len(plan)}] {key} ...")
         try:

@@ -23,39 +23,38 @@ def thin(values: list[float], limit: int = MAX_POINTS) -> tuple[list[int], list[
     return indices, [values[i] for i in indices]
 
 
-def line_chart(title: str, x_label: str, x_values: list[float], y_label: str, y_values: list[float]) -> str:
-    """A fenced mermaid block: one line over numeric x labels. Non-finite points are left out by the caller."""
-    if not y_values:
+def line_chart(series: dict | None) -> str:
+    """A fenced mermaid block: one line over numeric x labels, from a series made by the functions below."""
+    if not series or not series["y"]:
         return ""
-    low, high = min(y_values), max(y_values)
+    low, high = min(series["y"]), max(series["y"])
     if low == high:
         low, high = low - 1, high + 1
-    labels = ", ".join('"' + decimal(x) + '"' for x in x_values)
-    points = ", ".join(decimal(y) for y in y_values)
-    return "\n".join(["```mermaid", "xychart-beta", f'    title "{title}"', f'    x-axis "{x_label}" [{labels}]',
-                      f'    y-axis "{y_label}" {decimal(low)} --> {decimal(high)}', f"    line [{points}]", "```"])
+    labels = ", ".join('"' + decimal(x) + '"' for x in series["x"])
+    points = ", ".join(decimal(y) for y in series["y"])
+    return "\n".join(["```mermaid", "xychart-beta", f'    title "{series["title"]}"',
+                      f'    x-axis "{series["x_label"]}" [{labels}]',
+                      f'    y-axis "{series["y_label"]}" {decimal(low)} --> {decimal(high)}', f"    line [{points}]", "```"])
 
 
-def overfit_chart(overfit: dict) -> str:
-    """Loss before each step on the one batch (log10 when every loss is positive)."""
+def overfit_series(overfit: dict) -> dict | None:
+    """Loss before each step on the one batch (log10 when every loss is positive), thinned to MAX_POINTS."""
     finite = [(step, v) for step, v in enumerate(overfit["losses"]) if isinstance(v, (int, float)) and math.isfinite(v)]
     if not finite:
-        return ""
+        return None
     logarithmic = all(v > 0 for _, v in finite)
-    steps = [s for s, _ in finite]
-    values = [math.log10(v) if logarithmic else v for _, v in finite]
-    indices, values = thin(values)
-    return line_chart(f"Loss on one batch ({overfit['optimizer']}, lr {decimal(overfit['lr'])})", "step",
-                      [steps[i] for i in indices], "log10(loss)" if logarithmic else "loss", values)
+    indices, values = thin([math.log10(v) if logarithmic else v for _, v in finite])
+    return {"title": f"Loss on one batch ({overfit['optimizer']}, lr {decimal(overfit['lr'])})", "x_label": "step",
+            "x": [finite[i][0] for i in indices], "y_label": "log10(loss)" if logarithmic else "loss", "y": values}
 
 
-def lr_range_chart(lr_range: dict) -> str:
-    """Smoothed loss against log10(LR) of the range test."""
+def lr_range_series(lr_range: dict) -> dict | None:
+    """Smoothed loss (log10 when every value is positive) against log10(LR) of the range test."""
     pairs = [(math.log10(lr), v) for lr, v in zip(lr_range["lrs"], lr_range["losses"])
              if isinstance(v, (int, float)) and math.isfinite(v)]
     if not pairs:
-        return ""
+        return None
     logarithmic = all(v > 0 for _, v in pairs)
     indices, values = thin([math.log10(v) if logarithmic else v for _, v in pairs])
-    return line_chart("LR range test: smoothed loss", "log10(lr)", [round(pairs[i][0], 2) for i in indices],
-                      "log10(smoothed loss)" if logarithmic else "smoothed loss", values)
+    return {"title": "LR range test: smoothed loss", "x_label": "log10(lr)", "x": [round(pairs[i][0], 2) for i in indices],
+            "y_label": "log10(smoothed loss)" if logarithmic else "smoothed loss", "y": values}

@@ -245,6 +245,8 @@ def run_probe(args: argparse.Namespace, on_progress=progress) -> dict[str, Any]:
             "zero_gradient_parameters": zero_grad, "frozen_parameters": frozen, "trainable_tensors": trainable,
             "curvature_error": curvature_error, "time_budget_s": args.time_budget_s}
     data["findings"] = find_issues(data)
+    # What the charts plot, kept in the evidence so every number a review prints is found there.
+    data["charts"] = {"overfit": charts.overfit_series(fit), "lr_range": charts.lr_range_series(sweep)}
     return data
 
 
@@ -288,7 +290,7 @@ def render_table(data: dict[str, Any], args: argparse.Namespace) -> str:
 def render_markdown(data: dict[str, Any], args: argparse.Namespace) -> str:
     parts = [f"### Training dynamics (measured): {data['model']}", "",
              render.markdown_table(summary_rows(data), ["quantity", "value"]), "",
-             charts.overfit_chart(data["overfit"]), "", charts.lr_range_chart(data["lr_range"]), "",
+             charts.line_chart(data["charts"]["overfit"]), "", charts.line_chart(data["charts"]["lr_range"]), "",
              f"LR method: {data['lr_range']['method']}.", "", "Findings:", ""]
     parts += [f"- **{f['severity']}** `{f['check']}`: {f['text']}" for f in data["findings"]] or ["- none"]
     return "\n".join(parts)

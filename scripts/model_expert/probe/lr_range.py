@@ -1,7 +1,9 @@
 """The LR range test (Smith, "Cyclical Learning Rates", 2017; the fastai/Lightning LR finder): from the model's
 initial weights, one optimizer step per sampled batch while the LR grows exponentially from LR_MIN to LR_MAX;
 the loss is smoothed by an exponential moving average (bias-corrected); the run has diverged when the smoothed
-loss exceeds DIVERGE_FACTOR x its minimum so far. Suggested LR: the LR at the smoothed minimum / 10.
+loss exceeds DIVERGE_FACTOR x its minimum so far. Suggested LR: a decade below the divergence LR (the sweep
+notices divergence late, and on a flat curve of sampled batches the minimum is noise); without divergence, the
+LR at the smoothed minimum / 10 (fastai's lr_min).
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ def steps_that_fit(asked: int, seconds: float, step_seconds: float | None) -> in
 def method_text(steps: int) -> str:
     return (f"LR range test: {steps} steps, LR from {LR_MIN:g} to {LR_MAX:g} growing exponentially, one sampled "
             f"batch per step, loss smoothed by an EMA (beta {SMOOTHING:g}, bias-corrected), diverged when the "
-            f"smoothed loss > {DIVERGE_FACTOR:g} x its minimum; suggested LR = LR at the minimum / "
-            f"{SUGGESTION_DIVISOR:g}")
+            f"smoothed loss > {DIVERGE_FACTOR:g} x its minimum; suggested LR = the divergence LR / "
+            f"{SUGGESTION_DIVISOR:g} (without divergence: the LR at the minimum / {SUGGESTION_DIVISOR:g})")
 
 
 def range_test(bench, optimizer_name: str, steps: int, until: float, progress: Callable[[str], None],
@@ -75,7 +77,8 @@ def range_test(bench, optimizer_name: str, steps: int, until: float, progress: C
             divergence = lr
             break
     return {"method": method_text(steps), "lrs": lrs, "losses": losses,
-            "suggested_lr": best_lr / SUGGESTION_DIVISOR if best_lr is not None else None,
+            "suggested_lr": (divergence if divergence is not None else best_lr) / SUGGESTION_DIVISOR
+            if (divergence or best_lr) is not None else None,
             "divergence_lr": divergence, "sweep_divergence_lr": divergence, "min_loss_lr": best_lr,
             "stopped_by_time_budget": stopped_by_time,
             "parameters": {"lr_min": LR_MIN, "lr_max": LR_MAX, "steps": steps, "smoothing": SMOOTHING,

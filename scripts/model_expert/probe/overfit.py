@@ -1,7 +1,8 @@
 """Fit one batch: K optimizer steps on one fixed batch (batch 0), train mode; the loss curve and a verdict.
 
 Verdict rules (the loss is taken to be bounded below by about 0, as MSE and cross-entropy are):
-  diverges  the loss goes non-finite, or rises above DIVERGE_FACTOR x the initial loss
+  diverges  the loss goes non-finite, ends above DIVERGE_FACTOR x the initial loss, or ever exceeds
+            BLOW_UP_FACTOR x it (a spike that comes back down is not divergence)
   fits      final <= FITS_RATIO x initial
   flat      final > FLAT_RATIO x initial: no real decrease
   slow      in between
@@ -16,17 +17,21 @@ from typing import Any, Callable
 FITS_RATIO = 0.1
 FLAT_RATIO = 0.9
 DIVERGE_FACTOR = 1.5
+BLOW_UP_FACTOR = 10.0
 VERDICT_RULE = (f"fits: final <= {FITS_RATIO:g} x initial; flat: final > {FLAT_RATIO:g} x initial; diverges: "
-                f"non-finite or above {DIVERGE_FACTOR:g} x initial; slow: in between")
+                f"non-finite, ending above {DIVERGE_FACTOR:g} x initial, or ever above {BLOW_UP_FACTOR:g} x initial "
+                f"(the step given is the first above {DIVERGE_FACTOR:g} x); slow: in between")
 
 
 def verdict(losses: list[float]) -> tuple[str, int | None]:
-    """(verdict, the step where it diverged or None) from the loss before each step."""
-    initial = losses[0]
-    for step, value in enumerate(losses):
-        if not math.isfinite(value) or (initial > 0 and value > DIVERGE_FACTOR * initial):
-            return "diverges", step
-    final = losses[-1]
+    """(verdict, the step where it diverged or None) from the loss before each step. A transient spike (Adam's
+    first steps often make one) that comes back down is not divergence; ending above, or blowing up, is."""
+    initial, final = losses[0], losses[-1]
+    first_rise = next((step for step, value in enumerate(losses)
+                       if not math.isfinite(value) or (initial > 0 and value > DIVERGE_FACTOR * initial)), None)
+    if first_rise is not None and (not all(math.isfinite(v) for v in losses) or final > DIVERGE_FACTOR * initial
+                                   or max(losses) > BLOW_UP_FACTOR * initial):
+        return "diverges", first_rise
     if initial <= 0:
         return ("flat" if final >= initial else "slow"), None
     ratio = final / initial
