@@ -187,3 +187,47 @@ def test_charts_are_mermaid_line_charts_of_what_was_measured():
     sweep = {"lrs": [1e-7, 1e-5, 1e-3], "losses": [2.0, 1.5, 9.0]}
     assert 'x-axis "log10(lr)" ["-7", "-5", "-3"]' in charts.line_chart(charts.lr_range_series(sweep))
     assert charts.decimal(1.5e-5) == "0.000015" and "e" not in charts.decimal(187944.2463)
+
+
+def test_recommend_starts_below_a_measured_divergence_lr():
+    from model_expert.recommend import find, recommend
+    evidence = {"params": {"total": 1_000_000, "trainable": 1_000_000},
+                "architecture": {"architecture": "autoencoder", "loss_kind": None, "evidence": []}}
+    seed = find(recommend(evidence), "learning_rate")
+    assert seed["value"]["min"] == 1e-3 and seed["value"]["max"] == 5e-3  # the seed: autoencoders < 50M, 1e-3 to 5e-3
+    probe_data = {"lr_range": {"divergence_lr": 8e-4, "suggested_lr": 8e-5, "method": "LR range test"},
+                  "overfit": {"verdict": "diverges", "lr": 1e-3, "optimizer": "adamw", "losses": [1.0, 3.0],
+                              "loss_at_divergence": 3.0, "diverged_at_step": 1, "final_loss": 3.0, "steps": 1},
+                  "lr_source": "--config c.ini:ae: lr"}
+    result = recommend({**evidence, "probe": probe_data})
+    entry = find(result, "learning_rate")
+    assert entry["value"]["start"] == 8e-5 and entry["rule"] == "lr.below_measured_divergence"
+    assert "lies above the measured divergence LR 8e-4" in entry["text"] and "probe.py" in entry["text"]
+    [issue] = result["issues"]
+    assert issue["priority"] == 1 and "step 1" in issue["current_state"] and "3" in issue["current_state"]
+    # a divergence LR above the seed's range changes nothing
+    far = {**probe_data, "lr_range": {**probe_data["lr_range"], "divergence_lr": 1.0}, "overfit": {"verdict": "fits"}}
+    assert find(recommend({**evidence, "probe": far}), "learning_rate") == seed
+
+
+@pytest.fixture(scope="module")
+def diverging_review(tmp_path_factory):
+    out = tmp_path_factory.mktemp("probe_review")
+    result = run_script("report", f"{FX}:LeastSquares", "--inputs", f"{FX}:least_squares_inputs", "--loss",
+                        f"{FX}:least_squares_loss", "--optimizer", "sgd", "--lr", "6", "--out", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out
+
+
+def test_review_shows_training_dynamics_and_a_priority_1_issue(diverging_review):
+    markdown = (diverging_review / "analysis.md").read_text()
+    gradient = markdown[markdown.index("### Gradient Flow"):markdown.index("### Training Configuration")]
+    training = markdown[markdown.index("### Training Configuration"):markdown.index("### Identified Issues")]
+    issues = markdown[markdown.index("### Identified Issues"):markdown.index("### Memory")]
+    assert "**Training dynamics (measured)**" in gradient and "**Training dynamics (measured)**" in training
+    assert "diverges" in gradient and 'x-axis "step"' in gradient
+    assert "**Divergence LR**: 4" in training  # 2 / lambda_max = 2 / 0.5
+    p1 = issues[issues.index("Priority 1"):issues.index("Priority 2")]
+    assert "diverges on one batch" in p1 and "at step" in p1
+    result = run_script("check_grounding", diverging_review / "analysis.md", diverging_review / "analysis.json")
+    assert result.returncode == 0, result.stdout[-2000:]

@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--samples-per-epoch", type=int, default=None, metavar="N",
                        help="dataset size: adds the estimated time per epoch (steps x the roofline step time)")
     group.add_argument("--global-batch", type=int, default=None, help="passed to recommend: target global batch")
+    group.add_argument("--lr", type=float, default=None, metavar="X",
+                       help="passed to probe: the learning rate to fit one batch at (default: the config's, else recommend's)")
+    group.add_argument("--time-budget-s", type=float, default=30.0, metavar="S", help="passed to probe (default: 30)")
     cli.add_output_arguments(parser, markdown=False)
 
 
