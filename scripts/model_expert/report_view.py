@@ -163,8 +163,8 @@ def _dynamics(evidence: dict[str, Any]) -> dict[str, Any]:
     Configuration (the stable learning rates)."""
     probe = evidence.get("probe")
     if not probe:
-        why = evidence.get("not_measured", {}).get("probe", "probe.py did not run")
-        return {"measured": False, "gradient": [f"{NOT_MEASURED}: {why}"], "training": [], "charts": []}
+        why = evidence.get("not_measured", {}).get("probe")  # None: --skip probe, nothing to say
+        return {"measured": False, "gradient": [f"{NOT_MEASURED}: {why}"] if why else [], "training": [], "charts": []}
     from .probe.charts import line_chart
     from .probe.cli import summary_rows
     rows = dict(summary_rows(probe))

@@ -15,6 +15,7 @@ import torch
 from ..errors import UserError
 
 ITERATIONS = 30
+MIN_ITERATIONS = 8  # iterations run whatever the time budget
 TOLERANCE = 1e-3  # relative change of the eigenvalue estimate between iterations
 
 
@@ -55,6 +56,6 @@ def top_eigenvalue(bench, until: float, iterations: int = ITERATIONS) -> dict[st
         vector = [h / norm for h in product]
         converged = estimate is not None and abs(rayleigh - estimate) <= TOLERANCE * abs(rayleigh)
         estimate = rayleigh
-        if converged or time.perf_counter() > until:
+        if converged or (done >= MIN_ITERATIONS and time.perf_counter() > until):
             break
     return {"lambda_max": estimate, "iterations": done, "tolerance": TOLERANCE}

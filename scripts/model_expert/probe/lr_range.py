@@ -56,7 +56,7 @@ def range_test(bench, optimizer_name: str, steps: int, until: float, progress: C
     stopped_by_time = False
     report_every = max(1, steps // 5)
     for step, lr in enumerate(planned):
-        if step and time.perf_counter() > until:
+        if step >= MIN_STEPS and time.perf_counter() > until:
             stopped_by_time = True
             break
         for group in optimizer.param_groups:

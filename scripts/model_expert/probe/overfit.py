@@ -18,6 +18,7 @@ FITS_RATIO = 0.1
 FLAT_RATIO = 0.9
 DIVERGE_FACTOR = 1.5
 BLOW_UP_FACTOR = 10.0
+MIN_STEPS = 10  # steps taken whatever the time budget: fewer cannot tell flat from slow
 VERDICT_RULE = (f"fits: final <= {FITS_RATIO:g} x initial; flat: final > {FLAT_RATIO:g} x initial; diverges: "
                 f"non-finite, ending above {DIVERGE_FACTOR:g} x initial, or ever above {BLOW_UP_FACTOR:g} x initial "
                 f"(the step given is the first above {DIVERGE_FACTOR:g} x); slow: in between")
@@ -59,7 +60,7 @@ def fit_one_batch(bench, optimizer_name: str, lr: float, steps: int, until: floa
     report_every = max(1, steps // 5)
     started = time.perf_counter()
     for step in range(steps + 1):  # STEPS updates, and the loss after the last one
-        if step and time.perf_counter() > until:
+        if step >= MIN_STEPS and time.perf_counter() > until:
             stopped_by_time = True
             break
         if step == steps:
