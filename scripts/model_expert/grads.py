@@ -108,7 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cli.add_input_arguments(parser)
     group = parser.add_argument_group("gradient sampling")
     group.add_argument("--loss", metavar="FILE.py:FN",
-                       help="FN(output) returns the scalar to backpropagate (default: output.loss, else the mean of floating outputs)")
+                       help="FN(output) or FN(output, batch) returns the scalar to backpropagate (default: output.loss, else the mean of floating outputs)")
     group.add_argument("--batches", type=int, default=3, metavar="N",
                        help="forward/backward passes to sample, each on fresh inputs (seed 0..N-1; default: 3)")
     group.add_argument("--precision", choices=tuple(AUTOCAST_DTYPES), default="fp32",
