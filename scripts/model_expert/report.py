@@ -25,6 +25,8 @@ SECTIONS = ("params", "trace", "lint", "grads", "memory", "flops", "probe", "rec
 REPORT_ONLY = {"out", "findings", "skip", "json", "markdown", "debug", "target", "samples_per_epoch"}
 # Per-section options that differ from the section's own default when it runs inside the report.
 SECTION_DEFAULTS = {"params": {"depth": 2}, "flops": {"depth": 2}}
+# probe's workload inside the review: fixed, so its figures do not depend on the machine's speed.
+REPORT_PROBE_STEPS, REPORT_PROBE_SWEEP_STEPS = 50, 30
 FINDING_KEYS = ("priority", "title", "current_state", "impact", "fix")
 
 
@@ -54,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--global-batch", type=int, default=None, help="passed to recommend: target global batch")
     group.add_argument("--lr", type=float, default=None, metavar="X",
                        help="passed to probe: the learning rate to fit one batch at (default: the config's, else recommend's)")
-    group.add_argument("--time-budget-s", type=float, default=30.0, metavar="S", help="passed to probe (default: 30)")
+    group.add_argument("--time-budget-s", type=float, default=300.0, metavar="S",
+                       help="passed to probe: a safety net; the review's probe runs a fixed number of steps (default: 300)")
     cli.add_output_arguments(parser, markdown=False)
 
 
@@ -127,8 +130,8 @@ def collect(args: argparse.Namespace, on_progress: Callable[[str], None] = progr
             namespace.evidence = {"params": evidence.get("params"), "grads": evidence.get("grads"),
                                   "probe": evidence.get("probe"),
                                   "memory": [evidence[k] for k in ("memory", "memory_cluster") if k in evidence]}
-        if name == "probe":  # the report's --steps is recommend's run length, not probe's steps on one batch
-            namespace.steps = module.CAPABILITY.parser().get_default("steps")
+        if name == "probe":  # fixed steps, so the review says the same on any machine (the report's --steps is recommend's)
+            namespace.steps, namespace.sweep_steps = REPORT_PROBE_STEPS, REPORT_PROBE_SWEEP_STEPS
         started = time.perf_counter()
         on_progress(f"[{position}/{len(plan)}] {key} ...")
         try:
