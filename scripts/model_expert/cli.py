@@ -117,7 +117,8 @@ def open_session(args: argparse.Namespace) -> Session:
     given = [flag for flag, key in (("--input", "input"), ("--inputs", "inputs"), ("--data", "data"))
              if getattr(args, key, None)]
     if len(given) > 1:
-        raise UserError(f"give one of --input specs, --inputs FILE.py:FN or --data FILE.py:FN, not {' and '.join(given)}")
+        raise UserError(f"give one of --input specs, --inputs FILE.py:FN or --data FILE.py:FN, not both "
+                        f"{given[0]} and {given[1]}")
     if getattr(args, "batch_inputs", None) and not getattr(args, "data", None):
         raise UserError("--batch-inputs picks the model inputs out of --data batches; give --data FILE.py:FN too")
     if getattr(args, "data", None):
