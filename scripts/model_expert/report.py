@@ -26,7 +26,7 @@ REPORT_ONLY = {"out", "findings", "skip", "json", "markdown", "debug", "target",
 # Per-section options that differ from the section's own default when it runs inside the report.
 SECTION_DEFAULTS = {"params": {"depth": 2}, "flops": {"depth": 2}}
 # probe's workload inside the review: fixed, so its figures do not depend on the machine's speed.
-REPORT_PROBE_STEPS, REPORT_PROBE_SWEEP_STEPS = 50, 30
+REPORT_PROBE_STEPS, REPORT_PROBE_SWEEP_STEPS = 25, 20
 FINDING_KEYS = ("priority", "title", "current_state", "impact", "fix")
 
 
