@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Wall time of `probe.py` on the bundled examples with its default options (the 45 s budget), as a user runs it.
+"""Wall time of `probe.py` on the bundled examples with its default options (the 30 s budget), as a user runs it.
 
 Prints a Markdown table (and writes bench/results_probe.md): example, wall seconds, one-batch steps done of those
 asked, LR range test steps, verdict, whether the time budget cut a mechanism short. Usage: python bench/probe_time.py
@@ -52,7 +52,7 @@ def main() -> None:
             rows.append(f"| {name} | {row['seconds']:.1f} | {row['steps']} | {row['sweep_steps']} | {row['verdict']} | "
                         f"{divergence} | {'yes' if row['cut_short'] else 'no'} |")
         print(rows[-1], flush=True)
-    header = (f"probe.py, default options (--time-budget-s 45), {os.cpu_count()} CPU cores, "
+    header = (f"probe.py, default options (--time-budget-s 30), {os.cpu_count()} CPU cores, "
               f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, load average at the end "
               f"{os.getloadavg()[0]:.1f}")
     text = "\n".join([header, "", *rows]) + "\n"

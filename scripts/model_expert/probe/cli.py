@@ -20,7 +20,7 @@ from .workbench import ADAM_FAMILY, OPTIMIZERS, Deadline, Workbench, torch_defau
 
 DEFAULT_STEPS = 200
 DEFAULT_SWEEP_STEPS = 60
-DEFAULT_TIME_BUDGET_S = 45.0
+DEFAULT_TIME_BUDGET_S = 30.0
 # Shares of the time left that each mechanism may take, in run order (the last takes what remains).
 TIME_SHARES = {"overfit": 0.45, "curvature": 0.3, "lr_range": 0.9}
 CONFIG_LR_KEYS = ("lr", "learning_rate")

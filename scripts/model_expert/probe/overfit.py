@@ -60,7 +60,7 @@ def fit_one_batch(bench, optimizer_name: str, lr: float, steps: int, until: floa
     report_every = max(1, steps // 5)
     started = time.perf_counter()
     for step in range(steps + 1):  # STEPS updates, and the loss after the last one
-        if step >= MIN_STEPS and time.perf_counter() > until:
+        if step > MIN_STEPS and time.perf_counter() > until:
             stopped_by_time = True
             break
         if step == steps:
