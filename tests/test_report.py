@@ -57,7 +57,7 @@ def test_expected_markdown_for_the_examples(st_report, tmp_path):
     out, markdown, _ = st_report
     check_expected("analysis_similarity_transformer.md", normalised(markdown, out))
     ae_out = tmp_path / "ae"
-    ae_markdown, _ = make_report(ae_out, *AE)
+    ae_markdown, _ = make_report(ae_out, *AE, "--skip", "probe")
     check_expected("analysis_autoencoder.md", normalised(ae_markdown, ae_out))
 
 
@@ -90,7 +90,7 @@ def test_findings_merge_into_issues(tmp_path, st_report):
         {"priority": 2, "title": "Warmup missing", "current_state": "no scheduler", "impact": "early instability",
          "fix": "linear warmup", "evidence": "recommend.recommendations"}]))
     review = tmp_path / "with_findings"
-    markdown, evidence = make_report(review, *ST, "--findings", findings, "--skip", "memory", "--skip", "grads",
+    markdown, evidence = make_report(review, *ST, "--findings", findings, "--skip", "memory", "--skip", "grads", "--skip", "probe",
                                      "--samples-per-epoch", "1000")
     p1 = markdown.split("**Priority 1 (Critical)**:")[1].split("**Priority 2")[0]
     p2 = markdown.split("**Priority 2 (Important)**:")[1].split("###")[0]
@@ -142,7 +142,7 @@ def test_memory_the_estimate_cannot_see_is_a_caution_in_the_review(tmp_path):
 def test_compare_two_versions(tmp_path, st_report):
     base, _, _ = st_report
     head = tmp_path / "head"
-    make_report(head, *ST, "--kwargs", '{"num_layers": 2}', "--skip", "grads", "--skip", "lint")
+    make_report(head, *ST, "--kwargs", '{"num_layers": 2}', "--skip", "grads", "--skip", "lint", "--skip", "probe")
     result = run_script("compare", base / "analysis.json", head / "analysis.json")
     assert result.returncode == 0, result.stderr
     # two encoder layers of 789,760 parameters each are gone: 3,488,000 -> 1,908,480

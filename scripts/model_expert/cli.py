@@ -17,7 +17,7 @@ import torch
 
 from .cli_base import OneLineArgumentParser, json_safe, to_json, write_atomically  # noqa: F401  (re-exported)
 from .errors import UserError  # noqa: F401  (re-exported for capabilities)
-from .inputs import InputSource, ModelInputs, SpecInputs, FactoryInputs
+from .inputs import DataInputs, InputSource, ModelInputs, SpecInputs, FactoryInputs
 from .model_copy import copy_model, lazy_modules, materialise_lazy
 from .runner import LossFunction, default_losses_used, loss_description
 from .target import DEVICES, LoadedModel, default_input_source, load_function, load_model, parse_kwargs_json
@@ -48,12 +48,19 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch-size", type=int, metavar="N", help="set the batch dim (the dim named B) to N")
     group.add_argument("--dim", action="append", default=[], metavar="NAME=N",
                        help="set a named input dim, e.g. --dim T=1024")
+    group.add_argument("--data", metavar="FILE.py:FN",
+                       help="FN() returns an iterable of real batches (e.g. a DataLoader over a slice of the data); "
+                            "synthetic inputs test the wiring, real batches test the learning rate")
+    group.add_argument("--batch-inputs", metavar="FILE.py:FN",
+                       help="FN(batch) picks the model inputs out of a --data batch (default: the batch read like "
+                            "--inputs' value)")
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("training step")
     group.add_argument("--loss", metavar="FILE.py:FN",
-                       help="FN(output) returns the scalar to backpropagate (default: output.loss, else the mean of floating outputs)")
+                       help="FN(output) or FN(output, batch) returns the scalar to backpropagate (default: output.loss, else the "
+                            "mean of floating outputs)")
     group.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw", help="torch.optim class, default settings (default: adamw)")
     group.add_argument("--precision", choices=PRECISIONS, default="fp32",
                        help="bf16/fp16: parameters and floating inputs cast; *-autocast: fp32 parameters under torch.autocast")
@@ -106,8 +113,16 @@ class Session:
 
 
 def _input_source(args: argparse.Namespace, loaded: LoadedModel) -> InputSource:
-    if getattr(args, "input", None) and getattr(args, "inputs", None):
-        raise UserError("give either --input specs or --inputs FILE.py:FN, not both")
+    given = [flag for flag, key in (("--input", "input"), ("--inputs", "inputs"), ("--data", "data"))
+             if getattr(args, key, None)]
+    if len(given) > 1:
+        raise UserError(f"give one of --input specs, --inputs FILE.py:FN or --data FILE.py:FN, not both "
+                        f"{given[0]} and {given[1]}")
+    if getattr(args, "batch_inputs", None) and not getattr(args, "data", None):
+        raise UserError("--batch-inputs picks the model inputs out of --data batches; give --data FILE.py:FN too")
+    if getattr(args, "data", None):
+        pick = load_function(args.batch_inputs, "--batch-inputs") if getattr(args, "batch_inputs", None) else None
+        return DataInputs(load_function(args.data, "--data"), f"--data {args.data}", pick)
     if getattr(args, "input", None):
         return SpecInputs(args.input)
     if getattr(args, "inputs", None):
@@ -122,8 +137,8 @@ def open_session(args: argparse.Namespace, inputs_required: bool = True) -> Sess
     loaded = load_model(args.target, kwargs=parse_kwargs_json(args.kwargs), config=args.config,
                         checkpoint=args.checkpoint, device=args.device)
     lazy = lazy_modules(loaded.module)
-    source = _input_source(args, loaded) if inputs_required or lazy or getattr(args, "input", None) \
-        or getattr(args, "inputs", None) else None
+    inputs_given = any(getattr(args, key, None) for key in ("input", "inputs", "data", "batch_inputs"))
+    source = _input_source(args, loaded) if inputs_required or lazy or inputs_given else None
     session = Session(loaded=loaded, input_source=source, dim_overrides=parse_dim_overrides(args),
                       loss_fn=load_function(args.loss, "--loss") if getattr(args, "loss", None) else None)
     if lazy:

@@ -407,7 +407,7 @@ def count_step(model: nn.Module, inputs, loss_fn=None, model_name: str = "the mo
             with counter:
                 output = call_model(model, inputs, model_name)
                 if backward:
-                    run_backward(compute_loss(loss_fn, output), model_name)
+                    run_backward(compute_loss(loss_fn, output, batch=getattr(inputs, "batch", None)), model_name)
     if rules is not None:
         counter.attention_kernels = dict(rules.sdpa_backends_used)
         counter.kernels_of = target_device

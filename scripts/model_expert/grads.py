@@ -104,7 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cli.add_input_arguments(parser)
     group = parser.add_argument_group("gradient sampling")
     group.add_argument("--loss", metavar="FILE.py:FN",
-                       help="FN(output) returns the scalar to backpropagate (default: output.loss, else the mean of floating outputs)")
+                       help="FN(output) or FN(output, batch) returns the scalar to backpropagate (default: output.loss, else the mean of floating outputs)")
     group.add_argument("--batches", type=int, default=3, metavar="N",
                        help="forward/backward passes to sample, each on fresh inputs (seed 0..N-1; default: 3)")
     group.add_argument("--precision", choices=cli.PRECISIONS, default="fp32",
@@ -339,7 +339,7 @@ def run_batch(model: nn.Module, parameters: list[nn.Parameter], inputs: ModelInp
                 else contextlib.nullcontext())
     with autocast:
         output = call_model(model, inputs, model_name)
-        loss = compute_loss(loss_fn, output)
+        loss = compute_loss(loss_fn, output, batch=inputs.batch)
     run_backward(loss, model_name)
 
     indices, norms = gradient_norms(parameters)
@@ -390,7 +390,7 @@ def parameters_change_loss(model: nn.Module, parameters: list[nn.Parameter], inp
                         spread = parameter.detach().float().std().nan_to_num(0.0) + 1.0 if parameter.numel() > 1 else 1.0
                         parameter.add_(noise * spread)
                 torch.manual_seed(0)
-                losses.append(compute_loss(loss_fn, call_model(model, inputs, model_name)).detach().float())
+                losses.append(compute_loss(loss_fn, call_model(model, inputs, model_name), batch=inputs.batch).detach().float())
     finally:
         with torch.no_grad():
             for parameter, original in zip(parameters, originals):

@@ -118,6 +118,7 @@ class ModelInputs:
 
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
+    batch: Any = None  # the --data batch these inputs came from (a two-parameter --loss reads its labels)
 
     def describe(self, forward: Callable[..., Any] | None = None) -> list[dict[str, Any]]:
         """One row per tensor input: where it goes (the forward's parameter name when known), shape, dtype, device."""
@@ -322,6 +323,73 @@ class FixedInputs(InputSource):
             return value.detach().clone().to(target)
         return ModelInputs(args=tuple(tree_map(moved, a) for a in self.value.args),
                            kwargs={k: tree_map(moved, v) for k, v in self.value.kwargs.items()})
+
+
+MAX_DATA_BATCHES = 64  # batches read from --data (a sampled step takes batch seed % count)
+
+
+def move_to(value: Any, device: str | torch.device) -> Any:
+    """Tensors at any depth of lists/tuples/dicts moved to DEVICE (on meta: empty tensors of the same shape)."""
+    if isinstance(value, torch.Tensor):
+        return torch.empty_like(value, device="meta") if torch.device(device).type == "meta" else value.to(device)
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return type(value)(move_to(v, device) for v in value)
+    if isinstance(value, dict) or hasattr(value, "items") and hasattr(value, "keys"):
+        moved = {k: move_to(v, device) for k, v in value.items()}
+        return moved if isinstance(value, dict) else type(value)(moved)
+    return value
+
+
+class DataInputs(InputSource):
+    """Real batches: `--data FILE.py:FN` returns an iterable of batches (a DataLoader over a slice of the data).
+    A batch is read like an inputs factory's value, or `--batch-inputs FILE.py:FN(batch)` picks the model inputs
+    out of it; the whole batch stays beside them (`ModelInputs.batch`) for a two-parameter --loss."""
+
+    def __init__(self, function: Callable[..., Any], origin: str,
+                 pick: Callable[[Any], Any] | None = None, pick_origin: str = "--batch-inputs"):
+        self.function, self.origin, self.pick, self.pick_origin = function, origin, pick, pick_origin
+        self._batches: list[Any] | None = None
+
+    def batches(self) -> list[Any]:
+        if self._batches is None:
+            rng = torch.get_rng_state()
+            try:
+                torch.manual_seed(0)
+                batches = []
+                for batch in self.function():
+                    batches.append(batch)
+                    if len(batches) >= MAX_DATA_BATCHES:
+                        break
+            except UserError:
+                raise
+            except Exception as error:  # the user's data code
+                raise UserError(f"{self.origin} raised {type(error).__name__}: {_first_line(error)}") from error
+            finally:
+                torch.set_rng_state(rng)
+            if not batches:
+                raise UserError(f"{self.origin} yielded no batch; it must return an iterable of batches "
+                                f"(e.g. a DataLoader over a slice of the data)")
+            self._batches = batches
+        return self._batches
+
+    def build(self, device, dim_overrides=None, seed=0) -> ModelInputs:
+        if dim_overrides:
+            raise UserError(f"{self.origin} gives fixed batches, so {', '.join(dim_overrides)} cannot be resized; "
+                            f"drop --batch-size/--dim or change the DataLoader")
+        batches = self.batches()
+        batch = move_to(batches[seed % len(batches)], device)
+        if self.pick is not None:
+            try:
+                value = self.pick(batch)
+            except UserError:
+                raise
+            except Exception as error:
+                raise UserError(f"{self.pick_origin} raised {type(error).__name__}: {_first_line(error)}") from error
+            inputs = as_model_inputs(value, self.pick_origin)
+        else:
+            inputs = as_model_inputs(batch, f"a batch of {self.origin} (use --batch-inputs FILE.py:FN to pick the "
+                                            f"model inputs out of it)")
+        return ModelInputs(args=inputs.args, kwargs=inputs.kwargs, batch=batch)
 
 
 def _first_line(error: BaseException) -> str:

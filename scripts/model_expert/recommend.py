@@ -543,7 +543,9 @@ def recommend(evidence: dict[str, Any], options: Options | None = None) -> dict[
     for setting in MODEL_SETTINGS:
         rule, decision, also = _decide(setting, ctx)
         ctx.decided[setting] = decision
-        recommendations.append(_entry(setting, rule, decision, also))
+        entry = _entry(setting, rule, decision, also)
+        recommendations.append(lr_below_measured_divergence(entry, evidence.get("probe"))
+                               if setting == "learning_rate" else entry)
     memory = _as_list(evidence.get("memory"))
     roles = [Role("single_gpu", find_gpu(options.gpu), 1, memory),
              Role("cluster", find_gpu(options.cluster_gpu), options.gpus_per_node * options.nodes, memory)]
@@ -568,7 +570,50 @@ def recommend(evidence: dict[str, Any], options: Options | None = None) -> dict[
     return {"model": ctx.model, "architecture": architecture,
             "measured": {"total_parameters": ctx.total_parameters, "trainable_parameters": ctx.trainable_parameters,
                          "steps": options.steps, "global_batch": options.global_batch},
-            "recommendations": recommendations, "hardware": hardware, "not_measured": not_measured}
+            "recommendations": recommendations, "hardware": hardware, "not_measured": not_measured,
+            "issues": probe_issues(evidence.get("probe"))}
+
+
+# ---- measured training dynamics (probe.py) ----------------------------------------------------------
+
+def lr_below_measured_divergence(entry: dict[str, Any], probe: dict[str, Any] | None) -> dict[str, Any]:
+    """The learning-rate entry, moved below probe's measured divergence LR when the seed's range reaches it."""
+    sweep = (probe or {}).get("lr_range") or {}
+    divergence, value = sweep.get("divergence_lr"), entry["value"]
+    if not isinstance(divergence, (int, float)) or not isinstance(value, dict) or value["max"] < divergence:
+        return entry
+    suggested = sweep.get("suggested_lr")
+    start = suggested if isinstance(suggested, (int, float)) and 0 < suggested < divergence else divergence / 10
+    where = "lies above" if value["min"] >= divergence else "reaches above"
+    return {**entry, "value": {**value, "start": start, "measured_divergence_lr": divergence},
+            "text": f"{short_sci(value['min'])} to {short_sci(value['max'])} {where} the measured divergence LR "
+                    f"{short_sci(divergence)}: start at {short_sci(start)} (probe.py)",
+            "rule": "lr.below_measured_divergence",
+            "rule_text": "probe.py measured where training diverges on this model's batches; the seed's range is "
+                         "capped below it",
+            "measured": {**entry["measured"], "divergence_lr": divergence, "probe_suggested_lr": suggested},
+            "justification": f"{entry['justification']}. probe.py ({sweep.get('method', 'LR range test')}) measured "
+                             f"divergence at {short_sci(divergence)}",
+            "also_applicable": [entry["rule"], *entry["also_applicable"]]}
+
+
+def probe_issues(probe: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Priority 1 when the probed learning rate diverges or cannot fit one batch (probe.py's overfit)."""
+    fit = (probe or {}).get("overfit") or {}
+    if fit.get("verdict") not in ("diverges", "flat"):
+        return []
+    where = f"lr {fit['lr']:.3g} ({probe.get('lr_source', 'probe.py')}) with {fit['optimizer']}"
+    if fit["verdict"] == "diverges":
+        state = (f"the loss on one batch went from {fit['losses'][0]:.4g} to {fit['loss_at_divergence']:.4g} at step "
+                 f"{fit['diverged_at_step']}")
+        fix = "start below the measured divergence LR " + (
+            f"{(probe.get('lr_range') or {}).get('divergence_lr'):.3g}"
+            if isinstance((probe.get("lr_range") or {}).get("divergence_lr"), (int, float)) else "(lower the LR)")
+    else:
+        state = f"the loss on one batch went from {fit['losses'][0]:.4g} to {fit['final_loss']:.4g} in {fit['steps']} steps"
+        fix = "find what blocks learning (dead units, detached paths, frozen parameters: grads.py) before tuning"
+    return [{"priority": 1, "title": f"{where} {fit['verdict']} on one batch", "current_state": state,
+             "impact": "training does not learn", "fix": fix, "source": "probe.py"}]
 
 
 def find(result: dict[str, Any], setting: str, role: str | None = None) -> dict[str, Any]:
@@ -661,6 +706,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--memory-json", action="append", default=[], metavar="FILE",
                        help="memory.py --json output, one per GPU budget (repeatable)")
     group.add_argument("--grads-json", metavar="FILE", help="grads.py --json output")
+    group.add_argument("--probe-json", metavar="FILE", help="probe.py --json output (else probed here when a loss is known)")
     group = parser.add_argument_group("SLURM launch script")
     group.add_argument("--slurm-out", metavar="FILE", help="write a SLURM + torchrun launch script for the cluster setting")
     group.add_argument("--job-name", help="SLURM job name (default: the model's name)")
@@ -755,11 +801,22 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
     else:
         grads, why = _run_capability("grads", args)
         sources["grads"] = "measured here (grads.py)" if grads is not None else f"{NOT_MEASURED}: {why}"
+    probe = _section(_read_json(args.probe_json, "--probe-json"), "probe", args.probe_json,
+                     "--probe-json") if getattr(args, "probe_json", None) else provided.get("probe")
+    if probe is not None:
+        sources["probe"] = f"--probe-json {args.probe_json}" if getattr(args, "probe_json", None) else "report.py's probe section"
+    elif "probe" in provided:
+        sources["probe"] = f"{NOT_MEASURED} in the report"
+    else:
+        probe_module = registry.load("probe")
+        probe_steps = probe_module.CAPABILITY.parser().get_default("steps") if probe_module else None
+        probe, why = _run_capability("probe", args, {"steps": probe_steps})  # recommend's --steps is the run's length
+        sources["probe"] = "measured here (probe.py)" if probe is not None else f"{NOT_MEASURED}: {why}"
     options = Options(kinds=None, steps=args.steps, global_batch=args.global_batch, gpu=args.gpu,
                       cluster_gpu=args.cluster_gpu, gpus_per_node=args.gpus_per_node, nodes=args.nodes,
                       l1_regularization=l1_regularization)
     result = recommend({"model": type(session.model).__name__, "params": params, "architecture": architecture,
-                        "memory": memory, "grads": grads}, options)
+                        "memory": memory, "grads": grads, "probe": probe}, options)
     result = {"target": args.target, **result, "evidence_sources": sources}
     if args.slurm_out:
         context = slurm_context(result, args.job_name or session.loaded.name, args.time, args.cpus_per_task,
@@ -802,6 +859,8 @@ def render_table(data: dict[str, Any], args: argparse.Namespace) -> str:
              f"Kind: {_kind_text(data)}",
              f"Parameters: {render.count(data['measured']['total_parameters'])}", "",
              render.table(_rows(data), ["setting", "recommendation", "rule", "measured"]), ""]
+    parts += [f"Priority {i['priority']}: {i['title']}: {i['current_state']}; fix: {i['fix']} ({i['source']})"
+              for i in data.get("issues", [])]
     parts += [f"{key}: {value}" for key, value in data.get("evidence_sources", {}).items()]
     if data.get("slurm"):
         parts.append(f"SLURM launch script written to {data['slurm']['path']}")
@@ -813,8 +872,10 @@ def render_markdown(data: dict[str, Any], args: argparse.Namespace) -> str:
              f"`{entry['rule']}`", _measured_text(entry["measured"]), entry["justification"]]
             for entry in data["recommendations"]]
     parts = [f"### Training configuration: {data['model']}", "", f"**Kind**: {_kind_text(data)}", "",
-             render.markdown_table(rows, ["setting", "recommendation", "rule", "measured", "why"]), "",
-             "Rules:", ""]
+             render.markdown_table(rows, ["setting", "recommendation", "rule", "measured", "why"]), ""]
+    parts += [f"**Priority {i['priority']}**: {i['title']}: {i['current_state']}; fix: {i['fix']} ({i['source']})"
+              for i in data.get("issues", [])]
+    parts += ["", "Rules:", ""] if data.get("issues") else ["Rules:", ""]
     seen = []
     for entry in data["recommendations"]:
         if entry["rule"] not in seen:

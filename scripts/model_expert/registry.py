@@ -15,6 +15,7 @@ CAPABILITIES = {
     "grads": "model_expert.grads",
     "memory": "model_expert.memory.cli",
     "flops": "model_expert.flops",
+    "probe": "model_expert.probe.cli",
     "recommend": "model_expert.recommend",
     "contract": "model_expert.contract.cli",
     "report": "model_expert.report",

@@ -20,12 +20,14 @@ from .gpus import DEFAULT_CLUSTER_GPU, DEFAULT_CONSUMER_GPU
 from .runner import default_losses_used, loss_description
 
 # Order matters: trace first (a broken forward stops the report there, with the module that failed);
-# recommend last (it reads the params, memory and grads evidence).
-SECTIONS = ("params", "trace", "lint", "contract", "grads", "memory", "flops", "recommend")
+# recommend last (it reads the params, memory, grads and probe evidence).
+SECTIONS = ("params", "trace", "lint", "contract", "grads", "memory", "flops", "probe", "recommend")
 # Options of the report that only the report reads.
 REPORT_ONLY = {"out", "findings", "skip", "json", "markdown", "debug", "target", "samples_per_epoch"}
 # Per-section options that differ from the section's own default when it runs inside the report.
 SECTION_DEFAULTS = {"params": {"depth": 2}, "flops": {"depth": 2}}
+# probe's workload inside the review: fixed, so its figures do not depend on the machine's speed.
+REPORT_PROBE_STEPS, REPORT_PROBE_SWEEP_STEPS = 25, 20
 FINDING_KEYS = ("priority", "title", "current_state", "impact", "fix")
 
 
@@ -57,6 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--samples-per-epoch", type=int, default=None, metavar="N",
                        help="dataset size: adds the estimated time per epoch (steps x the estimated step time)")
     group.add_argument("--global-batch", type=int, default=None, help="passed to recommend: target global batch")
+    group.add_argument("--lr", type=float, default=None, metavar="X",
+                       help="passed to probe: the learning rate to fit one batch at (default: the config's, else recommend's)")
+    group.add_argument("--time-budget-s", type=float, default=300.0, metavar="S",
+                       help="passed to probe: a safety net; the review's probe runs a fixed number of steps (default: 300)")
     cli.add_output_arguments(parser, markdown=False)
 
 
@@ -129,7 +135,10 @@ def collect(args: argparse.Namespace, on_progress: Callable[[str], None] = progr
         namespace = section_namespace(module.CAPABILITY, args, overrides)
         if name == "recommend":
             namespace.evidence = {"params": evidence.get("params"), "grads": evidence.get("grads"),
+                                  "probe": evidence.get("probe"),
                                   "memory": [evidence[k] for k in ("memory", "memory_cluster") if k in evidence]}
+        if name == "probe":  # fixed steps, so the review says the same on any machine (the report's --steps is recommend's)
+            namespace.steps, namespace.sweep_steps = REPORT_PROBE_STEPS, REPORT_PROBE_SWEEP_STEPS
         started = time.perf_counter()
         on_progress(f"[{position}/{len(plan)}] {key} ...")
         try:

@@ -212,6 +212,33 @@ def _gradient(evidence: dict[str, Any]) -> dict[str, Any]:
             "groups": groups, "global_norms": global_norms}
 
 
+def _dynamics(evidence: dict[str, Any]) -> dict[str, Any]:
+    """probe.py's measurements: lines for Gradient Flow (fit one batch, update size, charts) and Training
+    Configuration (the stable learning rates)."""
+    probe = evidence.get("probe")
+    if not probe:
+        why = evidence.get("not_measured", {}).get("probe")  # None: --skip probe, nothing to say
+        return {"measured": False, "gradient": [f"{NOT_MEASURED}: {why}"] if why else [], "training": [], "charts": []}
+    from .probe.charts import line_chart
+    from .probe.cli import summary_rows
+    rows = dict(summary_rows(probe))
+    fit, update = probe["overfit"], probe["update_ratio"]
+    gradient = [f"**Fit one batch** ({probe['loss']}; {probe['inputs']}): {rows['fit one batch']}",
+                f"**Initial loss**: {rows['initial loss']}; expected {rows['expected initial loss']}",
+                f"**Update size** after one {update['optimizer']} step at lr {update['lr']:.3g}: median "
+                f"log10(|dw|/|w|) {rows['median log10(|dw|/|w|)']}; {len(update['outside_band'])} of "
+                f"{len(update['layers'])} parameter tensors outside the band ({update['band_source']})"]
+    gradient += [f"**{f['severity']}** {f['check']}: {f['text']}" for f in probe["findings"]
+                 if f["severity"] in ("RISK", "CAUTION") and f["check"] in ("overfit", "initial_loss")]
+    training = [f"**Learning rate probed**: {rows['learning rate']}, optimizer {fit['optimizer']}",
+                f"**Divergence LR**: {rows['divergence LR']}; **suggested LR**: {rows['suggested LR']}",
+                f"**Method**: {probe['lr_range']['method']}"]
+    training += [f"**{f['severity']}** {f['check']}: {f['text']}" for f in probe["findings"]
+                 if f["severity"] in ("RISK", "CAUTION") and f["check"] == "lr_range"]
+    charts = [chart for chart in (line_chart((probe.get("charts") or {}).get(key)) for key in ("overfit", "lr_range")) if chart]
+    return {"measured": True, "gradient": gradient, "training": training, "charts": charts}
+
+
 def _training(evidence: dict[str, Any]) -> list[dict[str, Any]]:
     recommendations = _get(evidence, "recommend", "recommendations") or []
     sections: dict[str, list[dict[str, str]]] = {}
@@ -269,6 +296,12 @@ def _issues(evidence: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
             issues[priority].append({"title": f"{title}" + (f" (`{where}`)" if where else ""),
                                      "current_state": finding["text"], "impact": impact,
                                      "fix": finding.get("fix") or "see contract.py's finding", "source": "contract.py"})
+    for finding in _get(evidence, "probe", "findings") or []:
+        priority = SEVERITY_PRIORITY.get(finding["severity"])
+        if priority and finding["check"] in ("overfit", "lr_range", "initial_loss"):
+            issues[priority].append({"title": f"training dynamics: {finding['check'].replace('_', ' ')}",
+                                     "current_state": finding["text"], "impact": "training does not learn or diverges",
+                                     "fix": "see probe.py's finding", "source": "probe.py"})
     memory = evidence.get("memory") or {}
     if memory.get("fits") is False:
         issues[1].append({"title": f"batch {memory.get('batch_size')} does not fit {memory.get('gpu', 'the budget')}",
@@ -372,6 +405,7 @@ def build_view(evidence: dict[str, Any]) -> dict[str, Any]:
         "scaling": _scaling(trace),
         "gradient": _gradient(evidence),
         "training": _training(evidence),
+        "dynamics": _dynamics(evidence),
         "issues": _issues(evidence),
         "loss": _loss(evidence),
         "performance": _performance(evidence, evidence["derived"]),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Any, Callable, Iterator
 
 import torch
@@ -116,11 +117,26 @@ def default_loss(output: Any) -> torch.Tensor:
     return total
 
 
-def compute_loss(loss_fn: LossFunction | None, output: Any, origin: str = "--loss") -> torch.Tensor:
+def takes_batch(loss_fn: Callable[..., Any]) -> bool:
+    """Whether a --loss function takes (output, batch) rather than (output)."""
+    try:
+        parameters = inspect.signature(loss_fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in parameters)
+
+
+def compute_loss(loss_fn: LossFunction | None, output: Any, origin: str = "--loss", batch: Any = None) -> torch.Tensor:
+    """loss_fn(output), or loss_fn(output, batch) for a two-parameter loss (BATCH: the --data batch)."""
     if loss_fn is None:
         return default_loss(output)
+    two_parameters = takes_batch(loss_fn)
+    if two_parameters and batch is None:
+        raise UserError(f"{origin} function takes (output, batch) but there is no batch: give --data FILE.py:FN "
+                        f"(an iterable of batches with the labels) or a one-parameter loss")
     try:
-        loss = loss_fn(output)
+        loss = loss_fn(output, batch) if two_parameters else loss_fn(output)
     except (UserError, KeyboardInterrupt):
         raise
     except Exception as error:

@@ -142,7 +142,7 @@ def _fresh(inputs: ModelInputs) -> ModelInputs:
     tensors or handed back ones that existed before (which the CPU meter would otherwise never see)."""
     def copy_of(value):
         return value.clone() if isinstance(value, torch.Tensor) else value
-    return ModelInputs(args=tree_map(copy_of, inputs.args), kwargs=tree_map(copy_of, inputs.kwargs))
+    return ModelInputs(args=tree_map(copy_of, inputs.args), kwargs=tree_map(copy_of, inputs.kwargs), batch=inputs.batch)
 
 
 def measure_step(model: nn.Module, build_inputs: Callable[[str], ModelInputs], loss_fn: Callable | None,

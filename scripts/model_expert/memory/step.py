@@ -47,7 +47,7 @@ def cast_inputs(inputs: ModelInputs, dtype: torch.dtype | None) -> ModelInputs:
             return {k: cast(v) for k, v in value.items()}
         return value
 
-    return ModelInputs(args=cast(inputs.args), kwargs=cast(inputs.kwargs))
+    return ModelInputs(args=cast(inputs.args), kwargs=cast(inputs.kwargs), batch=inputs.batch)
 
 
 class MetaGradScaler:
@@ -85,7 +85,7 @@ def training_step(model: nn.Module, inputs: ModelInputs, loss_fn: Callable | Non
         model.zero_grad(set_to_none=True)
     with autocast():
         output = call_model(model, inputs, model_name)
-        loss = compute_loss(loss_fn, output)
+        loss = compute_loss(loss_fn, output, batch=inputs.batch)
     phase("backward")
     (scaler.scale(loss) if scaler is not None else loss).backward()
     phase("optimizer")

@@ -1,0 +1,7 @@
+"""probe.py: measured training dynamics of a model on its batches.
+
+One file per mechanism: `workbench` (the deep copy that is trained, its initial values, the loss),
+`initial_loss` (the first loss and what a uniform prediction would give), `overfit` (fit one batch),
+`curvature` (Hessian top eigenvalue: SGD's 2/lambda_max), `lr_range` (the LR range test),
+`update_ratio` (|dw|/|w| after one step), `charts` (mermaid line charts), `cli` (options, findings, rendering).
+"""

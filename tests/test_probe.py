@@ -1,0 +1,233 @@
+"""probe.py: training dynamics measured on a copy of the model, checked against answers worked out by hand."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import assert_same_state, model_state, run_script
+from fixtures import probe_models as fx
+from model_expert.probe import charts, overfit
+from model_expert.probe.cli import CAPABILITY
+
+FX = "tests/fixtures/probe_models.py"
+AE = "examples/autoencoder.py:ModelAutoEncoder"
+# The bundled autoencoder class at a size a 2-core test run affords (the seed's 4096-d config is the bench's).
+AE_SMALL = ["--kwargs", json.dumps({"input_dim": 128, "hidden_dims": [64, 32], "embedding_dim": 16, "dropout": 0.0}),
+            "--batch-size", "16", "--dim", "input_dim=128"]
+
+
+def probe(*argv: str) -> dict:
+    args = CAPABILITY.parser().parse_args([*argv, "--time-budget-s", "60"])
+    return CAPABILITY.analyse(args)
+
+
+@pytest.fixture(scope="module")
+def least_squares_sgd():
+    return probe(f"{FX}:LeastSquares", "--inputs", f"{FX}:least_squares_inputs", "--loss", f"{FX}:least_squares_loss",
+                 "--optimizer", "sgd", "--steps", "50", "--sweep-steps", "40")
+
+
+def test_sgd_divergence_lr_is_the_curvature_limit(least_squares_sgd):
+    # Hessian of mean (Xw - y)^2 = (2/N) X^T X = (2/N) diag(S^2): lambda_max = 2 * 4^2 / 64 = 0.5, limit 2/0.5 = 4.
+    lambda_max = 2 * max(fx.S) ** 2 / fx.N
+    limit = 2 / lambda_max
+    assert lambda_max == 0.5 and limit == 4.0
+    measured = least_squares_sgd["lr_range"]
+    assert limit / 2 <= measured["divergence_lr"] <= limit * 2
+    assert measured["curvature"]["lambda_max"] == pytest.approx(lambda_max, rel=1e-3)
+    # The sweep alone notices divergence late (or not at all): never before the limit.
+    assert measured["sweep_divergence_lr"] is None or measured["sweep_divergence_lr"] >= limit
+    assert "curvature" in measured["method"] and measured["suggested_lr"] < measured["divergence_lr"]
+
+
+def test_sgd_momentum_limit_and_overfit_on_both_sides_of_it():
+    # Heavy-ball momentum 0.9: limit 2 (1 + 0.9) / lambda_max = 3.8 / 0.5 = 7.6.
+    common = [f"{FX}:LeastSquares", "--inputs", f"{FX}:least_squares_inputs", "--loss", f"{FX}:least_squares_loss",
+              "--steps", "60", "--sweep-steps", "12"]
+    momentum = probe(*common, "--optimizer", "sgd-momentum", "--lr", "1")
+    assert momentum["lr_range"]["divergence_lr"] == pytest.approx(7.6, rel=1e-3)
+    # Plain SGD at 1.5x the limit 4: the error grows by |1 - 6 * 0.5| = 2 per step along the top direction.
+    above = probe(*common, "--optimizer", "sgd", "--lr", "6")
+    assert above["overfit"]["verdict"] == "diverges"
+    risk = [f for f in above["findings"] if f["check"] == "overfit"][0]
+    assert risk["severity"] == "RISK" and f"step {above['overfit']['diverged_at_step']}" in risk["text"]
+    assert any(f["check"] == "lr_range" and f["severity"] == "RISK" for f in above["findings"])
+    # At 1/lambda_max = 2 the slowest direction (S = 0.5: lambda = 2 * 0.25 / 64) contracts by
+    # 1 - 2 * 0.0078125 per step: after 60 steps the loss is at most (1 - 1/64)^120 = 0.15 of the start.
+    below = probe(*common, "--optimizer", "sgd", "--lr", "2")
+    assert below["overfit"]["final_loss"] <= (1 - 1 / 64) ** 120 * below["initial_loss"]
+    assert below["overfit"]["verdict"] in ("fits", "slow")
+
+
+def test_dead_relus_are_flat_and_a_risk_naming_the_zero_gradients():
+    torch.manual_seed(0)
+    model = fx.DeadReluMLP()  # what load_model builds: the class under seed 0
+    torch.manual_seed(0)
+    x = fx.mlp_inputs()  # what the inputs factory gives for batch 0
+    assert (model.hidden(x) < 0).all()  # every ReLU unit is dead for this batch, as designed
+    # Only out.bias can learn: the best it can do is the per-output mean of the targets, so the loss can fall at
+    # most to mean over outputs of var(y); from the initial loss mean (b0 - y)^2 that is a ratio above 0.9.
+    initial = F.mse_loss(model(x), fx.TARGETS).item()
+    best = fx.TARGETS.var(dim=0, unbiased=False).mean().item()
+    assert best / initial > overfit.FLAT_RATIO
+    data = probe(f"{FX}:DeadReluMLP", "--inputs", f"{FX}:mlp_inputs", "--loss", f"{FX}:mse_to_targets",
+                 "--lr", "1e-2", "--steps", "100", "--sweep-steps", "12")
+    assert data["initial_loss"] == pytest.approx(initial, rel=1e-5)  # the same batch: torch.randn after seed 0
+    assert data["overfit"]["verdict"] == "flat"
+    assert data["overfit"]["final_loss"] >= best - 1e-6
+    assert data["zero_gradient_parameters"] == ["hidden.weight", "hidden.bias", "out.weight"]
+    risk = [f for f in data["findings"] if f["check"] == "overfit"][0]
+    assert risk["severity"] == "RISK" and "hidden.weight" in risk["text"]
+
+
+def test_healthy_mlp_fits_and_the_model_is_left_untouched():
+    before = model_state(fx.healthy_instance)
+    data = probe(f"{FX}:healthy_instance", "--inputs", f"{FX}:mlp_inputs", "--loss", f"{FX}:mse_to_targets",
+                 "--lr", "1e-2", "--steps", "150", "--sweep-steps", "30")
+    assert_same_state(before, model_state(fx.healthy_instance))
+    fit = data["overfit"]
+    assert fit["verdict"] == "fits" and fit["ratio"] <= 0.1 and fit["steps"] == 150
+    assert fit["losses"][0] == data["initial_loss"] and len(fit["losses"]) == 151
+    # Adam's first step moves every element by lr (m / sqrt(v) = sign(g) after bias correction), so
+    # |dw| / |w| = lr * sqrt(n) / |w| for a tensor with no zero gradient.
+    weight = fx.healthy_instance.net[0].weight
+    layer = next(l for l in data["update_ratio"]["layers"] if l["name"] == "net.0.weight")
+    assert layer["log10_ratio"] == pytest.approx(math.log10(1e-2 * math.sqrt(weight.numel()) / weight.norm().item()), abs=0.02)
+    assert set(data) >= {"initial_loss", "expected_initial_loss", "overfit", "lr_range", "update_ratio", "findings"}
+    assert set(data["lr_range"]) >= {"method", "lrs", "losses", "suggested_lr", "divergence_lr"}
+    assert "EMA" in data["lr_range"]["method"] and data["lr_range"]["lrs"][0] == 1e-7
+
+
+def test_bundled_autoencoder_diverges_at_a_large_lr_and_converges_at_a_small_one():
+    sgd = probe(AE, *AE_SMALL, "--optimizer", "sgd", "--steps", "30", "--sweep-steps", "12")
+    limit = sgd["lr_range"]["divergence_lr"]
+    high = probe(AE, *AE_SMALL, "--optimizer", "sgd", "--lr", str(4 * limit), "--steps", "30", "--sweep-steps", "12")
+    assert high["overfit"]["verdict"] == "diverges"
+    low = probe(AE, *AE_SMALL, "--optimizer", "adamw", "--lr", "1e-3", "--steps", "60", "--sweep-steps", "12")
+    assert low["overfit"]["verdict"] in ("fits", "slow")
+    assert low["overfit"]["final_loss"] < 0.7 * low["initial_loss"]
+    assert low["lr_source"] == "--lr" and low["loss"] == "the model's output.loss"
+
+
+def test_gpt2_with_labels_fits_one_batch_and_starts_at_ln_vocab():
+    data = probe(f"{FX}:gpt2_tiny", "--inputs", f"{FX}:gpt2_batch", "--lr", "1e-2", "--steps", "100", "--sweep-steps", "12")
+    assert data["expected_initial_loss"] == pytest.approx(math.log(fx.VOCAB))  # ln 100 = 4.605
+    assert abs(data["initial_loss"] - math.log(fx.VOCAB)) < 0.1  # init std 0.02: near-uniform logits
+    assert data["overfit"]["verdict"] == "fits"
+
+
+def test_two_parameter_loss_reads_labels_from_data_batches():
+    data = probe(f"{FX}:HealthyMLP", "--data", f"{FX}:labelled_batches", "--batch-inputs", f"{FX}:pick_x",
+                 "--loss", f"{FX}:mse_to_labels", "--lr", "1e-2", "--steps", "20", "--sweep-steps", "12")
+    torch.manual_seed(0)
+    model = fx.HealthyMLP()  # what load_model builds: the class under seed 0
+    x, y = fx.labelled_batches()[0]
+    assert data["initial_loss"] == pytest.approx(F.mse_loss(model(x), y).item(), rel=1e-5)
+    assert data["inputs"].startswith("--data")
+
+
+@pytest.mark.parametrize("capability", ["grads", "memory", "flops"])
+def test_every_training_step_capability_takes_data_and_a_two_parameter_loss(capability):
+    result = run_script(capability, f"{FX}:HealthyMLP", "--data", f"{FX}:labelled_batches", "--batch-inputs",
+                        f"{FX}:pick_x", "--loss", f"{FX}:mse_to_labels", "--json", *(
+                            ["--batches", "2"] if capability == "grads" else ["--target-device", "cpu"]))
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    if capability == "grads":
+        torch.manual_seed(0)
+        model = fx.HealthyMLP()
+        batches = fx.labelled_batches()
+        expected = [F.mse_loss(model(x), y).item() for x, y in batches[:2]]
+        assert data["losses"] == pytest.approx(expected, rel=1e-5)
+    if capability == "flops":
+        # Linear layers: 2 x (16*64 + 64*4) x batch 8 forward FLOPs
+        assert data["forward_flops"] == 2 * (16 * 64 + 64 * 4) * 8
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--lr", "0"], "--lr must be a positive number"),
+    (["--lr=-1e-3"], "--lr must be a positive number"),
+    (["--steps", "0"], "--steps must be a positive whole number"),
+    (["--data", f"{FX}:no_batches"], "yielded no batch"),
+    (["--data", f"{FX}:wrong_width_batches", "--batch-inputs", f"{FX}:pick_x"], "forward failed in module"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, says):
+    loss = [] if "--data" in argv else ["--inputs", f"{FX}:mlp_inputs"]
+    result = run_script("probe", f"{FX}:HealthyMLP", *loss, "--loss", f"{FX}:mse_to_labels" if "--data" in argv
+                        else f"{FX}:mse_to_targets", *argv)
+    assert result.returncode == 2 and result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1 and says in result.stderr, result.stderr
+
+
+def test_the_default_loss_is_refused():
+    result = run_script("probe", f"{FX}:HealthyMLP", "--inputs", f"{FX}:mlp_inputs")
+    assert result.returncode == 2 and result.stdout == ""
+    assert "default loss (mean of outputs)" in result.stderr and "--loss" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_verdict_rules():
+    assert overfit.verdict([1.0, 0.5, 0.05]) == ("fits", None)
+    assert overfit.verdict([1.0, 0.8, 0.5]) == ("slow", None)
+    assert overfit.verdict([1.0, 0.99, 0.95]) == ("flat", None)
+    assert overfit.verdict([1.0, 1.8, 0.8]) == ("slow", None)  # Adam's transient spike, then down
+    assert overfit.verdict([1.0, 1.8, 1.6]) == ("diverges", 1)  # ends above 1.5 x
+    assert overfit.verdict([1.0, 0.9, float("nan")]) == ("diverges", 2)
+    assert overfit.verdict([1.0, 20.0, 0.5]) == ("diverges", 1)  # blew up past 10 x
+
+
+def test_charts_are_mermaid_line_charts_of_what_was_measured():
+    fit = {"losses": [1.0, 0.1, 0.01], "optimizer": "adamw", "lr": 0.001}
+    chart = charts.line_chart(charts.overfit_series(fit))
+    assert chart.splitlines()[:2] == ["```mermaid", "xychart-beta"]
+    assert "    line [0, -1, -2]" in chart  # log10 of 1, 0.1, 0.01
+    sweep = {"lrs": [1e-7, 1e-5, 1e-3], "losses": [2.0, 1.5, 9.0]}
+    assert 'x-axis "log10(lr)" ["-7", "-5", "-3"]' in charts.line_chart(charts.lr_range_series(sweep))
+    assert charts.decimal(1.5e-5) == "0.000015" and "e" not in charts.decimal(187944.2463)
+
+
+def test_recommend_starts_below_a_measured_divergence_lr():
+    from model_expert.recommend import find, recommend
+    evidence = {"params": {"total": 1_000_000, "trainable": 1_000_000},
+                "architecture": {"architecture": "autoencoder", "loss_kind": None, "evidence": []}}
+    seed = find(recommend(evidence), "learning_rate")
+    assert seed["value"]["min"] == 1e-3 and seed["value"]["max"] == 5e-3  # the seed: autoencoders < 50M, 1e-3 to 5e-3
+    probe_data = {"lr_range": {"divergence_lr": 8e-4, "suggested_lr": 8e-5, "method": "LR range test"},
+                  "overfit": {"verdict": "diverges", "lr": 1e-3, "optimizer": "adamw", "losses": [1.0, 3.0],
+                              "loss_at_divergence": 3.0, "diverged_at_step": 1, "final_loss": 3.0, "steps": 1},
+                  "lr_source": "--config c.ini:ae: lr"}
+    result = recommend({**evidence, "probe": probe_data})
+    entry = find(result, "learning_rate")
+    assert entry["value"]["start"] == 8e-5 and entry["rule"] == "lr.below_measured_divergence"
+    assert "lies above the measured divergence LR 8e-4" in entry["text"] and "probe.py" in entry["text"]
+    [issue] = result["issues"]
+    assert issue["priority"] == 1 and "step 1" in issue["current_state"] and "3" in issue["current_state"]
+    # a divergence LR above the seed's range changes nothing
+    far = {**probe_data, "lr_range": {**probe_data["lr_range"], "divergence_lr": 1.0}, "overfit": {"verdict": "fits"}}
+    assert find(recommend({**evidence, "probe": far}), "learning_rate") == seed
+
+
+@pytest.fixture(scope="module")
+def diverging_review(tmp_path_factory):
+    out = tmp_path_factory.mktemp("probe_review")
+    result = run_script("report", f"{FX}:LeastSquares", "--inputs", f"{FX}:least_squares_inputs", "--loss",
+                        f"{FX}:least_squares_loss", "--optimizer", "sgd", "--lr", "6", "--out", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out
+
+
+def test_review_shows_training_dynamics_and_a_priority_1_issue(diverging_review):
+    markdown = (diverging_review / "analysis.md").read_text()
+    gradient = markdown[markdown.index("### Gradient Flow"):markdown.index("### Training Configuration")]
+    training = markdown[markdown.index("### Training Configuration"):markdown.index("### Identified Issues")]
+    issues = markdown[markdown.index("### Identified Issues"):markdown.index("### Memory")]
+    assert "**Training dynamics (measured)**" in gradient and "**Training dynamics (measured)**" in training
+    assert "diverges" in gradient and 'x-axis "step"' in gradient
+    assert "**Divergence LR**: 4" in training  # 2 / lambda_max = 2 / 0.5
+    p1 = issues[issues.index("Priority 1"):issues.index("Priority 2")]
+    assert "diverges on one batch" in p1 and "at step" in p1
+    result = run_script("check_grounding", diverging_review / "analysis.md", diverging_review / "analysis.json")
+    assert result.returncode == 0, result.stdout[-2000:]
