@@ -12,6 +12,7 @@ from typing import Any
 from . import render
 from .contract import cli as contract_view
 from .grads import mermaid_chart
+from .memory.cli import FULL_SIZE_LABELS
 
 NOT_MEASURED = "not measured"
 # recommend's settings -> the seed's Training Configuration headings, in the seed's order.
@@ -321,7 +322,7 @@ def _performance(evidence: dict[str, Any], derived: dict[str, Any]) -> list[str]
         lines.append(f"**Training step peak**: {render.mib(memory['peak_bytes'])} at batch {memory.get('batch_size')}, "
                      f"during {memory.get('peak_phase', 'the step')}; alive at that moment: "
                      + ", ".join(f"{name.replace('_', ' ')} {render.mib(value)}"
-                                 + (f" (full size {render.mib(full[name])})" if name in full else "")
+                                 + (f" ({FULL_SIZE_LABELS[name]} {render.mib(full[name])})" if name in full else "")
                                  for name, value in breakdown.items()))
         if "activation_bytes_per_sample" in derived:
             lines.append(f"**Activation Memory per Sample**: {render.human_bytes(derived['activation_bytes_per_sample'])} "

@@ -71,8 +71,12 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
         budget = gpu.memory_bytes if cuda_process else gpu.usable_memory_bytes()
     else:
         budget = None
-    # One CUDA process under the budget: its caching allocator may reserve what the context leaves.
-    capacity = budget - CUDA_CONTEXT_BYTES if budget is not None and cuda_process and args.world_size is None else None
+    # One CUDA process under the budget: its caching allocator may reserve what the context leaves, less the
+    # allowance for the estimate's own error (a largest batch above the real limit is an out-of-memory crash).
+    usable_budget = budget
+    if budget is not None and cuda_process:
+        usable_budget = CUDA_CONTEXT_BYTES + int((budget - CUDA_CONTEXT_BYTES) * (1 - CUDA_ESTIMATE_ALLOWANCE))
+    capacity = usable_budget - CUDA_CONTEXT_BYTES if budget is not None and cuda_process and args.world_size is None else None
 
     def options(inference: bool = True) -> EstimateOptions:
         return EstimateOptions(optimizer=args.optimizer, precision=args.precision, target_device=args.target_device,
@@ -154,17 +158,21 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
         held = reserved + CUDA_CONTEXT_BYTES
         if result.fits_allocator_capacity is None:
             return held
-        return min(held, budget) if result.fits_allocator_capacity else max(held, budget + 1)
+        return min(held, usable_budget) if result.fits_allocator_capacity else max(held, usable_budget + 1)
 
     if gpu is not None:
         data["gpu_memory_bytes"] = gpu.memory_bytes
     if budget is not None:
         needed = process_bytes(estimate, data.get("per_gpu_peak_bytes"))
-        data.update({"budget_bytes": budget, "gpu": gpu.name if gpu else None, "fits": needed <= budget})
+        data.update({"budget_bytes": budget, "usable_budget_bytes": usable_budget, "gpu": gpu.name if gpu else None,
+                     "fits": needed <= usable_budget})
         if cuda_process:
             source = "--budget-bytes" if args.budget_bytes is not None else f"{gpu.name} card memory"
-            data["assumptions"].append(f"budget: {budget:,} B the process may hold ({source}); a batch fits when "
-                                       f"the caching allocator, allowed the budget less the CUDA context, never runs "
+            data["assumptions"].append(f"budget: {budget:,} B the process may hold ({source}); "
+                                       f"{CUDA_ESTIMATE_ALLOWANCE:.0%} of what the CUDA context leaves is kept back "
+                                       f"for the estimate's error ({CUDA_ESTIMATE_ALLOWANCE_SOURCE}), so "
+                                       f"{usable_budget:,} B is searched; a batch fits when "
+                                       f"the caching allocator, allowed that less the CUDA context, never runs "
                                        f"out: its reserved peak fits, or it does once its cached free segments are "
                                        f"released, as the real allocator does before reporting out of memory")
         else:
@@ -181,7 +189,7 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
                     return per_gpu_peak
                 return process_bytes(estimate_memory(session.model, build(batch), session.loss_fn, options(False), name),
                                      per_gpu_peak)
-            best, seen = largest_batch(cost, budget)
+            best, seen = largest_batch(cost, usable_budget)
             data["max_batch_size"] = best
             data["batch_estimates"] = {str(k): v for k, v in sorted(seen.items())}
 
@@ -199,6 +207,12 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
         data["assumptions"].append(MEASURED_HOW[args.target_device])
     return data
 
+
+# Kept back from the CUDA budget so that the largest batch errs low: the worst under-estimates of the CUDA
+# target against real H200 runs are -4.1 % (reserved, public set) and -7.4 % (allocated, an MLP at batch 4096).
+CUDA_ESTIMATE_ALLOWANCE = 0.05
+CUDA_ESTIMATE_ALLOWANCE_SOURCE = ("the CUDA target's worst reserved-peak under-estimate on the public H200 set is "
+                                  "-4.1 %, bench/h200_public.py")
 
 RESERVED_HOW = ("reserved: the step's allocations and frees (a full warm-up step, then the steady step) replayed "
                 "through PyTorch's CUDA caching allocator as c10/cuda/CUDACachingAllocator.cpp defines it (512 B "
@@ -225,6 +239,9 @@ def percent_error(estimate: int | None, measured: int | None) -> float | None:
 # allocator-rounded, params also holds the buffers (breakdown_detail keeps them apart).
 BREAKDOWN_LABELS = {"params": "params (+ buffers, rounded to allocator blocks)",
                     "activations": "activations (saved for backward)"}
+# What the full_bytes figure beside an alive-at-the-peak part is: saved activations peak at the end of the
+# forward, and during backward the alive part can exceed that (rounding, the backward's own saved outputs).
+FULL_SIZE_LABELS = {"params": "full size", "grads": "full size", "activations": "saved by the end of forward"}
 
 
 def _largest_batch_text(data: dict[str, Any], b) -> str:
@@ -255,7 +272,7 @@ def _rows(data: dict[str, Any]) -> list[list[str]]:
         label = BREAKDOWN_LABELS.get(key, key)
         if data["target_device"] == "cpu":
             label = label.replace(", rounded to allocator blocks", "")
-        rows.append([f"  {label}", b(value) + (f"; full size {render.human_bytes(full[key])}" if key in full else "")])
+        rows.append([f"  {label}", b(value) + (f"; {FULL_SIZE_LABELS[key]} {render.human_bytes(full[key])}" if key in full else "")])
     if "reserved_peak_bytes" in data:
         rows.append(["Reserved by the caching allocator at its peak", b(data["reserved_peak_bytes"])])
         rows.append(["  + CUDA context (measured)", b(data["cuda_context_bytes"])])
@@ -283,6 +300,9 @@ def _rows(data: dict[str, Any]) -> list[list[str]]:
         rows.append(["Budget" + (" (the process: context + reserved)" if cuda_target else
                                  " (less CUDA context and allocator margin)" if data.get("gpu") else ""),
                      b(data["budget_bytes"])])
+        if data.get("usable_budget_bytes", data["budget_bytes"]) != data["budget_bytes"]:
+            rows.append([f"  searched ({CUDA_ESTIMATE_ALLOWANCE:.0%} of what the context leaves kept back for the estimate's error)"
+                         if cuda_target else "  searched", b(data["usable_budget_bytes"])])
         rows.append(["Fits", "yes" if data["fits"] else "no"])
         rows.append(["Largest batch that fits", _largest_batch_text(data, b)])
     return rows
