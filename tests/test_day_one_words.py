@@ -13,6 +13,8 @@ from conftest import REPO
 from model_expert import __main__ as console
 from model_expert import cli, flops, grads, init, params, registry, trace
 from model_expert.memory import cli as memory_cli
+from model_expert import render
+from model_expert.memory.cli import FULL_SIZE_LABELS
 
 MLP = "tests/fixtures/models.py"
 
@@ -141,6 +143,8 @@ def test_breakdown_says_alive_at_the_peak_with_full_sizes(capsys):
     line = next(l for l in _performance({"params": {"parameter_bytes": 848}, "memory": data}, {})
                 if l.startswith("**Training step peak**"))
     assert "alive at that moment" in line and "(full size 0.0 MiB)" in line
+    activations = render.mib(data["activation_bytes_end_of_forward"])
+    assert f"({FULL_SIZE_LABELS['activations']} {activations})" in line and FULL_SIZE_LABELS["activations"] != "full size"
 
 
 # --- item 8: the attention-score exponent on its own; one CAUTION per pattern -------------------

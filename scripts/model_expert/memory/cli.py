@@ -301,7 +301,7 @@ def _rows(data: dict[str, Any]) -> list[list[str]]:
                                  " (less CUDA context and allocator margin)" if data.get("gpu") else ""),
                      b(data["budget_bytes"])])
         if data.get("usable_budget_bytes", data["budget_bytes"]) != data["budget_bytes"]:
-            rows.append([f"  searched ({CUDA_ESTIMATE_ALLOWANCE:.0%} of what the context leaves kept back for the estimate's error)"
+            rows.append([f"  searched ({CUDA_ESTIMATE_ALLOWANCE:.0%} kept back for the estimate's error)"
                          if cuda_target else "  searched", b(data["usable_budget_bytes"])])
         rows.append(["Fits", "yes" if data["fits"] else "no"])
         rows.append(["Largest batch that fits", _largest_batch_text(data, b)])
