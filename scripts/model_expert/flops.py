@@ -543,6 +543,16 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def throughput(batch: int | None, tokens: int | None, step_seconds: float,
+               inference_seconds: float) -> dict[str, float | None]:
+    """Samples and tokens per second of a training step and of an inference batch (None where unknown)."""
+    def rate(count, seconds):
+        return count / seconds if count and seconds > 0 else None
+    return {"samples_per_second": rate(batch, step_seconds), "tokens_per_second": rate(tokens, step_seconds),
+            "inference_samples_per_second": rate(batch, inference_seconds),
+            "inference_tokens_per_second": rate(tokens, inference_seconds)}
+
+
 def kernel_time_estimate(result: dict[str, Any], session: cli.Session, gpu: GpuSpec,
                          args: argparse.Namespace) -> dict[str, Any]:
     """The per-kernel step time (kernel_time.py) on a meta copy; the roofline at the default MFU where the step
@@ -570,10 +580,7 @@ def kernel_time_estimate(result: dict[str, Any], session: cli.Session, gpu: GpuS
         "phases": timed["phases"],
         "estimated_step_seconds": step_seconds,
         "inference_seconds_per_batch": inference_seconds,
-        "samples_per_second": batch / step_seconds if batch and step_seconds > 0 else None,
-        "tokens_per_second": tokens / step_seconds if tokens and step_seconds > 0 else None,
-        "inference_samples_per_second": batch / inference_seconds if batch and inference_seconds > 0 else None,
-        "inference_tokens_per_second": tokens / inference_seconds if tokens and inference_seconds > 0 else None,
+        **throughput(batch, tokens, step_seconds, inference_seconds),
         "assumptions": kernel_time.describe() + [
             "inference latency = the forward phase of the training step (train-mode forward; eval mode skips dropout)",
             "one card, no data-parallel communication, no host-device copies, no data loading"],
@@ -687,10 +694,7 @@ def time_estimate(result: dict[str, Any], gpu: GpuSpec, precision_name: str, mfu
         "phases": estimate["phases"],
         "estimated_step_seconds": step_seconds,
         "inference_seconds_per_batch": inference_seconds,
-        "samples_per_second": batch / step_seconds if batch and step_seconds > 0 else None,
-        "tokens_per_second": tokens / step_seconds if tokens and step_seconds > 0 else None,
-        "inference_samples_per_second": batch / inference_seconds if batch and inference_seconds > 0 else None,
-        "inference_tokens_per_second": tokens / inference_seconds if tokens and inference_seconds > 0 else None,
+        **throughput(batch, tokens, step_seconds, inference_seconds),
         "assumptions": assumptions,
     }
     return out
