@@ -193,7 +193,7 @@ def find_issues(data: dict[str, Any]) -> list[dict[str, Any]]:
         findings.append({"severity": "CAUTION", "check": "update_ratio",
                          "text": f"one step at lr {update['lr']:.3g} moves {len(update['outside_band'])} of "
                                  f"{len(update['layers'])} parameter tensors by a fraction of their norm outside "
-                                 f"10^{low:g}..10^{high:g} (median 10^{update['median_log10']:.2f}): "
+                                 f"10^{low:g} to 10^{high:g} (median 10^{update['median_log10']:.2f}): "
                                  f"{_listed(update['outside_band'])}. {update['note']}"})
     return findings
 
@@ -272,9 +272,10 @@ def summary_rows(data: dict[str, Any]) -> list[list[str]]:
                           + (", stopped by the time budget" if fit["stopped_by_time_budget"] else "")],
         ["divergence LR", _number(sweep["divergence_lr"], 3) if sweep["divergence_lr"] is not None
          else f"none up to {_number(sweep['lrs'][-1] if sweep['lrs'] else None, 3)}"],
-        ["suggested LR", _number(sweep["suggested_lr"], 3)],
+        ["suggested LR", _number(sweep["suggested_lr"], 3) if sweep["suggested_lr"] is not None
+         else "none (no divergence measured)"],
         ["median log10(|dw|/|w|)", _number(update["median_log10"], 3)
-         + f" (healthy {update['healthy_band_log10'][0]:g}..{update['healthy_band_log10'][1]:g})"],
+         + f" (healthy {update['healthy_band_log10'][0]:g} to {update['healthy_band_log10'][1]:g})"],
         ["inputs", data["inputs"]],
     ]
 

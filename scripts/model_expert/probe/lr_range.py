@@ -41,7 +41,8 @@ def method_text(steps: int) -> str:
     return (f"LR range test: {steps} steps, LR from {LR_MIN:g} to {LR_MAX:g} growing exponentially, one sampled "
             f"batch per step, loss smoothed by an EMA (beta {SMOOTHING:g}, bias-corrected), diverged when the "
             f"smoothed loss > {DIVERGE_FACTOR:g} x its minimum; suggested LR = the divergence LR / "
-            f"{SUGGESTION_DIVISOR:g} (without divergence: the LR at the minimum / {SUGGESTION_DIVISOR:g})")
+            f"{SUGGESTION_DIVISOR:g} (without divergence none: a minimum of a short sweep on sampled batches is "
+            f"noise, not a learning rate)")
 
 
 def range_test(bench, optimizer_name: str, steps: int, until: float, progress: Callable[[str], None],
@@ -77,8 +78,7 @@ def range_test(bench, optimizer_name: str, steps: int, until: float, progress: C
             divergence = lr
             break
     return {"method": method_text(steps), "lrs": lrs, "losses": losses,
-            "suggested_lr": (divergence if divergence is not None else best_lr) / SUGGESTION_DIVISOR
-            if (divergence or best_lr) is not None else None,
+            "suggested_lr": divergence / SUGGESTION_DIVISOR if divergence is not None else None,
             "divergence_lr": divergence, "sweep_divergence_lr": divergence, "min_loss_lr": best_lr,
             "stopped_by_time_budget": stopped_by_time,
             "parameters": {"lr_min": LR_MIN, "lr_max": LR_MAX, "steps": steps, "smoothing": SMOOTHING,

@@ -1,13 +1,12 @@
 """The copy of the user's model that probe trains: built once, reset to the initial values before each trial.
 
-The user's model is never stepped: `copy.deepcopy` makes the copy (inside the caller's `preserved(model)`),
+The user's model is never stepped: `model_copy.copy_model` makes the copy (inside the caller's `preserved(model)`),
 and every trial starts from the copy's saved initial values, so each trial starts from the model's own weights.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import inspect
 import math
 import time
@@ -18,6 +17,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..inputs import ModelInputs
+from ..model_copy import copy_model
 from ..runner import call_model, compute_loss
 
 # --optimizer -> (torch.optim class, keyword arguments beyond its defaults)
@@ -55,7 +55,7 @@ class Workbench:
 
     def __init__(self, model: nn.Module, build_inputs: Callable[[int], ModelInputs], loss_fn: Callable | None,
                  model_name: str, autocast_dtype: torch.dtype | None = None):
-        self.model = copy.deepcopy(model)
+        self.model = copy_model(model)
         self.model.train()
         self.named_parameters = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         self.parameters = [p for _, p in self.named_parameters]
