@@ -238,4 +238,10 @@ def test_epoch_time_names_its_batch_and_the_recommended_one():
     derived = derive(evidence)
     assert derived["steps_per_epoch"] == 125  # ceil(1000 / 8)
     line = next(l for l in _performance(evidence, derived) if l.startswith("**Estimated Training Time**"))
-    assert "steps at batch 8, the traced batch" in line and "rerun with --batch-size 32" in line
+    assert "125 steps at batch 8, the traced batch" in line
+    # report.py measured the step at the recommended batch: the epoch is counted there
+    evidence["flops_recommended_batch"] = {"batch_size": 32, "estimated_step_seconds": 1.5}
+    derived = derive(evidence)
+    assert derived["steps_per_epoch"] == 32 and derived["epoch_seconds"] == 32 * 1.5  # ceil(1000 / 32) = 32 steps
+    line = next(l for l in _performance(evidence, derived) if l.startswith("**Estimated Training Time**"))
+    assert f"{render.seconds(48.0)} per epoch" in line and "32 steps at batch 32, the recommended batch" in line

@@ -97,10 +97,14 @@ def test_findings_merge_into_issues(tmp_path, st_report):
     assert "1. Scores ignore dataset size" in p1 and "**Fix**: add a length feature" in p1
     assert "1. Warmup missing" in p2
     assert evidence["reviewer_findings"][0]["priority"] == 1
-    # 1,000 samples at batch 8 = ceil(1000 / 8) = 125 steps, each the roofline step time
-    assert evidence["derived"]["steps_per_epoch"] == 125
-    assert evidence["derived"]["epoch_seconds"] == pytest.approx(125 * evidence["flops"]["estimated_step_seconds"])
-    assert "per epoch of 1,000 samples (125 steps at batch 8, the traced batch)" in markdown
+    # the epoch is counted at the recommended batch (the seed's 32 for a transformer, the traced one is 8):
+    # 1,000 samples at batch 32 = ceil(1000 / 32) = 32 steps, each the step time flops measured at batch 32
+    at_32 = evidence["flops_recommended_batch"]
+    assert at_32["batch_size"] == 32 and evidence["flops"]["batch_size"] == 8
+    assert evidence["derived"]["steps_per_epoch"] == 32
+    assert evidence["derived"]["epoch_seconds"] == pytest.approx(32 * at_32["estimated_step_seconds"])
+    assert at_32["estimated_step_seconds"] > evidence["flops"]["estimated_step_seconds"]
+    assert "per epoch of 1,000 samples (32 steps at batch 32, the recommended batch)" in markdown
     assert "memory" in evidence["not_measured"] or "memory" not in evidence
 
 

@@ -150,10 +150,36 @@ def collect(args: argparse.Namespace, on_progress: Callable[[str], None] = progr
             on_progress(f"[{position}/{len(plan)}] {key} not measured: {error}")
             continue
         on_progress(f"[{position}/{len(plan)}] {key} done in {time.perf_counter() - started:.1f} s")
+    epoch_flops_at_recommended_batch(args, evidence, on_progress)
     evidence["loss"] = loss_description(args.loss)
     if args.findings:
         evidence["reviewer_findings"] = read_findings(args.findings)
     return evidence
+
+
+def recommended_batch(evidence: dict[str, Any]) -> int | None:
+    """recommend's single-GPU batch size, when it gave one."""
+    for entry in (evidence.get("recommend") or {}).get("recommendations", []):
+        if entry.get("setting") == "batch_size" and entry.get("role") == "single_gpu" and isinstance(entry["value"], int):
+            return entry["value"]
+    return None
+
+
+def epoch_flops_at_recommended_batch(args: argparse.Namespace, evidence: dict[str, Any],
+                                     on_progress: Callable[[str], None]) -> None:
+    """With --samples-per-epoch, the epoch time belongs to the batch the review recommends, not the traced one:
+    flops runs once more at that batch (evidence key flops_recommended_batch)."""
+    batch = recommended_batch(evidence)
+    if not args.samples_per_epoch or "flops" not in evidence or batch is None \
+            or batch == evidence["flops"].get("batch_size"):
+        return
+    module = registry.load("flops")
+    namespace = section_namespace(module.CAPABILITY, args, {"gpu": args.gpu, "batch_size": batch})
+    on_progress(f"flops at the recommended batch {batch} (epoch time) ...")
+    try:
+        evidence["flops_recommended_batch"] = {"schema": module.CAPABILITY.schema, **module.CAPABILITY.analyse(namespace)}
+    except UserError as error:
+        evidence["not_measured"]["flops_recommended_batch"] = str(error)
 
 
 def analyse(args: argparse.Namespace) -> dict[str, Any]:

@@ -61,9 +61,13 @@ def derive(evidence: dict[str, Any]) -> dict[str, Any]:
     activations = _get(evidence, "memory", "activation_bytes_end_of_forward")  # saved for backward, forward done
     if batch and activations is not None:
         derived["activation_bytes_per_sample"] = activations / batch
-    step_seconds, flops_batch = _get(evidence, "flops", "estimated_step_seconds"), _get(evidence, "flops", "batch_size")
+    # the epoch at the recommended batch where report.py measured it, else at the traced batch
+    epoch_flops = "flops_recommended_batch" if "flops_recommended_batch" in evidence else "flops"
+    step_seconds = _get(evidence, epoch_flops, "estimated_step_seconds")
+    flops_batch = _get(evidence, epoch_flops, "batch_size")
     samples = evidence.get("samples_per_epoch")
     if samples and step_seconds is not None and flops_batch:
+        derived["epoch_batch_size"] = flops_batch
         derived["steps_per_epoch"] = math.ceil(samples / flops_batch)
         derived["epoch_seconds"] = derived["steps_per_epoch"] * step_seconds
     forward, backward = _get(evidence, "flops", "forward_flops"), _get(evidence, "flops", "backward_flops")
@@ -343,14 +347,12 @@ def _performance(evidence: dict[str, Any], derived: dict[str, Any]) -> list[str]
     else:
         lines.append(f"**Estimated training step**: {NOT_MEASURED}")
     if "epoch_seconds" in derived:
-        recommended = next((r["value"] for r in _get(evidence, "recommend", "recommendations", default=[])
-                            if r["setting"] == "batch_size" and r.get("role") == "single_gpu"), None)
-        other_batch = (f"; the batch recommended below is {recommended}: rerun with --batch-size {recommended} for the "
-                       f"epoch time at that batch" if isinstance(recommended, int) and recommended != flops.get("batch_size")
-                       else "")
+        which = ("the recommended batch" if "flops_recommended_batch" in evidence else
+                 "the traced batch" + (f"; at the recommended batch: {evidence['not_measured']['flops_recommended_batch']}"
+                                       if "flops_recommended_batch" in evidence.get("not_measured", {}) else ""))
         lines.append(f"**Estimated Training Time**: {render.seconds(derived['epoch_seconds'])} per epoch of "
                      f"{render.count(evidence['samples_per_epoch'])} samples ({render.count(derived['steps_per_epoch'])} "
-                     f"steps at batch {flops.get('batch_size')}, the traced batch) on {gpu}{other_batch}")
+                     f"steps at batch {derived['epoch_batch_size']}, {which}) on {gpu}")
     else:
         lines.append("**Estimated Training Time**: per epoch not measured (pass --samples-per-epoch N)")
     if flops and flops.get("inference_seconds_per_batch") is not None:
