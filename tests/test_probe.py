@@ -84,16 +84,19 @@ def test_dead_relus_are_flat_and_a_risk_naming_the_zero_gradients():
 
 
 def test_healthy_mlp_fits_and_the_model_is_left_untouched():
-    before = model_state(fx.healthy_instance)
+    from model_expert.target import import_location
+    # the instance the tool loads (its own import of the file, not this test's `fx`, whose weights differ)
+    instance = import_location(FX, "TARGET").healthy_instance
+    before = model_state(instance)
     data = probe(f"{FX}:healthy_instance", "--inputs", f"{FX}:mlp_inputs", "--loss", f"{FX}:mse_to_targets",
                  "--lr", "1e-2", "--steps", "150", "--sweep-steps", "30")
-    assert_same_state(before, model_state(fx.healthy_instance))
+    assert_same_state(before, model_state(instance))
     fit = data["overfit"]
     assert fit["verdict"] == "fits" and fit["ratio"] <= 0.1 and fit["steps"] == 150
     assert fit["losses"][0] == data["initial_loss"] and len(fit["losses"]) == 151
     # Adam's first step moves every element by lr (m / sqrt(v) = sign(g) after bias correction), so
     # |dw| / |w| = lr * sqrt(n) / |w| for a tensor with no zero gradient.
-    weight = fx.healthy_instance.net[0].weight
+    weight = instance.net[0].weight
     layer = next(l for l in data["update_ratio"]["layers"] if l["name"] == "net.0.weight")
     assert layer["log10_ratio"] == pytest.approx(math.log10(1e-2 * math.sqrt(weight.numel()) / weight.norm().item()), abs=0.02)
     assert set(data) >= {"initial_loss", "expected_initial_loss", "overfit", "lr_range", "update_ratio", "findings"}
