@@ -28,6 +28,14 @@ def _with_others_changed(tensor: torch.Tensor, axis: int, keep: int, generator: 
     return torch.where(keep_mask.reshape(view), tensor, fresh)
 
 
+def _sample_changes(harness, output_axes, batch, masks, train: bool, generator: torch.Generator):
+    """(input, largest change of a kept sample's output, within tolerance) for every data input that carries the
+    batch, the other samples changed; in train mode when TRAIN."""
+    for name, axes in batch.axes.items():
+        if name not in masks and can_vary(harness.tensors[name]):
+            yield (name, *_kept_sample_change(harness, output_axes, name, axes[0], train, generator))
+
+
 def _kept_sample_change(harness: Harness, output_axes: dict[str, int], name: str, axis: int, train: bool,
                         generator: torch.Generator) -> tuple[float, bool]:
     """Largest change of the kept samples' outputs when the other samples of input NAME change."""
@@ -75,10 +83,7 @@ def analyse_batch(harness: Harness, masks: list[str], seed: int = 0) -> tuple[bo
     generator = torch.Generator().manual_seed(seed)
     rows, findings = [], []
     batch = harness.dims[harness.batch_dim]
-    for name, axes in batch.axes.items():
-        if name in masks or not can_vary(harness.tensors[name]):
-            continue
-        change, within = _kept_sample_change(harness, output_axes, name, axes[0], False, generator)
+    for name, change, within in _sample_changes(harness, output_axes, batch, masks, False, generator):
         rows.append({"input": name, "mode": "eval", "independent": within, "max_abs_change": change})
         if not within:
             findings.append(finding(
@@ -88,10 +93,7 @@ def analyse_batch(harness: Harness, masks: list[str], seed: int = 0) -> tuple[bo
                     "reduce over the batch dim inside forward"))
     if has_batch_norm(harness.model):
         with preserved(harness.model):  # train mode updates BatchNorm's running statistics
-            for name, axes in batch.axes.items():
-                if name in masks or not can_vary(harness.tensors[name]):
-                    continue
-                change, within = _kept_sample_change(harness, output_axes, name, axes[0], True, generator)
+            for name, change, within in _sample_changes(harness, output_axes, batch, masks, True, generator):
                 rows.append({"input": name, "mode": "train", "independent": within, "max_abs_change": change})
                 if not within:
                     findings.append(finding(
