@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 
-from .cli_base import OneLineArgumentParser, json_safe, to_json, write_atomically  # noqa: F401  (re-exported)
+from .cli_base import OneLineArgumentParser, configure_threads, json_safe, to_json, write_atomically  # noqa: F401
 from .errors import UserError  # noqa: F401  (re-exported for capabilities)
 from .inputs import DataInputs, InputSource, ModelInputs, SpecInputs, FactoryInputs
 from .model_copy import copy_model, lazy_modules, materialise_lazy
@@ -220,6 +220,11 @@ def main(capability: Capability, argv: list[str] | None = None, prog: str | None
     args.command_line = " ".join([prog or f"python scripts/{capability.name}.py",
                                   *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
     debug = getattr(args, "debug", False)
+    threads = configure_threads(torch)
+    if debug:
+        count = threads["threads"]
+        sys.stderr.write(f"{parser.prog}: torch runs {count} intra-op thread{'s' if count != 1 else ''} "
+                         f"({threads['source']})\n")
     try:
         default_losses_used.clear()
         with quiet_libraries(not debug):

@@ -53,6 +53,44 @@ def write_atomically(path: str, text: str) -> None:
         raise
 
 
+def usable_cpus() -> tuple[int, str]:
+    """(CPUs this process may run on, where that came from): os.sched_getaffinity (taskset, cpusets, SLURM's
+    binding), lowered by a cgroup v2 CPU quota (containers) when one is set."""
+    try:
+        count, source = len(os.sched_getaffinity(0)), "os.sched_getaffinity"
+    except (AttributeError, OSError):
+        count, source = os.cpu_count() or 1, "os.cpu_count"
+    try:
+        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as stream:
+            quota, period = stream.read().split()[:2]
+        if quota != "max" and int(period) > 0:
+            allowed = max(1, math.ceil(int(quota) / int(period)))
+            if allowed < count:
+                count, source = allowed, "the cgroup CPU quota (/sys/fs/cgroup/cpu.max)"
+    except (OSError, ValueError):
+        pass
+    return count, source
+
+
+def configure_threads(torch_module: Any = None) -> dict[str, Any]:
+    """torch's intra-op threads = the CPUs this process may use (usable_cpus), unless OMP_NUM_THREADS says
+    otherwise; inter-op threads likewise (the tools run no inter-op parallel work of their own). More threads than
+    CPUs make torch's threads wait on each other whenever anything else runs. TORCH_MODULE: torch, when imported
+    (None: a torch-free tool, nothing to set). Returns {threads, source}: what the --debug line and the review state."""
+    cpus, source = usable_cpus()
+    threads, requested = cpus, os.environ.get("OMP_NUM_THREADS", "").strip()
+    if requested.isdigit() and int(requested) > 0:
+        threads, source = int(requested), "OMP_NUM_THREADS"
+    if torch_module is not None:
+        torch_module.set_num_threads(threads)
+        try:
+            torch_module.set_num_interop_threads(threads)
+        except RuntimeError:  # already started (a second call in one process): it keeps its first size
+            pass
+        threads = torch_module.get_num_threads()
+    return {"threads": threads, "source": source}
+
+
 def add_output_options(parser: argparse.ArgumentParser) -> None:
     """--json and --debug, as every tool has them."""
     parser.add_argument("--json", action="store_true", help="print one JSON object with a 'schema' key")
