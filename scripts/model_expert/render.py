@@ -71,6 +71,23 @@ def sci(value: float | None, digits: int = 2) -> str:
     return "not measured" if value is None else f"{value:.{digits}e}"
 
 
+def change(value: float | None, *, within: bool | None = None, tolerance: float | None = None,
+           bound: str = "the tolerance", prefix: str = "by ") -> str:
+    """How far an equality check's output moved: 'by 0.454' (PREFIX + 3 significant digits) above its
+    tolerance; at or below it 'within tolerance: ≤ BOUND', never the figure (that is round-off, and it differs
+    between CPUs' vector units, thread counts and BLAS). WITHIN is the check's own verdict, or give the
+    absolute TOLERANCE."""
+    if value is None:
+        return "n/a"
+    if within is None:
+        if tolerance is None:
+            raise ValueError("render.change needs the check's verdict (within=) or its tolerance (tolerance=)")
+        within = value <= tolerance
+    if within:
+        return f"within tolerance: ≤ {bound}"
+    return f"{prefix}{value:.3g}"
+
+
 def shape(dims: Iterable[Any]) -> str:
     return "[" + ", ".join(str(d) for d in dims) + "]"
 
@@ -84,7 +101,7 @@ def markdown_table(rows: list[list[Any]], headers: list[str]) -> str:
 
 
 FILTERS = {"count": count, "short_count": short_count, "mib": mib, "human_bytes": human_bytes,
-           "flops": flops, "seconds": seconds, "sci": sci, "shape": shape}
+           "flops": flops, "seconds": seconds, "sci": sci, "shape": shape, "change": change}
 
 
 def environment(template_dir: str = TEMPLATE_DIR) -> jinja2.Environment:

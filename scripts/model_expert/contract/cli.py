@@ -106,6 +106,13 @@ def number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3g}"
 
 
+def bound(data: dict[str, Any]) -> str:
+    """The tolerance a within-tolerance change is stated against (its figure would be round-off)."""
+    dtypes = {row.get("dtype") for row in data.get("outputs") or []}
+    return "1e-5 x max|output|, float32 round-off" if dtypes <= {"float32"} else \
+        "1e-5 x max|output| x eps(dtype)/eps(float32)"
+
+
 def input_range(row: dict[str, Any]) -> str:
     """What values an input takes: the spec's `<high`, bool, or the measured min to max."""
     if row["dtype"] == "bool":
@@ -126,7 +133,7 @@ def output_range(row: dict[str, Any]) -> str:
     return text
 
 
-def mask_line(row: dict[str, Any]) -> str:
+def mask_line(row: dict[str, Any], tolerance: str = "the tolerance") -> str:
     if not row["data_inputs"]:
         return f"`{row['input']}`: covers no data input, not checked"
     covered = ", ".join(f"`{n}`" for n in row["data_inputs"])
@@ -134,8 +141,8 @@ def mask_line(row: dict[str, Any]) -> str:
         return f"`{row['input']}` over {covered}: not checked"
     verdict = "honoured" if row["honoured"] else "NOT honoured"
     convention = row["convention"] or "neither convention"
-    text = (f"`{row['input']}` over {covered}: {verdict} ({convention}; padded data moves the output by "
-            f"{number(row['max_abs_change'])})")
+    text = (f"`{row['input']}` over {covered}: {verdict} ({convention}; padded data moves the output "
+            f"{render.change(row['max_abs_change'], within=row['honoured'], bound=tolerance)})")
     return text + f"; a sample that is all padding gives {ALL_PADDED_TEXT[row['all_padded']]}"
 
 
@@ -147,16 +154,17 @@ def batch_line(data: dict[str, Any]) -> str:
     worst = max((r["max_abs_change"] for r in rows), default=0.0)
     verdict = "independent" if independent else "samples MIX"
     return (f"{verdict} in eval mode along `{data['batch_dim']}` (changing other samples moves a sample's output "
-            f"by {number(worst)})")
+            f"{render.change(worst, within=independent, bound=bound(data))})")
 
 
-def permutation_line(row: dict[str, Any]) -> str:
+def permutation_line(row: dict[str, Any], tolerance: str = "the tolerance") -> str:
     label = f"`{row['dim']}` ({row['size']}{', declared a set' if row['set'] else ''})"
     if row["property"] is None:
         return f"{label}: not checked"
     if row["property"] == "equivariant":
         return f"{label}: equivariant (axis {row['output_dim']} of `{row['output']}` permutes with it)"
-    return f"{label}: {row['property'].replace('_', ' ')} (output moves by {number(row['max_abs_change'])})"
+    change = render.change(row["max_abs_change"], within=row["property"] == "invariant", bound=tolerance)
+    return f"{label}: {row['property'].replace('_', ' ')} (output moves {change})"
 
 
 def length_line(row: dict[str, Any]) -> str:
@@ -175,9 +183,9 @@ def render_lines(data: dict[str, Any]) -> dict[str, list[str]]:
     return {
         "inputs": [f"`{r['name']}` {r['dtype']}{render.shape(r['shape'])}: {input_range(r)}" for r in data["inputs"]],
         "outputs": [f"`{r['name']}` {r['dtype']}{render.shape(r['shape'])}: {output_range(r)}" for r in data["outputs"]],
-        "masks": [mask_line(r) for r in data["masks"]] or ["no mask input"],
+        "masks": [mask_line(r, bound(data)) for r in data["masks"]] or ["no mask input"],
         "batch": [batch_line(data)],
-        "permutations": [permutation_line(r) for r in data["permutations"]] or ["no named non-batch dim"],
+        "permutations": [permutation_line(r, bound(data)) for r in data["permutations"]] or ["no named non-batch dim"],
         "lengths": [length_line(r) for r in data["lengths"]] or ["no named non-batch dim"],
         "determinism": [("two eval forwards agree exactly" if determinism["eval_identical"] else
                          f"two eval forwards differ by {number(determinism['eval_max_abs_change'])}")
