@@ -96,6 +96,7 @@ def test_examples_closed_form_from_config():
     assert auto["total"] == encoder + decoder == 22_030_848
 
 
+@pytest.mark.expected_output
 def test_table_and_markdown_expected_output():
     table = run_script("params", "examples/similarity_transformer.py:SimilarityTransformer",
                        "--config", "examples/config.ini:similarity_transformer", "--depth", "2")

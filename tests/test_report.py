@@ -53,6 +53,7 @@ def test_every_section_for_the_similarity_transformer(st_report):
     assert "<details>" in (out / "pr.md").read_text()
 
 
+@pytest.mark.expected_output
 def test_expected_markdown_for_the_examples(st_report, tmp_path):
     out, markdown, _ = st_report
     check_expected("analysis_similarity_transformer.md", normalised(markdown, out))
@@ -153,6 +154,7 @@ def test_compare_two_versions(tmp_path, st_report):
     assert "3,488,000" in result.stdout and "1,908,480" in result.stdout and "-1,579,520" in result.stdout
 
 
+@pytest.mark.expected_output
 def test_readme_shows_the_current_review():
     """The README's real review is the expected file (which the Quickstart command reproduces)."""
     from conftest import REPO

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from conftest import check_expected, run_script
 
 
@@ -83,6 +85,7 @@ def test_vary_unknown_dim():
     assert result.returncode == 2 and "no input dim is named T" in result.stderr
 
 
+@pytest.mark.expected_output
 def test_expected_trace_table():
     result = run_script("trace", "examples/similarity_transformer.py:SimilarityTransformer",
                         "--input", "float32[B=2,T=16,512]", "--input", "bool[B,T]", "--input", "float32[M=4,512]",
