@@ -23,7 +23,8 @@ sys.path.insert(0, FIXTURES)
 import torch  # noqa: E402
 
 import cases  # noqa: E402
-from model_expert import flops, kernel_time  # noqa: E402
+from model_expert import flops  # noqa: E402
+from model_expert.flops import kernel_time  # noqa: E402
 from model_expert.gpus import find_gpu  # noqa: E402
 from model_expert.inputs import ModelInputs  # noqa: E402
 from model_expert.memory import EstimateOptions, estimate_memory  # noqa: E402

@@ -9,7 +9,7 @@ exists, then one more step, counted by the device's allocator (CUDA: max_memory_
 the allocator's events through torch.profiler). The estimate comes from the meta-tensor engine
 for that device (and the card's name on CUDA). Beside it, the same step as three other tools see
 it (memory_baselines.py: PyTorch's MemTracker under FakeTensorMode, torchinfo, 4 x model size),
-and on CUDA the measured step time against flops.py --gpu (the per-kernel model, kernel_time.py).
+and on CUDA the measured step time against flops.py --gpu (the per-kernel model, flops/kernel_time.py).
 
 Usage: python bench/memory_validation.py [--device cuda|cpu] [--dry-run] [--only WORD ...]
                                          [--out results.json|results.md] [--time-budget-s S]
@@ -228,7 +228,7 @@ def estimated_step_seconds(config: Config, gpu: str | None) -> float | None:
         return None
     if spec is None:
         return None
-    from model_expert import kernel_time
+    from model_expert.flops import kernel_time
     torch.manual_seed(0)
     with torch.device("meta"):
         model = config.build()

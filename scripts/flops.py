@@ -3,7 +3,7 @@
 import sys
 
 from model_expert.cli import main
-from model_expert.flops import CAPABILITY
+from model_expert.flops.cli import CAPABILITY
 
 if __name__ == "__main__":
     sys.exit(main(CAPABILITY))

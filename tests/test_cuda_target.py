@@ -121,7 +121,7 @@ def test_cudnn_lstm_saves_input_output_and_reserve():
 # --- the per-kernel step time ----------------------------------------------------------------------------
 
 def test_kernel_cost_is_the_largest_of_compute_memory_and_launch_floor():
-    from model_expert import kernel_time
+    from model_expert.flops import kernel_time
     from model_expert.gpus import find_gpu
     h200 = find_gpu("h200")  # fp32 67 TFLOP/s, bf16 989.4 TFLOP/s, 4,800 GB/s (gpus.py)
     fp32_mm = kernel_time.Kernel("forward", "mm", flops=10**12, bytes=0, unit="fp32")
@@ -133,7 +133,7 @@ def test_kernel_cost_is_the_largest_of_compute_memory_and_launch_floor():
 
 
 def test_traced_kernels_pick_the_unit_and_count_foreach_launches():
-    from model_expert import kernel_time
+    from model_expert.flops import kernel_time
     model = nn.Sequential(*[nn.Linear(8, 8) for _ in range(50)])  # 100 parameter tensors
     inputs = ModelInputs(args=(torch.ones(4, 8, device="meta"),))
     fp32 = kernel_time.trace_step(model, inputs, None, "fp32", "sgd")

@@ -17,7 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 
-from model_expert import cli, flops  # noqa: E402
+from model_expert import cli, flops, gpus  # noqa: E402
 from model_expert.errors import UserError  # noqa: E402
 from model_expert.inputs import ModelInputs  # noqa: E402
 
@@ -316,7 +316,7 @@ def test_step_time_matches_roofline_closed_form(models_file, capsys):
 
 
 def test_tf32_and_fp32_peaks():
-    a100 = flops.find_gpu("a100")
+    a100 = gpus.find_gpu("a100")
     assert flops.math_dtype("fp32", allow_tf32=False) == "fp32" and a100.peak_for("fp32") == 19.5e12
     assert flops.math_dtype("fp32", allow_tf32=True) == "tf32" and a100.peak_for("tf32") == 156e12
     assert flops.math_dtype("bf16-autocast", allow_tf32=False) == "bf16"

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.join(REPO, "scripts"))
 sys.path.insert(0, FIXTURES)
 
 import cases  # noqa: E402
-from model_expert import kernel_time  # noqa: E402
+from model_expert.flops import kernel_time  # noqa: E402
 from model_expert.gpus import CUDA_CONTEXT_BYTES, find_gpu  # noqa: E402
 from model_expert.inputs import ModelInputs  # noqa: E402
 from model_expert.memory import EstimateOptions, estimate_memory  # noqa: E402

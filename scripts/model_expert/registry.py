@@ -14,7 +14,7 @@ CAPABILITIES = {
     "lint": "model_expert.lint.cli",
     "grads": "model_expert.grads",
     "memory": "model_expert.memory.cli",
-    "flops": "model_expert.flops",
+    "flops": "model_expert.flops.cli",
     "probe": "model_expert.probe.cli",
     "recommend": "model_expert.recommend",
     "contract": "model_expert.contract.cli",

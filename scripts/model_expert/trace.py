@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from . import cli, render
 from .errors import UserError
-from .flops import EXTRA_FLOP_FORMULAS
+from .flops.counting import EXTRA_FLOP_FORMULAS
 from .guard import preserved
 from .inputs import ModelInputs, describe_value
 from .runner import call_model

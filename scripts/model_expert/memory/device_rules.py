@@ -253,7 +253,7 @@ class TargetFunctionMode(TorchFunctionMode):
     cpu_conv_calls: int = 0  # convolutions with the CPU kernel's own transient bytes
     fused_dropout_calls: int = 0  # dropout calls run as CUDA's native_dropout (bool mask)
     cudnn_lstm_calls: int = 0  # nn.LSTM calls replayed as cuDNN's RNN kernels
-    kernel_sink: Callable | None = None  # told the kernels a replayed library call runs (kernel_time.py)
+    kernel_sink: Callable | None = None  # told the kernels a replayed library call runs (flops/kernel_time.py)
 
     def __post_init__(self):
         super().__init__()

@@ -1,4 +1,4 @@
-"""FLOPs of one training step, per module and per phase, and a roofline estimate of its wall time.
+"""FLOPs and bytes moved of one training step, per module and per phase.
 
 Counting is PyTorch's `torch.utils.flop_counter.FlopCounterMode` (2 FLOPs per multiply-add; matmul,
 convolution and attention only), extended in two ways:
@@ -11,14 +11,12 @@ convolution and attention only), extended in two ways:
 Forward and backward are told apart by the autograd engine (ModuleTracker.is_bw), so they come
 from one run. On `--device meta` nothing is allocated: a 7B model costs seconds and no memory.
 
-The time estimate is a per-phase roofline, time = max(FLOPs / (peak x MFU), bytes / bandwidth),
-with bytes from an eager, unfused model of traffic (every non-view op reads its inputs and writes
-its outputs once) plus formula-based optimizer traffic. Its assumptions travel in the JSON.
+Bytes moved follow an eager, unfused model of traffic (every non-view op reads its inputs and writes
+its outputs once) plus formula-based optimizer traffic (`OPTIMIZER_STEPS`).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 from collections import defaultdict
 from dataclasses import dataclass
@@ -31,14 +29,11 @@ from torch.utils._pytree import tree_flatten
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.module_tracker import ModuleTracker
 
-from . import cli, render
-from .errors import UserError
-from .gpus import GpuSpec, find_gpu
-from .guard import preserved
-from .model_copy import copy_model
-from .memory.device_rules import TargetFunctionMode
-from .memory.tracker import plausible_scalar
-from .runner import ModelCallError, call_model, compute_loss, run_backward
+from .. import cli
+from ..guard import preserved
+from ..memory.device_rules import TargetFunctionMode
+from ..memory.tracker import plausible_scalar
+from ..runner import call_model, compute_loss, run_backward
 
 aten = torch.ops.aten
 
@@ -325,12 +320,6 @@ OPTIMIZER_STEPS: dict[str, OptimizerStepCost] = {
 }
 assert set(OPTIMIZER_STEPS) == set(cli.OPTIMIZERS), "every --optimizer needs a cost"
 
-DEFAULT_MFU = 0.4
-MFU_SOURCE = ("default MFU 0.4: model-FLOPs utilisation of large well-tuned transformer training runs is "
-              "about 0.2-0.5 (PaLM paper, Chowdhery et al. 2022: GPT-3 21.3%, Gopher 32.5%, "
-              "Megatron-Turing NLG 30.2%, PaLM 46.2%); small models in eager PyTorch usually reach less")
-
-
 def optimizer_step_flops(trainable_elements: int, optimizer: str) -> int:
     """FLOPs of one optimizer step: trainable elements x the optimizer's per-element arithmetic."""
     return trainable_elements * OPTIMIZER_STEPS[optimizer].flops_per_element
@@ -346,38 +335,6 @@ def phase_bytes(traffic: PhaseTraffic, precision: PrecisionRule, weight_elements
     """Traffic of a phase: floating elements at the precision's width + integer bytes + autocast weight casts."""
     return (traffic.floating_elements * precision.activation_bytes + traffic.other_bytes
             + weight_elements * precision.weight_cast_bytes_per_parameter)
-
-
-def roofline_seconds(flops: float, bytes_moved: float, peak_flops_per_s: float, mfu: float,
-                     bandwidth_bytes_per_s: float) -> dict[str, Any]:
-    """max(FLOPs / (peak x MFU), bytes / bandwidth), with both sides and which one bounds."""
-    compute_seconds = flops / (peak_flops_per_s * mfu)
-    memory_seconds = bytes_moved / bandwidth_bytes_per_s
-    return {"flops": flops, "bytes": bytes_moved, "compute_seconds": compute_seconds,
-            "memory_seconds": memory_seconds, "seconds": max(compute_seconds, memory_seconds),
-            "bound": "compute" if compute_seconds >= memory_seconds else "memory"}
-
-
-def math_dtype(precision: str, allow_tf32: bool) -> str:
-    """The GPU-table column matmuls run at: fp32 (tf32 with --allow-tf32), else the precision's half type."""
-    dtype = PRECISIONS[precision].math_dtype
-    return "tf32" if dtype == "fp32" and allow_tf32 else dtype
-
-
-def estimate_step_time(*, forward_flops: int, backward_flops: int, optimizer_flops: int, forward_bytes: int,
-                       backward_bytes: int, optimizer_bytes: int, gpu: GpuSpec, dtype: str,
-                       mfu: float) -> dict[str, Any]:
-    """Roofline per phase on one card; the step is the sum of the three phases."""
-    matmul_peak = gpu.peak_for(dtype)
-    elementwise_peak = gpu.peak_for("fp32")  # the optimizer runs on CUDA cores, not tensor cores
-    bandwidth = gpu.memory_bandwidth_bytes_per_s
-    phases = {
-        "forward": roofline_seconds(forward_flops, forward_bytes, matmul_peak, mfu, bandwidth),
-        "backward": roofline_seconds(backward_flops, backward_bytes, matmul_peak, mfu, bandwidth),
-        "optimizer": roofline_seconds(optimizer_flops, optimizer_bytes, elementwise_peak, mfu, bandwidth),
-    }
-    return {"phases": phases, "step_seconds": sum(p["seconds"] for p in phases.values()),
-            "matmul_peak_flops_per_s": matmul_peak, "elementwise_peak_flops_per_s": elementwise_peak}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -470,139 +427,6 @@ def summarise(counter: StepFlopCounter, model: nn.Module, depth: int) -> dict[st
     }
 
 
-# ---------------------------------------------------------------------------------------------
-# CLI.
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    cli.add_model_arguments(parser)
-    cli.add_input_arguments(parser)
-    cli.add_training_arguments(parser)
-    group = parser.add_argument_group("flops")
-    group.add_argument("--depth", type=int, default=2, help="module tree depth to list (default: 2)")
-    group.add_argument("--gpu", metavar="NAME", help="estimate the step time on this card (see gpus.py), e.g. a100, h100")
-    group.add_argument("--mfu", type=float, default=None,
-                       help=f"instead of the per-kernel model (the default), a per-phase roofline with this "
-                            f"model-FLOPs utilisation for matmuls, 0 < MFU <= 1 (e.g. {DEFAULT_MFU}, "
-                            f"typical of tuned large-model training; see the assumptions in the output)")
-    group.add_argument("--allow-tf32", action="store_true",
-                       help="with --precision fp32: matmuls at the TF32 tensor-core rate "
-                            "(torch.backends.cuda.matmul.allow_tf32 = True)")
-    cli.add_output_arguments(parser)
-
-
-def _validate(args: argparse.Namespace) -> GpuSpec | None:
-    if args.depth < 0:
-        raise UserError(f"--depth must be 0 or more, not {args.depth}")
-    if args.mfu is not None and not 0 < args.mfu <= 1:
-        raise UserError(f"--mfu must be in (0, 1], not {args.mfu}; e.g. --mfu 0.4 for 40% of peak")
-    if args.allow_tf32 and args.precision != "fp32":
-        raise UserError(f"--allow-tf32 applies to --precision fp32 only, not {args.precision}; drop one of them")
-    if args.gpu is None:
-        return None
-    gpu = find_gpu(args.gpu)
-    if args.target_device != "cuda":
-        raise UserError(f"--gpu {args.gpu} estimates a CUDA card but --target-device is {args.target_device}; "
-                        f"drop --target-device or --gpu")
-    return gpu
-
-
-def _known_dims(session: cli.Session) -> dict[str, int]:
-    return {**session.input_source.resizable_dims, **session.dim_overrides}
-
-
-def analyse(args: argparse.Namespace) -> dict[str, Any]:
-    gpu = _validate(args)
-    session = cli.open_session(args)
-    inputs = session.build_inputs()
-    model = session.model
-    try:
-        # The target's kernels can be traced only on meta tensors (or on the target itself): a model built
-        # elsewhere is counted on a meta copy, so one model gets one count for one target whatever --device.
-        if args.device in ("meta", args.target_device):
-            counter = count_step(model, inputs, session.loss_fn, session.loaded.name, target_device=args.target_device)
-        else:
-            counter = _count_on_meta_copy(session, args.target_device)
-    except ModelCallError as error:
-        if args.device == "meta" and _meta_failure(error):
-            raise UserError(f"{error}. On --device meta tensors have shapes but no values, so a data-dependent "
-                            f"op (.item(), nonzero, boolean-mask indexing, value-dependent control flow) cannot "
-                            f"run; rerun with --device cpu (and small --batch-size/--dim if memory is short)") from error
-        raise
-
-    dims = _known_dims(session)
-    result: dict[str, Any] = {"target": args.target, "model": type(session.model).__name__, "device": args.device,
-                              "inputs": inputs.describe()}
-    result.update(step_flops(counter, model, args.precision, args.optimizer, args.depth))
-    result["batch_size"] = dims.get("B")
-    result["tokens_per_batch"] = dims["B"] * dims["T"] if "B" in dims and "T" in dims else None
-    if gpu is not None and args.mfu is not None:
-        result.update(time_estimate(result, gpu, args.precision, args.mfu, args.allow_tf32))
-    elif gpu is not None:
-        result.update(kernel_time_estimate(result, session, gpu, args))
-    return result
-
-
-def throughput(batch: int | None, tokens: int | None, step_seconds: float,
-               inference_seconds: float) -> dict[str, float | None]:
-    """Samples and tokens per second of a training step and of an inference batch (None where unknown)."""
-    def rate(count, seconds):
-        return count / seconds if count and seconds > 0 else None
-    return {"samples_per_second": rate(batch, step_seconds), "tokens_per_second": rate(tokens, step_seconds),
-            "inference_samples_per_second": rate(batch, inference_seconds),
-            "inference_tokens_per_second": rate(tokens, inference_seconds)}
-
-
-def kernel_time_estimate(result: dict[str, Any], session: cli.Session, gpu: GpuSpec,
-                         args: argparse.Namespace) -> dict[str, Any]:
-    """The per-kernel step time (kernel_time.py) on a meta copy; the roofline at the default MFU where the step
-    cannot be traced on meta tensors (a data-dependent op), with that said."""
-    from . import kernel_time
-    try:
-        kernels = kernel_time.trace_step(session.model, session.build_inputs(device="meta"), session.loss_fn,
-                                         args.precision, args.optimizer, session.loaded.name, args.allow_tf32)
-    except ModelCallError as error:
-        out = time_estimate(result, gpu, args.precision, DEFAULT_MFU, args.allow_tf32)
-        out["time_model"] = "roofline"
-        out["assumptions"].insert(0, f"the per-kernel model needs the step on meta tensors, which failed "
-                                     f"({str(error).splitlines()[0][:160]}): roofline at MFU {DEFAULT_MFU:g} instead")
-        return out
-    timed = kernel_time.step_time(kernels, gpu)
-    step_seconds = timed["step_seconds"]
-    inference_seconds = timed["phases"]["forward"]["seconds"]
-    batch, tokens = result.get("batch_size"), result.get("tokens_per_batch")
-    return {
-        "time_model": "kernels",
-        "gpu": {"name": gpu.name, "description": gpu.description, "math_dtype": math_dtype(args.precision, args.allow_tf32),
-                "peak_flops_per_s": gpu.peak_for(math_dtype(args.precision, args.allow_tf32)),
-                "memory_bandwidth_bytes_per_s": gpu.memory_bandwidth_bytes_per_s},
-        "mfu": None,
-        "phases": timed["phases"],
-        "estimated_step_seconds": step_seconds,
-        "inference_seconds_per_batch": inference_seconds,
-        **throughput(batch, tokens, step_seconds, inference_seconds),
-        "assumptions": kernel_time.describe() + [
-            "inference latency = the forward phase of the training step (train-mode forward; eval mode skips dropout)",
-            "one card, no data-parallel communication, no host-device copies, no data loading"],
-    }
-
-
-def _count_on_meta_copy(session: cli.Session, target_device: str) -> StepFlopCounter:
-    """The step counted with TARGET_DEVICE's kernels on a meta copy. Where the model reads values (.item(),
-    data-dependent shapes) meta could only assume them, so the count is taken on the built model with its
-    device's kernels instead (attention_kernels_of says whose)."""
-    with preserved(session.model):
-        work = copy_model(session.model, "meta")
-    try:
-        counter = count_step(work, session.build_inputs(device="meta"), session.loss_fn, session.loaded.name,
-                             target_device=target_device)
-        if not counter.scalar_reads.reads:
-            return counter
-    except ModelCallError as error:
-        if not _meta_failure(error):
-            raise
-    return count_step(session.model, session.build_inputs(), session.loss_fn, session.loaded.name)
-
 
 def step_flops(counter: StepFlopCounter, model: nn.Module, precision_name: str, optimizer: str,
                depth: int = 2) -> dict[str, Any]:
@@ -629,181 +453,3 @@ def step_flops(counter: StepFlopCounter, model: nn.Module, precision_name: str, 
     result["depth"] = depth
     result.update(data)
     return result
-
-
-def _attention_assumption(kernels: dict[str, int], target: str | None) -> str:
-    if target is None:
-        return ("scaled_dot_product_attention counted as torch ran it on the model's device, not as the target's "
-                "kernels (those are traced on --device meta): a math path's T x T scores are in the byte model")
-    if not kernels:
-        return "no scaled_dot_product_attention call in the step"
-    used = ", ".join(f"{name} x{calls}" for name, calls in sorted(kernels.items()))
-    if set(kernels) <= {"math"}:
-        return (f"scaled_dot_product_attention counted as the target's {used} path: its T x T score tensors are in "
-                f"the byte model")
-    return (f"scaled_dot_product_attention counted as the kernels the target picks ({used}, memory/device_rules.py): "
-            f"fused kernels never write the T x T scores, so they are not in the byte model")
-
-
-def time_estimate(result: dict[str, Any], gpu: GpuSpec, precision_name: str, mfu: float = DEFAULT_MFU,
-                  allow_tf32: bool = False) -> dict[str, Any]:
-    """The roofline step time on GPU for a step_flops() result, with its assumptions in words."""
-    precision = PRECISIONS[precision_name]
-    dtype = math_dtype(precision_name, allow_tf32)
-    moved = result["bytes_moved"]
-    estimate = estimate_step_time(forward_flops=result["forward_flops"], backward_flops=result["backward_flops"],
-                                  optimizer_flops=result["optimizer_flops"], forward_bytes=moved["forward"],
-                                  backward_bytes=moved["backward"], optimizer_bytes=moved["optimizer"],
-                                  gpu=gpu, dtype=dtype, mfu=mfu)
-    step_seconds = estimate["step_seconds"]
-    inference_seconds = estimate["phases"]["forward"]["seconds"]
-    batch, tokens = result.get("batch_size"), result.get("tokens_per_batch")
-    assumptions = [
-        "time per phase = max(FLOPs / (peak x MFU), bytes moved / bandwidth); step = forward + backward + optimizer",
-        f"matmul peak: {gpu.name} {dtype} {gpu.peak_for(dtype) / 1e12:g} TFLOP/s (dense, from gpus.py) for "
-        f"--precision {precision_name}" + (" with --allow-tf32" if allow_tf32 else ""),
-        f"MFU {mfu:g}" + (f"; {MFU_SOURCE}" if mfu == DEFAULT_MFU else " (from --mfu)"),
-        f"bandwidth: {gpu.memory_bandwidth_bytes_per_s / 1e9:g} GB/s (gpus.py)",
-        "bytes moved per forward/backward phase: every executed non-view aten op reads each tensor input and "
-        "writes each output once (eager PyTorch, no fusion, no cache reuse): includes weight reads by matmuls, "
-        "activation writes and re-reads, gradient writes; *_like/new_* creation ops write only their output, "
-        "empty* ops nothing",
-        f"floating tensors counted at {precision.activation_bytes} bytes per element for --precision "
-        f"{precision_name}, whatever dtype the model was loaded in (FLOPs do not depend on dtype)",
-        f"optimizer step ({result['optimizer']}): {OPTIMIZER_STEPS[result['optimizer']].derivation}; each tensor touched "
-        f"once at {precision.parameter_bytes} bytes per element (a fused kernel; foreach temporaries not counted); "
-        f"elementwise peak {gpu.peak_for('fp32') / 1e12:g} TFLOP/s (fp32 CUDA cores) x MFU",
-        "attention FLOPs are not discounted for causal masks (FlopCounterMode's convention); backward counts "
-        "what the traced kernels do (fused kernels: 2.5x forward, recomputing the scores; math: 2x)",
-        _attention_assumption(result.get("attention_kernels", {}), result.get("attention_kernels_of")),
-        "inference latency = the forward phase of the training step (train-mode forward; eval mode skips dropout)",
-        "one card, no data-parallel communication, no host-device copies, no kernel-launch overhead",
-    ]
-    if precision.weight_cast_bytes_per_parameter:
-        assumptions.append(f"autocast: every floating parameter is read at 4 bytes and written as a 2-byte copy "
-                           f"once per forward and once per backward ({precision.weight_cast_bytes_per_parameter} "
-                           f"bytes per parameter per phase)")
-    if dtype not in gpu.peak_flops_per_s:
-        assumptions.append(f"{gpu.name} has no {dtype} tensor-core rate in gpus.py: its fp32 rate is used")
-    out: dict[str, Any] = {
-        "time_model": "roofline",
-        "gpu": {"name": gpu.name, "description": gpu.description, "math_dtype": dtype,
-                "peak_flops_per_s": estimate["matmul_peak_flops_per_s"],
-                "memory_bandwidth_bytes_per_s": gpu.memory_bandwidth_bytes_per_s},
-        "mfu": mfu,
-        "phases": estimate["phases"],
-        "estimated_step_seconds": step_seconds,
-        "inference_seconds_per_batch": inference_seconds,
-        **throughput(batch, tokens, step_seconds, inference_seconds),
-        "assumptions": assumptions,
-    }
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Renderers (no arithmetic beyond formatting and shares).
-
-
-def _seconds(value: float) -> str:
-    """0.0374 -> '37.4 ms'; in s, ms or us with three significant figures."""
-    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
-        if abs(value) >= scale:
-            return f"{value / scale:.3g} {unit}"
-    return f"{value / 1e-9:.3g} ns"
-
-
-def _share(part: int, whole: int) -> str:
-    return f"{100.0 * part / whole:.1f}%" if whole else "-"
-
-
-def _summary_rows(data: dict[str, Any]) -> list[list[str]]:
-    rows = [["Forward", render.flops(data["forward_flops"]), render.count(data["forward_flops"])],
-            ["Backward", render.flops(data["backward_flops"]), render.count(data["backward_flops"])],
-            ["Forward + backward", render.flops(data["step_flops"]), render.count(data["step_flops"])],
-            [f"Optimizer step ({data['optimizer']}, elementwise)", render.flops(data["optimizer_flops"]),
-             render.count(data["optimizer_flops"])]]
-    for phase, size in data["bytes_moved"].items():
-        rows.append([f"Bytes moved, {phase} ({data['precision']})", render.human_bytes(size), render.count(size)])
-    return rows
-
-
-def _time_rows(data: dict[str, Any]) -> list[list[str]]:
-    rows = []
-    for phase, p in data["phases"].items():
-        launch = f"{_seconds(p['launch_seconds'])} ({p['launches']:,} launches)" if "launch_seconds" in p else ""
-        rows.append([phase, _seconds(p["compute_seconds"]), _seconds(p["memory_seconds"]), _seconds(p["seconds"]),
-                     p["bound"], launch])
-    rows.append(["step", "", "", _seconds(data["estimated_step_seconds"]), "", ""])
-    return rows
-
-
-def _throughput_lines(data: dict[str, Any]) -> list[str]:
-    how = f"MFU {data['mfu']:g}" if data.get("mfu") is not None else "per-kernel model"
-    lines = [f"Estimated training step on {data['gpu']['description']} ({data['gpu']['math_dtype']}, {how}): "
-             f"{_seconds(data['estimated_step_seconds'])}; inference forward "
-             f"{_seconds(data['inference_seconds_per_batch'])} per batch"]
-    if data.get("samples_per_second"):
-        lines.append(f"Training: {data['samples_per_second']:,.1f} samples/s"
-                     + (f", {data['tokens_per_second']:,.0f} tokens/s" if data.get("tokens_per_second") else ""))
-    return lines
-
-
-def _module_rows(data: dict[str, Any]) -> list[list[str]]:
-    total = data["step_flops"]
-    return [[m["name"], m["type"],  # the full path: tabulate strips indentation, so children would read as siblings
-             render.flops(m["forward_flops"]), render.flops(m["backward_flops"]),
-             _share(m["forward_flops"] + m["backward_flops"], total)] for m in data["modules"]]
-
-
-def _uncounted_rows(data: dict[str, Any]) -> list[list[str]]:
-    return [[op, render.count(n), data["uncounted_op_rules"][op]] for op, n in data["uncounted_ops"].items()]
-
-
-def _data_dependent_text(data: dict[str, Any]) -> str:
-    return (f"Assumed: {data['data_dependent_reads']} data-dependent read(s) (.item(), bool(tensor)) on meta tensors "
-            f"returned True / 1 / 1.0; the branch they chose is the one counted")
-
-
-def render_table(data: dict[str, Any], args: argparse.Namespace) -> str:
-    parts = [f"FLOPs of one training step of {data['model']} ({data['target']}), device {data['device']}", "",
-             render.table(_summary_rows(data), ["quantity", "value", "exact"]), "",
-             render.table(_module_rows(data), ["module", "type", "forward", "backward", "share"])]
-    outside = data["outside_model_flops"]
-    if outside["forward"] or outside["backward"]:
-        parts += ["", f"Outside the model (loss): forward {render.flops(outside['forward'])}, "
-                      f"backward {render.flops(outside['backward'])}"]
-    if data["unsupported_ops"]:
-        parts += ["", "WARNING: ops with no FLOP formula (their FLOPs are missing from the totals): "
-                  + ", ".join(f"{op} x{n}" for op, n in data["unsupported_ops"].items())]
-    if data.get("data_dependent_reads"):
-        parts += ["", _data_dependent_text(data)]
-    parts += ["", "Ops not counted (calls; rule)", render.table(_uncounted_rows(data), ["op", "calls", "rule"])]
-    if "phases" in data:
-        parts += ["", *_throughput_lines(data), "",
-                  render.table(_time_rows(data), ["phase", "compute", "memory", "time", "bound", "launch floor"]), "",
-                  "Assumptions:", *[f"- {a}" for a in data["assumptions"]]]
-    return "\n".join(parts)
-
-
-def render_markdown(data: dict[str, Any], args: argparse.Namespace) -> str:
-    parts = [f"### FLOPs: {data['model']}", "",
-             render.markdown_table(_summary_rows(data), ["quantity", "value", "exact"]), "",
-             render.markdown_table([[f"`{m['name']}`", m["type"], render.flops(m["forward_flops"]),
-                                     render.flops(m["backward_flops"])] for m in data["modules"]],
-                                   ["module", "type", "forward", "backward"])]
-    if data.get("data_dependent_reads"):
-        parts += ["", _data_dependent_text(data)]
-    if data["unsupported_ops"]:
-        parts += ["", "**Not counted, no formula:** " + ", ".join(f"`{op}` x{n}" for op, n in data["unsupported_ops"].items())]
-    if "phases" in data:
-        parts += ["", *_throughput_lines(data), "",
-                  render.markdown_table(_time_rows(data), ["phase", "compute", "memory", "time", "bound", "launch floor"]), "",
-                  "Assumptions:", "", *[f"- {a}" for a in data["assumptions"]]]
-    return "\n".join(parts)
-
-
-CAPABILITY = cli.Capability(
-    name="flops", version=1,
-    description="FLOPs of one training step (forward, backward, optimizer) per module via FlopCounterMode, "
-                "ops without a formula listed, and a roofline step-time estimate with --gpu.",
-    add_arguments=add_arguments, analyse=analyse, render_table=render_table, render_markdown=render_markdown)

@@ -37,7 +37,8 @@ from torch.utils import flop_counter as _fc
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from .gpus import GpuSpec
+from ..gpus import GpuSpec
+from .counting import EXTRA_FLOP_FORMULAS
 
 # Calibrated on the public H200 set (see the module docstring); one value per physical quantity.
 ACHIEVED_FRACTION = {"tensor": 0.60, "tf32": 0.60, "fp32": 0.65}
@@ -89,13 +90,12 @@ class KernelLog(TorchDispatchMode):
         self.kernels: list[Kernel] = []
         self.phase = "forward"
         self.allow_tf32 = allow_tf32
-        from .flops import EXTRA_FLOP_FORMULAS
         self.formulas = {**_fc.flop_registry, **{k: v for k, v in EXTRA_FLOP_FORMULAS.items()}}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is torch.ops.aten._local_scalar_dense.default and args[0].device.type == "meta":
-            from .memory.tracker import plausible_scalar
+            from ..memory.tracker import plausible_scalar
             return plausible_scalar(args[0])
         out = func(*args, **kwargs)
         name = func.overloadpacket.__name__
@@ -188,11 +188,11 @@ def trace_step(model: torch.nn.Module, inputs, loss_fn: Callable | None, precisi
                model_name: str = "the model", allow_tf32: bool = False) -> list[Kernel]:
     """The kernels of one steady training step of a meta copy of MODEL on meta INPUTS (the 2nd step: the
     optimizer's state exists), as CUDA runs them."""
-    from .guard import preserved
-    from .memory import device_rules
-    from .memory.estimate import meta_copy
-    from .memory.optimizer_state import build_optimizer, unique_trainable
-    from .memory.step import PRECISIONS, MetaGradScaler, cast_inputs, training_step
+    from ..guard import preserved
+    from ..memory import device_rules
+    from ..memory.estimate import meta_copy
+    from ..memory.optimizer_state import build_optimizer, unique_trainable
+    from ..memory.step import PRECISIONS, MetaGradScaler, cast_inputs, training_step
     precision = PRECISIONS[precision_name]
     with preserved(model):
         work = meta_copy(model)
