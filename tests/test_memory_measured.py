@@ -298,3 +298,66 @@ def test_convolutions_on_the_cuda_target_keep_their_caution():
     estimate = estimate_memory(ConvNet(), lambda d: ModelInputs(args=(torch.ones(2, 3, 32, 32, device=d),)), None,
                                EstimateOptions(target_device="cuda"))
     assert [note for note in estimate.unmodelled_buffers if "cuDNN's workspaces" in note]
+
+
+# --- loss kernels: what the real loss kernels allocate, against the CPU allocator ----------------------
+
+class LossHead(torch.nn.Module):
+    """A small linear head with a wide output, so the loss's per-element tensors dominate the step; the
+    target rides along as a second input (counted as an input by both sides) and comes back with the output."""
+
+    def __init__(self, width, probabilities=False):
+        super().__init__()
+        self.linear = torch.nn.Linear(16, width)
+        self.probabilities = probabilities
+
+    def forward(self, x, target):
+        out = self.linear(x)
+        return (torch.sigmoid(out) if self.probabilities else out), target
+
+
+def _hf_causal_lm_loss(output):
+    from transformers.loss.loss_utils import ForCausalLMLoss
+    logits, labels = output
+    return ForCausalLMLoss(logits, labels, vocab_size=logits.shape[-1])
+
+
+# (loss, target builder on a device, output shape, sigmoid output). B x C = 64 x 4096: 1 MiB per
+# per-element tensor against a 0.27 MiB model; 4 x 32 x 8192 tokens for the language-model loss.
+LOSSES = {
+    "mse": (lambda o: F.mse_loss(*o), lambda s, d: torch.zeros(s, device=d), False),
+    "mse-sum": (lambda o: F.mse_loss(*o, reduction="sum"), lambda s, d: torch.zeros(s, device=d), False),
+    "l1": (lambda o: F.l1_loss(*o), lambda s, d: torch.zeros(s, device=d), False),
+    "smooth-l1": (lambda o: F.smooth_l1_loss(*o, beta=0.5), lambda s, d: torch.zeros(s, device=d), False),
+    "huber": (lambda o: F.huber_loss(*o), lambda s, d: torch.zeros(s, device=d), False),
+    "bce": (lambda o: F.binary_cross_entropy(*o), lambda s, d: torch.full(s, 0.5, device=d), True),
+    "bce-logits": (lambda o: F.binary_cross_entropy_with_logits(*o), lambda s, d: torch.full(s, 0.5, device=d), False),
+    "cross-entropy": (lambda o: F.cross_entropy(*o), lambda s, d: torch.zeros(s[:-1], dtype=torch.long, device=d),
+                      False),
+    "cross-entropy-smoothed": (lambda o: F.cross_entropy(*o, label_smoothing=0.1),
+                               lambda s, d: torch.zeros(s[:-1], dtype=torch.long, device=d), False),
+    "nll": (lambda o: F.nll_loss(F.log_softmax(o[0], -1), o[1]),
+            lambda s, d: torch.zeros(s[:-1], dtype=torch.long, device=d), False),
+    "hf-causal-lm": (_hf_causal_lm_loss, lambda s, d: torch.zeros(s[:-1], dtype=torch.long, device=d), False),
+}
+# Without the loss-kernel rules (memory/loss_kernels.py) the estimate's training peak was under the allocator's
+# here by 22.1 % (mse, mse-sum, smooth-l1) and 19.0 % (bce); huber's missing temporary sits in the forward, below
+# the peak. The others were already exact: composites seen op by op, whose meta kernels allocate what the real
+# ones do. The issue's autoencoder (batch 4096, mse, sgd) went from -9.1 % to 0.0 %.
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_loss_kernels_on_the_cpu_target_match_the_allocator(name):
+    loss, make_target, probabilities = LOSSES[name]
+    shape = (4, 32, 8192) if name == "hf-causal-lm" else (64, 4096)
+    torch.manual_seed(0)
+    model = LossHead(shape[-1], probabilities)
+
+    def inputs(device):
+        return ModelInputs(args=(torch.ones(*shape[:-1], 16, device=device), make_target(shape, device)))
+    estimate = estimate_memory(model, inputs, loss, EstimateOptions(target_device="cpu", optimizer="sgd"))
+    measured = measure_step(model, inputs, loss, "sgd", "fp32", device="cpu")
+    output_bytes = 4 * shape[0] * shape[1] * (shape[2] if len(shape) == 3 else 1)
+    assert measured["peak_bytes"] > 2 * output_bytes + estimate.param_bytes  # the loss's own tensors dominate
+    assert abs(estimate.peak_bytes - measured["peak_bytes"]) <= 512 + 0.005 * measured["peak_bytes"], \
+        (estimate.peak_bytes, measured["peak_bytes"])

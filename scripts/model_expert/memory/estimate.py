@@ -14,7 +14,7 @@ from ..errors import UserError
 from ..guard import preserved
 from ..inputs import ModelInputs
 from ..model_copy import copy_model
-from . import cpu_conv, cpu_lstm, cuda_allocator, cuda_lstm, device_rules
+from . import cpu_conv, cpu_lstm, cuda_allocator, cuda_lstm, device_rules, loss_kernels
 from .optimizer_state import OPTIMIZER_RULES, build_optimizer, parameter_bytes, state_tensors, unique_trainable
 from .step import PRECISIONS, MetaGradScaler, cast_inputs, inference_step, training_step
 from .tracker import AllocationTracker
@@ -355,6 +355,8 @@ def describe_assumptions(options: EstimateOptions, precision, tracker: Allocatio
         lines.append(f"torch.utils.checkpoint x{checkpoint_calls} in the step (the model's own or the tool's): "
                      f"recomputation in backward runs under the same target-device rules and autocast state as the "
                      f"forward")
+    if tracker.loss_kernel_calls:
+        lines.append(loss_kernels.describe(tracker.loss_kernel_calls))
     if tracker.data_dependent_reads:
         lines.append(f"{sum(tracker.data_dependent_reads.values())} data-dependent read(s) (.item(), bool(tensor), "
                      f"asserts) on meta tensors assumed True / 1 / 1.0")

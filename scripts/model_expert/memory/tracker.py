@@ -22,6 +22,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 
+from . import loss_kernels
+
 aten = torch.ops.aten
 
 # Roles, in the order the breakdown lists them. Every tracked storage has exactly one.
@@ -77,6 +79,7 @@ class AllocationTracker(TorchDispatchMode):
         self._peak_dirty = False
         self.data_dependent_reads: Counter[str] = Counter()
         self.cpu_standin_ops: Counter[str] = Counter()
+        self.loss_kernel_calls: Counter[str] = Counter()  # reduced losses run as the device's kernels
         # (storage key, requested bytes) per allocation and (key, None) per free, in order, when a list is given:
         # what the CUDA target replays through its caching allocator (cuda_allocator.py).
         self.events: list[tuple[int, int | None]] | None = None
@@ -146,6 +149,13 @@ class AllocationTracker(TorchDispatchMode):
         if func is aten._local_scalar_dense.default and args[0].device.type == "meta":
             self.data_dependent_reads[".item() / bool() on a tensor"] += 1
             return plausible_scalar(args[0])
+        loss_kernel = loss_kernels.rule_for(func, args, kwargs)
+        if loss_kernel is not None:
+            self.loss_kernel_calls[func.overloadpacket.__name__] += 1
+            out = loss_kernels.run(func, args, kwargs, loss_kernel, lambda t: self.register(t, "temporaries"))
+            if self.on_op is not None:
+                self.on_op(func, [out])
+            return out
         try:
             out = func(*args, **kwargs)
         except NotImplementedError:
