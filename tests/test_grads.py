@@ -54,14 +54,25 @@ def test_norms_match_hand_computation():
     assert rows["weight"]["param_norm"] == pytest.approx(5.0)                                # |[3, 4]| = 5
     assert rows["weight"]["grad_to_param"] == pytest.approx(math.sqrt(13) / 5)               # 0.7211
     assert data["global_grad_norms"] == pytest.approx([math.sqrt(14)] * 2)                   # sqrt(13 + 1)
-    # rule: 2 x median(global norms) to 2 significant digits: 2 x 3.7417 = 7.483 -> 7.5
-    assert data["suggested_clip_norm"] == 7.5
-    assert data["batches_clipped_at_seed_default"] == 2                                      # 3.74 > 1.0 twice
+    # rule: 90th percentile of the global norms (both sqrt(14) = 3.7417) to 2 significant digits -> 3.7
+    assert data["suggested_clip_norm"] == 3.7 and data["clip_withheld_reason"] is None
+    # AdamW at lr 1e-3, the same gradient g twice: m = 0.1g + 0.9*0.1g = 0.19g, m_hat = 0.19g / (1 - 0.9^2) = g;
+    # v = 0.001g^2 + 0.999*0.001g^2 = 0.001999g^2, v_hat = v / (1 - 0.999^2) = g^2: update = lr g / (|g| + 1e-8),
+    # lr per element: |dw| = 1e-3 x sqrt(2) for the weight, 1e-3 for the bias
+    assert rows["weight"]["update_norm"] == pytest.approx(1e-3 * math.sqrt(2), rel=1e-5)
+    assert rows["weight"]["update_to_param"] == pytest.approx(1e-3 * math.sqrt(2) / 5, rel=1e-5)     # 2.8e-4
+    assert rows["bias"]["update_to_param"] == pytest.approx(1e-3 / 0.5, rel=1e-5)
+    sgd = grads.analyse_model(model, lambda seed: ModelInputs(args=(x,)), batches=2, optimizer="sgd", lr=0.1)
+    assert {r["name"]: r for r in sgd["parameters"]}["weight"]["update_norm"] == pytest.approx(0.1 * math.sqrt(13))
+    assert data["batches_clipped_at_transformer_rule"] == 2                                      # 3.74 > 1.0 twice
     assert data["losses"] == pytest.approx([(3 * 1 + 4 * 2 + 0.5 + 3 * 3 + 4 * 4 + 0.5) / 2] * 2)  # (11.5 + 25.5) / 2
 
 
 def test_pure_rules():
-    assert grads.suggested_clip_norm([1.0, 2.0, 30.0, float("nan")]) == 4.0   # 2 x median(1, 2, 30) = 4
+    # p90 of (1, 2, 30): position 0.9 x 2 = 1.8 -> 2 + 0.8 x (30 - 2) = 24.4 -> 24
+    assert grads.suggested_clip_norm([1.0, 2.0, 30.0]) == 24.0
+    assert grads.percentile([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0], 90) == 10.0
+    assert grads.suggested_clip_norm([1.0, float("nan")]) is None          # not a stable run: no percentile of it
     assert grads.suggested_clip_norm([float("inf")]) is None
     assert grads.two_significant(0.01234) == 0.012
     assert grads.decades(100.0, 0.01) == pytest.approx(4.0)
@@ -123,6 +134,73 @@ def test_vanishing_depth_profile_falls_toward_input(capsys):
     # each Linear+Sigmoid passes back ~0.07x (file docstring): the last layer's gradient is > 1e10 x the first's
     assert profile[-1]["grad_norm_mean"] > 1e10 * max(profile[0]["grad_norm_mean"], 1e-45)
     assert data["depth_decades"] == "inf" or data["depth_decades"] > 4
+
+
+class _ScaledDown(nn.Module):
+    """A healthy layer whose gradient is tiny: the output is scaled by 1e-7 (as after a BatchNorm of a large
+    activation), so grad/param ~1e-8, yet Adam moves every element by about lr."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.layer(x) * 1e-7
+
+
+def test_vanishing_is_judged_by_the_optimizers_update():
+    model = _ScaledDown()
+    build = lambda seed: ModelInputs(args=(torch.randn(16, 8, generator=torch.Generator().manual_seed(seed)),))  # noqa: E731
+    adam = grads.analyse_model(model, build, batches=3, optimizer="adamw", lr=1e-3)
+    sgd = grads.analyse_model(model, build, batches=3, optimizer="sgd", lr=1e-3)
+    row = {r["layer"]: r for r in adam["depth_profile"]}["layer"]
+    assert row["grad_to_param"] < 1e-6                     # what grad/param alone would call vanishing
+    # Adam's update: m_hat / sqrt(v_hat) has |.| <= 1 per element, so |dw| <= lr x sqrt(numel of weight + bias) = 1e-3 x sqrt(72)
+    assert 1e-4 < row["update_to_param"] <= 1e-3 * math.sqrt(72) / root_sum_square_of(model)
+    assert not [f for f in adam["findings"] if f["kind"] == "vanishing_gradient" and f["severity"] != "INFO"]
+    # SGD at lr 1e-3 moves it by lr x grad/param < 1e-9: below fp32's resolution, a RISK
+    sgd_row = {r["layer"]: r for r in sgd["depth_profile"]}["layer"]
+    assert sgd_row["update_to_param"] == pytest.approx(1e-3 * sgd_row["grad_to_param"], rel=1e-6)
+    assert ("vanishing_gradient", "layer") in kinds(sgd, "RISK")
+
+
+def root_sum_square_of(model: nn.Module) -> float:
+    return math.sqrt(sum(float(p.detach().norm()) ** 2 for p in model.parameters()))
+
+
+def test_dead_units_judged_only_when_stable():
+    # 8 units = the 8 inputs through an identity layer. Batches 0 and 1: every input negative (all 8 units dead);
+    # batch 2: inputs 0..3 positive. 4 of 8 end dead (50 %), but the first half of the run had 8 dead: not stable.
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 1))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.eye(8))
+        model[0].bias.zero_()
+
+    def build(seed):
+        x = -torch.ones(16, 8)
+        if seed == 2:
+            x[:, :4] = 1.0
+        return ModelInputs(args=(x,))
+    data = grads.analyse_model(model, build, batches=3)
+    row = data["dead_units"][0]
+    assert (row["dead_units"], row["dead_units_after_half"], row["samples_at_half"], row["samples"]) == (4, 8, 32, 48)
+    assert row["stable"] is False
+    assert [(f["severity"], f["kind"]) for f in data["findings"] if f["kind"] == "dead_units"] == [("INFO", "dead_units")]
+    # the same 8 dead in every batch: stable, 100 % dead -> RISK
+    steady = grads.analyse_model(model, lambda seed: ModelInputs(args=(-torch.ones(16, 8),)), batches=3)
+    assert steady["dead_units"][0]["stable"] is True
+    assert ("dead_units", "1") in kinds(steady, "RISK")
+
+
+def test_exploding_names_unscaled_inputs_and_withholds_clipping(capsys):
+    data = run_json([f"{DEFECTS}/unscaled_inputs.py:Model", "--loss", f"{DEFECTS}/unscaled_inputs.py:mse_loss"], capsys)
+    finding = next(f for f in data["findings"] if (f["kind"], f["where"]) == ("exploding_gradient", "(global)"))
+    assert finding["severity"] == "RISK"
+    cause = data["explosion_cause"]
+    assert (cause["kind"], cause["input"]) == ("unscaled_inputs", "x")
+    assert 90 < cause["max"] <= 100 and 0 <= cause["min"] < 10          # torch.rand(...) x 100 over 96 samples
+    assert "`x` is not scaled: its values range" in finding["message"] and "standardise `x`" in finding["fix"]
+    assert data["suggested_clip_norm"] is None and "explode" in data["clip_withheld_reason"]
 
 
 def test_unit_dim_of_conv_maps_is_the_channel():

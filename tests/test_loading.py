@@ -82,6 +82,34 @@ def test_checkpoint_key_mismatch_names_keys(tmp_path):
     assert "missing 1 key(s): net.2.bias" in result.stderr and "unexpected 1 key(s): extra.weight" in result.stderr
 
 
+def test_checkpoint_from_ddp_wrapper_is_unwrapped_and_said(tmp_path):
+    # DistributedDataParallel(model).state_dict() prefixes every key with 'module.'; torch.compile's with '_orig_mod.'
+    source = load_model(f"{FIXTURES}:TinyMLP").module
+    path = tmp_path / "ddp.pt"
+    torch.save({"state_dict": {"module._orig_mod." + k: v for k, v in source.state_dict().items()}}, path)
+    result = run_script("params", f"{FIXTURES}:TinyMLP", "--checkpoint", path, "--json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)["checkpoint"]
+    assert (info["wrapper_key"], info["prefix_stripped"], info["tensors"], info["loaded"]) == \
+        ("state_dict", "module._orig_mod.", len(source.state_dict()), True)
+    table = run_script("params", f"{FIXTURES}:TinyMLP", "--checkpoint", path)
+    assert ("Checkpoint: " + str(path) + f": {len(source.state_dict())} tensors loaded; unwrapped from the checkpoint's "
+            "'state_dict' entry; the key prefix 'module._orig_mod.' stripped") in table.stdout
+    loaded = load_model(f"{FIXTURES}:TinyMLP", checkpoint=str(path))
+    for key, value in source.state_dict().items():
+        assert torch.equal(value, loaded.module.state_dict()[key])
+
+
+def test_checkpoint_prefix_that_does_not_fit_gets_a_hint(tmp_path):
+    state = {"module." + k: v for k, v in load_model(f"{FIXTURES}:TinyMLP").module.state_dict().items()}
+    state["module.extra.weight"] = torch.zeros(1)     # stripping 'module.' leaves a key the model lacks
+    path = tmp_path / "ddp_other.pt"
+    torch.save(state, path)
+    result = run_script("params", f"{FIXTURES}:TinyMLP", "--checkpoint", path)
+    assert result.returncode == 2
+    assert "start with 'module.'" in result.stderr and "save model.module.state_dict()" in result.stderr
+
+
 class _Exploit:
     def __reduce__(self):
         return (os.system, (f"touch {os.environ.get('EXPLOIT_MARKER', '/tmp/model-expert-pwned')}",))

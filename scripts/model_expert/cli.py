@@ -20,7 +20,7 @@ from .errors import UserError  # noqa: F401  (re-exported for capabilities)
 from .inputs import DataInputs, InputSource, ModelInputs, SpecInputs, FactoryInputs
 from .model_copy import copy_model, lazy_modules, materialise_lazy
 from .runner import LossFunction, default_losses_used, loss_description
-from .target import DEVICES, LoadedModel, default_input_source, load_function, load_model, parse_kwargs_json
+from .target import DEVICES, LoadedModel, checkpoints_loaded, default_input_source, load_function, load_model, parse_kwargs_json
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "sgd-momentum", "none")
 PRECISIONS = ("fp32", "bf16", "fp16", "bf16-autocast", "fp16-autocast")
@@ -205,12 +205,13 @@ def quiet_libraries(enabled: bool):
         hf_logger.setLevel(level)
 
 
-def _with_loss_line(text: str, loss: str | None) -> str:
-    """The loss that was backpropagated, under the title line of every script that ran one."""
-    if not loss:
+def _with_loss_line(text: str, loss: str | None, checkpoint: dict[str, Any] | None = None) -> str:
+    """The loss that was backpropagated and the checkpoint that was loaded, under the title line of every script."""
+    lines = ([f"Loss: {loss}"] if loss else []) + ([f"Checkpoint: {checkpoint['summary']}"] if checkpoint else [])
+    if not lines:
         return text
     title, _, rest = text.partition("\n")
-    return f"{title}\nLoss: {loss}\n{rest}"
+    return "\n".join([title, *lines, rest])
 
 
 def main(capability: Capability, argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -227,17 +228,21 @@ def main(capability: Capability, argv: list[str] | None = None, prog: str | None
                          f"({threads['source']})\n")
     try:
         default_losses_used.clear()
+        checkpoints_loaded.clear()
         with quiet_libraries(not debug):
             data = {"schema": capability.schema, **capability.analyse(args)}
         loss = loss_description(getattr(args, "loss", None)) if hasattr(args, "loss") else None
         if loss:
             data.setdefault("loss", loss)
+        if checkpoints_loaded:
+            data.setdefault("checkpoint", checkpoints_loaded[0])
+        checkpoint = data.get("checkpoint") if isinstance(data.get("checkpoint"), dict) else None
         if getattr(args, "json", False):
             text = to_json(data)
         elif getattr(args, "markdown", False) and capability.render_markdown is not None:
-            text = _with_loss_line(capability.render_markdown(data, args), data.get("loss"))
+            text = _with_loss_line(capability.render_markdown(data, args), data.get("loss"), checkpoint)
         else:
-            text = _with_loss_line(capability.render_table(data, args), data.get("loss"))
+            text = _with_loss_line(capability.render_table(data, args), data.get("loss"), checkpoint)
     except UserError as error:
         if debug:
             traceback.print_exc()

@@ -29,36 +29,53 @@ from .guard import preserved
 from .inputs import ModelInputs
 from .memory.step import PRECISIONS, cast_inputs
 from .model_copy import copy_model
+from .probe.update_ratio import HEALTHY_LOG10
+from .target import read_config_section
 from .runner import call_model, compute_loss, floating_leaves, run_backward
 
 # --- constants and their sources -------------------------------------------------------------
 FP16_MAX = float(torch.finfo(torch.float16).max)            # 65504: larger activations overflow to inf in fp16
 FP16_MIN_NORMAL = float(torch.finfo(torch.float16).tiny)    # 6.1035e-05: below this fp16 loses precision (subnormal)
-SEED_DEFAULT_CLIP_NORM = 1.0   # the seed's rule: "For transformers: clip by global norm to 1.0"
-CLIP_FACTOR = 2.0              # suggested clip = CLIP_FACTOR x median observed global norm
-CLIP_RULE = (f"suggested_clip_norm = {CLIP_FACTOR:g} x the median of the observed global gradient norms "
-             f"(finite batches only), to 2 significant digits: ordinary steps pass unclipped, a spike of more "
-             f"than {CLIP_FACTOR:g}x the typical norm is cut back")
+TRANSFORMER_RULE_CLIP_NORM = 1.0   # the transformer clipping rule: "For transformers: clip by global norm to 1.0"
+CLIP_PERCENTILE = 90.0         # suggested clip = this percentile of the sampled global norms of a stable run
+CLIP_RULE = (f"suggested_clip_norm = the {CLIP_PERCENTILE:g}th percentile (linear interpolation) of the global "
+             f"gradient norms over the sampled steps, to 2 significant digits, and only when the run is stable (every "
+             f"norm finite, no exploding gradient): ordinary steps pass unclipped, only spikes above the measured "
+             f"spread are cut back. When gradients explode there is no suggestion: clipping would hide the cause")
 
 # Vanishing/exploding with depth: decades (log10) the gradient norm falls (or grows) from the layers
 # nearest the output to those nearest the input (`_depth_decades`). Clean controls measured within
 # 0.3-1.0 decades (MLP, nn.TransformerEncoder, GPT-2, BERT at init); the planted stacks 20+.
 DEPTH_DECADES = {"RISK": 4.0, "CAUTION": 2.0}
-# Per layer, grad norm / param norm. Tiny: at lr 1e-3 one SGD step moves the layer by < 1e-9 (RISK)
-# or 1e-9..1e-11 of its norm, far below fp32's relative resolution 1.2e-7: the update rounds away.
-# (At init BERT's query/key layers measure ~1.5e-4: attention is near uniform; not flagged.)
-TINY_RELATIVE_GRAD = {"RISK": 1e-8, "CAUTION": 1e-6}
-# Large: at lr 1e-3 one SGD step would change the layer by >= 10% (CAUTION) or >= 100% (RISK) of its
-# norm. Clean controls' output heads measured up to ~5 at init; the x3 Linear stack ~1e3.
-EXPLODING_RELATIVE_GRAD = {"RISK": 1000.0, "CAUTION": 100.0}
+# Per layer, judged by what the optimizer does with the gradient: the size of one update |dw| / |w| at the
+# training's optimizer and LR (`simulated_updates`: Adam/AdamW's bias-corrected moments over the sampled
+# gradients, as torch.optim computes them; SGD lr x g). Healthy band: about 1e-3 per step, a decade either side
+# (probe.update_ratio.HEALTHY_LOG10, CS231n). Adam divides by sqrt(v): a small gradient still moves the layer by
+# about lr per element unless it is below Adam's eps (1e-8), so grad/param alone is not a vanishing gradient.
+# Tiny: two decades below the band (1e-6) CAUTION; below 1e-8 RISK: the update is under fp32's relative
+# resolution (1.2e-7 at 1.0) and rounds away.
+TINY_UPDATE_RATIO = {"RISK": 1e-8, "CAUTION": 1e-6}
+# Large: one update moves the layer by >= 10 % (a decade above the band: CAUTION) or >= 100 % of its norm (RISK).
+LARGE_UPDATE_RATIO = {"RISK": 1.0, "CAUTION": 0.1}
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8     # torch.optim.Adam/AdamW defaults
+SGD_MOMENTUM = 0.9                             # --optimizer sgd-momentum (as probe's OPTIMIZERS)
+TORCH_DEFAULT_LR = 1e-3                        # torch.optim.Adam/AdamW/SGD's lr default (torch 2.x)
+# Unscaled inputs: a floating input whose largest magnitude passes this is not standardised (mean 0, std 1
+# puts 99.99 % of a normal sample within 4); named as the cause of an explosion.
+UNSCALED_INPUT_MAX_ABS = 10.0
 # Global norm per batch: clean controls measured 1-5 (mean-reduced losses).
 EXPLODING_GLOBAL_NORM = {"RISK": 1e4, "CAUTION": 1e3}
-# Dead units: fraction of a ReLU layer's units never active in any sample of any batch.
+# Dead units: fraction of a ReLU layer's units never active in any sample of any batch; judged only when the
+# same units are dead after the first half of the batches and after all of them (a set that still shrinks is
+# a sampling artefact, e.g. few synthetic samples at initialisation), and over at least DEAD_MIN_SAMPLES samples.
 DEAD_FRACTION = {"RISK": 0.5, "CAUTION": 0.1}
+DEAD_MIN_SAMPLES = 16
 PROBE_LIMIT = 16               # modules probed for detached-vs-unused (the rest: reported as not probed)
 RECENT_OUTPUTS = 4             # outputs remembered to spot a container returning a child's tensor
 FINDINGS_PER_KIND = 8          # beyond this, one summary finding per kind and severity
 
+OPTIMIZER_CHOICES = ("adamw", "adam", "sgd", "sgd-momentum")
+ADAM_FAMILY = ("adamw", "adam")
 SEVERITY_RANK = {"INFO": 0, "CAUTION": 1, "RISK": 2}
 STABILITY_RULE = "RISK if any finding is RISK, else CAUTION if any is CAUTION, else STABLE (INFO findings never count)"
 
@@ -70,7 +87,8 @@ class ActivationRule:
     reason: str
 
 
-_RELU = ActivationRule("output > 0", "RISK", "output exactly 0 everywhere: the unit and everything before it get zero gradient")
+_RELU = ActivationRule("output > 0", "RISK", "output exactly 0 in every sample: the weights feeding these units got no "
+                       "gradient through them, so no optimizer step can revive them")
 _SOFT = ActivationRule("output > 0", "INFO", "never positive, but the negative side still passes a (small) gradient")
 # Keyed by class name so Hugging Face's activation classes match without importing transformers.
 ACTIVATION_RULES: dict[str, ActivationRule] = {
@@ -107,6 +125,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="FN(output) or FN(output, batch) returns the scalar to backpropagate (default: output.loss, else the mean of floating outputs)")
     group.add_argument("--batches", type=int, default=3, metavar="N",
                        help="forward/backward passes to sample, each on fresh inputs (seed 0..N-1; default: 3)")
+    group.add_argument("--optimizer", choices=cli.OPTIMIZERS, default="adamw",
+                       help="the optimizer whose update size judges vanishing/exploding layers (default: adamw)")
+    group.add_argument("--lr", type=float, metavar="X",
+                       help=f"the learning rate of that update (default: lr/learning_rate in the --config section, "
+                            f"else torch.optim's default {TORCH_DEFAULT_LR:g})")
     group.add_argument("--precision", choices=cli.PRECISIONS, default="fp32",
                        help="bf16/fp16: a copy of the model and the floating inputs cast (pure low-precision training); "
                             "*-autocast: under torch.autocast; both show fp16 overflow/underflow (default: fp32)")
@@ -144,10 +167,28 @@ def two_significant(value: float) -> float:
     return round(value, 1 - int(math.floor(math.log10(abs(value)))))
 
 
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile of VALUES by linear interpolation between order statistics (numpy's default)."""
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100.0
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
 def suggested_clip_norm(global_norms: list[float]) -> float | None:
-    """CLIP_FACTOR x median of the finite observed global norms (None if none is finite)."""
-    finite = [n for n in global_norms if math.isfinite(n)]
-    return two_significant(CLIP_FACTOR * statistics.median(finite)) if finite else None
+    """CLIP_PERCENTILE-th percentile of the observed global norms; None if any is not finite (not a stable run)."""
+    if not global_norms or not all(math.isfinite(n) for n in global_norms):
+        return None
+    return two_significant(percentile(global_norms, CLIP_PERCENTILE))
+
+
+def adam_update(exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, step: int, lr: float) -> torch.Tensor:
+    """lr x m_hat / (sqrt(v_hat) + eps), m_hat = m / (1 - beta1^t), v_hat = v / (1 - beta2^t): Adam's update (torch.optim.Adam)."""
+    beta1, beta2 = ADAM_BETAS
+    m_hat = exp_avg / (1 - beta1 ** step)
+    v_hat = exp_avg_sq / (1 - beta2 ** step)
+    return lr * m_hat / (v_hat.sqrt() + ADAM_EPS)
 
 
 def grade(value: float, thresholds: dict[str, float], above: bool = True) -> str | None:
@@ -195,6 +236,8 @@ class _DeadUnitTracker:
     observations_per_unit: int = 0            # samples x positions seen per unit
     calls: int = 0
     shape_changes: int = 0                    # calls whose unit count differed (not merged)
+    ever_active_half: torch.Tensor | None = None   # ever_active after the first half of the batches
+    samples_half: int = 0
 
 
 class ForwardProbe:
@@ -282,6 +325,13 @@ class ForwardProbe:
             return
         tracker.observations_per_unit += value.numel() // max(value.shape[unit], 1)
 
+    def snapshot_half(self, samples: int) -> None:
+        """Remember which units were active in the first half of the batches (dead units are judged stable
+        only when the second half revives none)."""
+        for tracker in self.dead.values():
+            tracker.ever_active_half = None if tracker.ever_active is None else tracker.ever_active.clone()
+            tracker.samples_half = samples
+
     def start_batch(self, index: int) -> None:
         self._record_order = index == 0
         self._calls, self._stats, self.numel_by_row = [], [], []
@@ -324,6 +374,71 @@ def gradient_norms(parameters: list[nn.Parameter]) -> tuple[list[int], list[torc
     return dense + sparse, norms
 
 
+class UpdateSimulator:
+    """What the optimizer would do with the sampled gradients, from the initial weights (nothing is stepped):
+    Adam/AdamW keep torch.optim's exp_avg/exp_avg_sq over the batches and the update is that of the last step;
+    SGD's update is lr x g of each batch (the mean of their norms); SGD with momentum lr x its buffer.
+    Decoupled weight decay (AdamW's lr x wd x w, 1e-5 of |w| at lr 1e-3, wd 1e-2) is left out: it shrinks weights
+    whatever the gradient, so it says nothing about gradient flow."""
+
+    def __init__(self, parameters: list[nn.Parameter], optimizer: str, lr: float):
+        self.parameters, self.optimizer, self.lr = parameters, optimizer, lr
+        self.state: dict[int, list] = {}                 # index -> [steps, exp_avg / momentum buffer, exp_avg_sq]
+        self.sgd_norm_sums: dict[int, float] = {}
+
+    def observe(self, indices: list[int], norms: list[float]) -> None:
+        """One batch's gradients (the parameters' .grad), as the optimizer's step would read them."""
+        with torch.no_grad():
+            for index, norm in zip(indices, norms):
+                grad = self.parameters[index].grad
+                if grad.is_sparse:
+                    grad = grad.to_dense()
+                grad = grad.float()
+                entry = self.state.get(index)
+                if self.optimizer in ADAM_FAMILY:
+                    beta1, beta2 = ADAM_BETAS
+                    if entry is None:
+                        entry = self.state[index] = [0, torch.zeros_like(grad), torch.zeros_like(grad)]
+                    entry[0] += 1
+                    entry[1].mul_(beta1).add_(grad, alpha=1 - beta1)
+                    entry[2].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                elif self.optimizer == "sgd-momentum":
+                    if entry is None:
+                        entry = self.state[index] = [0, grad.clone(), None]  # torch: buf = g at the first step
+                    else:
+                        entry[1].mul_(SGD_MOMENTUM).add_(grad)
+                    entry[0] += 1
+                else:
+                    if entry is None:
+                        entry = self.state[index] = [0, None, None]
+                    entry[0] += 1
+                    self.sgd_norm_sums[index] = self.sgd_norm_sums.get(index, 0.0) + norm
+
+    def update_norms(self) -> dict[int, float]:
+        """parameter index -> |dw| of one update (Frobenius norm), for every parameter that got a gradient."""
+        result = {}
+        with torch.no_grad():
+            for index, (steps, first, second) in self.state.items():
+                if self.optimizer in ADAM_FAMILY:
+                    value = float(torch.linalg.vector_norm(adam_update(first, second, steps, self.lr)))
+                elif self.optimizer == "sgd-momentum":
+                    value = self.lr * float(torch.linalg.vector_norm(first))
+                else:
+                    value = self.lr * self.sgd_norm_sums[index] / steps
+                result[index] = value
+        return result
+
+    def describe(self) -> str:
+        if self.optimizer in ADAM_FAMILY:
+            return (f"{self.optimizer} at lr {self.lr:g}: the update of the last sampled step, lr x m_hat / (sqrt(v_hat) + "
+                    f"eps) from the moments of the sampled gradients (betas {ADAM_BETAS}, eps {ADAM_EPS:g}); Adam scales "
+                    f"each element by its own gradient size, so a small gradient still moves a layer by about lr per "
+                    f"element unless it is below eps")
+        if self.optimizer == "sgd-momentum":
+            return (f"sgd-momentum at lr {self.lr:g}: lr x the momentum buffer ({SGD_MOMENTUM:g}) after the sampled steps")
+        return f"sgd at lr {self.lr:g}: lr x the gradient, mean over the sampled steps"
+
+
 def _stack_on(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
     if all(t.device == device for t in tensors):
         return torch.stack(tensors)
@@ -331,7 +446,8 @@ def _stack_on(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor
 
 
 def run_batch(model: nn.Module, parameters: list[nn.Parameter], inputs: ModelInputs, loss_fn, probe: ForwardProbe,
-              autocast_dtype: torch.dtype | None, device_type: str, model_name: str) -> BatchRecord:
+              autocast_dtype: torch.dtype | None, device_type: str, model_name: str,
+              updates: UpdateSimulator | None = None) -> BatchRecord:
     """One sampled step: forward (+ loss) under the probe, backward, norms gathered with one transfer."""
     for parameter in parameters:
         parameter.grad = None
@@ -357,6 +473,8 @@ def run_batch(model: nn.Module, parameters: list[nn.Parameter], inputs: ModelInp
     loss_value, global_norm = values[0], values[1]
     grad_values = values[2:2 + len(norms)]
     record = BatchRecord(grad_norms=dict(zip(indices, grad_values)), global_norm=global_norm, loss=loss_value)
+    if updates is not None:
+        updates.observe(indices, grad_values)
     width = 3 if probe.count_underflow else 2
     flat = values[2 + len(norms):]
     for row, name in enumerate(calls):
@@ -428,12 +546,51 @@ def _limit_findings(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return kept
 
 
+def input_ranges(inputs: ModelInputs, forward: Callable | None = None) -> dict[str, list[float]]:
+    """Floating input name -> [min, max] of this batch (names as ModelInputs.describe gives them)."""
+    from .inputs import positional_names
+    names = positional_names(forward) if forward is not None else []
+    ranges = {}
+    values = [(names[i] if i < len(names) else f"args[{i}]", v) for i, v in enumerate(inputs.args)]
+    values += list(inputs.kwargs.items())
+    for label, value in values:
+        for position, tensor in enumerate(floating_leaves(value)):
+            if tensor.numel() == 0 or tensor.device.type == "meta":
+                continue
+            key = label if position == 0 else f"{label}[{position}]"
+            ranges[key] = [float(tensor.detach().amin()), float(tensor.detach().amax())]
+    return ranges
+
+
+def _merge_ranges(into: dict[str, list[float]], more: dict[str, list[float]]) -> None:
+    for key, (low, high) in more.items():
+        if key in into:
+            into[key] = [min(into[key][0], low), max(into[key][1], high)]
+        else:
+            into[key] = [low, high]
+
+
+def _batch_samples(inputs: ModelInputs) -> int:
+    """Samples in one batch: the leading dim of the first tensor input (1 for an unbatched tensor)."""
+    for value in list(inputs.args) + list(inputs.kwargs.values()):
+        if isinstance(value, torch.Tensor):
+            return int(value.shape[0]) if value.ndim else 1
+    return 1
+
+
 def analyse_model(model: nn.Module, build_inputs: Callable[[int], ModelInputs], loss_fn=None, batches: int = 3,
                   precision: str = "fp32", groups: dict[str, str] | None = None,
-                  model_name: str = "the model") -> dict[str, Any]:
+                  model_name: str = "the model", optimizer: str = "adamw", lr: float | None = None,
+                  lr_source: str | None = None, synthetic: bool = True) -> dict[str, Any]:
     """Sample BATCHES steps of MODEL (inside `preserved`: the model is restored afterwards) and judge them."""
     if batches < 1:
         raise UserError(f"--batches must be 1 or more, not {batches}")
+    if optimizer not in OPTIMIZER_CHOICES:
+        raise UserError(f"unknown optimizer '{optimizer}' for grads; expected one of {', '.join(OPTIMIZER_CHOICES)}")
+    if lr is None:
+        lr, lr_source = TORCH_DEFAULT_LR, lr_source or f"torch.optim's default for {optimizer}"
+    if not (lr > 0 and math.isfinite(lr)):
+        raise UserError(f"--lr must be a positive number, not {lr:g}")
     if precision not in PRECISIONS:
         raise UserError(f"unknown --precision '{precision}' for grads; expected one of {', '.join(PRECISIONS)}")
     groups = groups or {}
@@ -457,6 +614,9 @@ def analyse_model(model: nn.Module, build_inputs: Callable[[int], ModelInputs], 
     autocast_dtype = rule.autocast_dtype
     device_type = parameters[0].device.type if parameters else "cpu"
 
+    updates = UpdateSimulator(parameters, optimizer, lr)
+    ranges: dict[str, list[float]] = {}
+    samples = 0
     with preserved(model):
         model.train()
         probe = ForwardProbe(model, count_underflow=precision != "fp32")
@@ -466,13 +626,20 @@ def analyse_model(model: nn.Module, build_inputs: Callable[[int], ModelInputs], 
                 [p.detach() for p in parameters])]).tolist()] if parameters else [])
         with probe.attached():
             for index in range(batches):
+                if index == (batches + 1) // 2:
+                    probe.snapshot_half(samples)
                 probe.start_batch(index)
                 inputs = build_inputs(index)
+                _merge_ranges(ranges, input_ranges(inputs, getattr(model, "forward", None)))
+                samples += _batch_samples(inputs)
                 torch.manual_seed(index)  # dropout masks repeat from run to run (the guard restores the RNG)
                 records.append(run_batch(model, parameters, inputs, loss_fn, probe,
-                                         autocast_dtype, device_type, model_name))
+                                         autocast_dtype, device_type, model_name, updates))
         causes = _no_gradient_causes(model, named, records, probe, build_inputs, loss_fn, model_name)
-    return _summarise(model, named, parameter_norms, records, probe, causes, groups, precision, batches)
+    context = {"optimizer": optimizer, "lr": lr, "lr_source": lr_source, "update_rule": updates.describe(),
+               "update_norms": updates.update_norms(), "input_ranges": ranges, "samples": samples,
+               "synthetic": synthetic}
+    return _summarise(model, named, parameter_norms, records, probe, causes, groups, precision, batches, context)
 
 
 def _no_gradient_causes(model, named, records, probe, build_inputs, loss_fn, model_name) -> dict[str, tuple[str, str]]:
@@ -515,7 +682,8 @@ def _forward_position(name: str, order: dict[str, int]) -> tuple[int, int]:
         probe_name = probe_name.rpartition(".")[0]
 
 
-def _summarise(model, named, parameter_norms, records, probe, causes, groups, precision, batches) -> dict[str, Any]:
+def _summarise(model, named, parameter_norms, records, probe, causes, groups, precision, batches,
+               context: dict[str, Any]) -> dict[str, Any]:
     order = {name: i for i, name in enumerate(probe.first_call_order)}
     module_types = {name: type(m).__name__ for name, m in model.named_modules()}
     findings: list[dict[str, Any]] = []
@@ -530,6 +698,8 @@ def _summarise(model, named, parameter_norms, records, probe, causes, groups, pr
                "requires_grad": parameter.requires_grad, "batches_with_grad": len(seen),
                "grad_norm_mean": mean, "grad_norm_max": max(seen) if seen else None,
                "param_norm": parameter_norms[index], "grad_to_param": ratio_or_none(mean, parameter_norms[index]),
+               "update_norm": context["update_norms"].get(index),
+               "update_to_param": ratio_or_none(context["update_norms"].get(index), parameter_norms[index]),
                "status": causes.get(name, ("ok", ""))[0], "non_finite_grad": len(finite) != len(seen)}
         parameter_rows.append(row)
 
@@ -550,10 +720,13 @@ def _summarise(model, named, parameter_norms, records, probe, causes, groups, pr
         param_norm = root_sum_square([parameter_norms[i] for i in indices])
         mean = statistics.fmean(per_batch) if per_batch else None
         activation = _merge_activation([r.module_stats.get(module_name) for r in records])
+        moved = [context["update_norms"][i] for i in indices if i in context["update_norms"]]
+        update = root_sum_square(moved) if moved else None
         return {"name": module_name or "(root)", "type": module_types.get(module_name, "?"),
                 "forward_index": order.get(module_name), "parameters": sum(named[i][1].numel() for i in indices),
                 "grad_norm_mean": mean, "grad_norm_max": max(per_batch) if per_batch else None,
-                "param_norm": param_norm, "grad_to_param": ratio_or_none(mean, param_norm), **activation}
+                "param_norm": param_norm, "grad_to_param": ratio_or_none(mean, param_norm),
+                "update_norm": update, "update_to_param": ratio_or_none(update, param_norm), **activation}
 
     module_rows = []
     for module_name, module in model.named_modules():
@@ -570,7 +743,7 @@ def _summarise(model, named, parameter_norms, records, probe, causes, groups, pr
         row = stats_row(layer, trainable)
         depth_profile.append({"depth": len(depth_profile), "layer": row["name"], "type": row["type"],
                               "grad_norm_mean": row["grad_norm_mean"], "param_norm": row["param_norm"],
-                              "grad_to_param": row["grad_to_param"],
+                              "grad_to_param": row["grad_to_param"], "update_to_param": row["update_to_param"],
                               "log10_grad_norm": (math.log10(row["grad_norm_mean"])
                                                   if row["grad_norm_mean"] and math.isfinite(row["grad_norm_mean"])
                                                   else None)})
@@ -578,9 +751,10 @@ def _summarise(model, named, parameter_norms, records, probe, causes, groups, pr
     global_norms = [r.global_norm for r in records]
     findings += _non_finite_findings(records, parameter_rows)
     findings += _no_gradient_findings(parameter_rows, causes)
-    findings += _vanishing_findings(depth_profile)
-    findings += _exploding_findings(depth_profile, global_norms)
-    dead_units, dead_findings = _dead_units(probe)
+    findings += _vanishing_findings(depth_profile, context)
+    cause = explosion_cause(context["input_ranges"], module_rows, model)
+    findings += _exploding_findings(depth_profile, global_norms, context, cause)
+    dead_units, dead_findings = _dead_units(probe, context)
     findings += dead_findings
     if precision != "fp32":
         findings += _precision_findings(module_rows, precision)
@@ -598,18 +772,36 @@ def _summarise(model, named, parameter_norms, records, probe, causes, groups, pr
                                   "reached": bool(trainable) and len(reached) == len(trainable),
                                   "grad_norm": statistics.fmean(per_batch) if per_batch else None}
 
-    suggestion = suggested_clip_norm(global_norms)
+    exploding = [f for f in findings if f["kind"] == "exploding_gradient" and f["severity"] != "INFO"]
+    suggestion = None if exploding else suggested_clip_norm(global_norms)
+    withheld = None
+    if exploding:
+        withheld = ("gradients explode (" + exploding[0]["message"] + "); clipping would only hide it: "
+                    + (cause["fix"] if cause else "find the layer whose output grows (see modules' max |activation|)"))
+    elif suggestion is None:
+        withheld = "a sampled global norm was not finite: no stable run to take a percentile of"
     finite_norms = [n for n in global_norms if math.isfinite(n)]
+    low_band, high_band = HEALTHY_LOG10
     return {
         "model": type(model).__name__,
         "batches": batches,
+        "samples": context["samples"],
+        "inputs": "synthetic" if context["synthetic"] else "--data",
         "precision": precision,
+        "optimizer": context["optimizer"],
+        "lr": context["lr"],
+        "lr_source": context["lr_source"],
+        "update_rule": context["update_rule"],
+        "healthy_update_band": [10 ** low_band, 10 ** high_band],
+        "input_ranges": context["input_ranges"],
+        "explosion_cause": cause,
         "losses": [r.loss for r in records],
         "global_grad_norms": global_norms,
         "suggested_clip_norm": suggestion,
+        "clip_withheld_reason": withheld,
         "clip_rule": CLIP_RULE,
-        "seed_default_clip_norm": SEED_DEFAULT_CLIP_NORM,
-        "batches_clipped_at_seed_default": sum(1 for n in finite_norms if n > SEED_DEFAULT_CLIP_NORM),
+        "transformer_rule_clip_norm": TRANSFORMER_RULE_CLIP_NORM,
+        "batches_clipped_at_transformer_rule": sum(1 for n in finite_norms if n > TRANSFORMER_RULE_CLIP_NORM),
         "parameters": parameter_rows,
         "modules": module_rows,
         "depth_profile": depth_profile,
@@ -680,40 +872,90 @@ def _no_gradient_findings(parameter_rows, causes) -> list[dict[str, Any]]:
     return findings
 
 
-def _vanishing_findings(profile) -> list[dict[str, Any]]:
+def _update_text(row: dict[str, Any], context: dict[str, Any]) -> str:
+    low, high = HEALTHY_LOG10
+    return (f"one {context['optimizer']} update at lr {context['lr']:g} moves '{row['layer']}' by |dw|/|w| = "
+            f"{row['update_to_param']:.1e} (healthy band {10 ** low:g} to {10 ** high:g})")
+
+
+def _vanishing_findings(profile, context) -> list[dict[str, Any]]:
+    """Judged by the update the optimizer makes: under Adam a gradient that falls with depth is rescaled per
+    element, so the fall is reported (INFO) and only a layer whose update is itself tiny is an alarm."""
     findings = []
+    adam = context["optimizer"] in ADAM_FAMILY
     fall = _depth_decades(profile)
     if fall is not None:
         severity = grade(fall, DEPTH_DECADES)
         if severity:
-            findings.append(_finding(severity, "vanishing_gradient", profile[0]["layer"],
-                                     (f"the gradient is exactly 0 at the input side ('{profile[0]['layer']}') while "
-                                      f"layers nearer the output get gradient; see depth_profile" if math.isinf(fall) else
-                                      f"gradient norm falls {fall:.1f} decades from the layers nearest the output "
-                                      f"(median of the last third) to those nearest the input (first third, from "
-                                      f"'{profile[0]['layer']}'); see depth_profile"), fall))
+            text = (f"the gradient is exactly 0 at the input side ('{profile[0]['layer']}') while layers nearer the "
+                    f"output get gradient; see depth_profile" if math.isinf(fall) else
+                    f"gradient norm falls {fall:.1f} decades from the layers nearest the output (median of the last "
+                    f"third) to those nearest the input (first third, from '{profile[0]['layer']}'); see depth_profile")
+            ratio = profile[0].get("update_to_param")
+            if adam and not math.isinf(fall) and ratio is not None and grade(ratio, TINY_UPDATE_RATIO, above=False) is None:
+                severity = "INFO"
+                text += (f"; {context['optimizer']} rescales each element by its own gradient size, and "
+                         + _update_text(profile[0], context) + ": not a vanishing update")
+            findings.append(_finding(severity, "vanishing_gradient", profile[0]["layer"], text, fall))
     for row in profile:
-        ratio = row["grad_to_param"]
+        ratio = row.get("update_to_param")
         if ratio is None or not math.isfinite(ratio):
             continue
-        severity = grade(ratio, TINY_RELATIVE_GRAD, above=False)
+        severity = grade(ratio, TINY_UPDATE_RATIO, above=False)
         if severity:
             findings.append(_finding(severity, "vanishing_gradient", row["layer"],
-                                     f"grad norm / param norm of '{row['layer']}' is {ratio:.1e}: its updates are "
-                                     f"negligible", ratio))
+                                     _update_text(row, context) + f" (grad/param {row['grad_to_param']:.1e}): "
+                                     + ("below fp32's relative resolution, the update rounds away" if severity == "RISK"
+                                        else "two decades or more below the band, the layer barely trains"), ratio))
     return findings
 
 
-def _exploding_findings(profile, global_norms) -> list[dict[str, Any]]:
+def explosion_cause(input_ranges: dict[str, list[float]], module_rows: list[dict[str, Any]],
+                    model: nn.Module) -> dict[str, Any] | None:
+    """The measured reason gradients are large: unscaled inputs (their range), else the layer whose output grows the
+    most over what it receives (max |activation| of a module's output / of the previous module's, forward order)."""
+    unscaled = {name: bounds for name, bounds in input_ranges.items()
+                if max(abs(bounds[0]), abs(bounds[1])) > UNSCALED_INPUT_MAX_ABS}
+    if unscaled:
+        name, (low, high) = max(unscaled.items(), key=lambda item: max(abs(item[1][0]), abs(item[1][1])))
+        return {"kind": "unscaled_inputs", "input": name, "min": low, "max": high,
+                "text": f"input `{name}` is not scaled: its values range {low:.3g} to {high:.3g} (a standardised "
+                        f"input stays within about +-4)",
+                "fix": f"standardise `{name}` (subtract the training set's mean, divide by its std, per feature) "
+                       f"before the model, or put a normalisation layer first"}
+    leaves = {name for name, module in model.named_modules() if not list(module.children())}
+    previous_peak = max((max(abs(low), abs(high)) for low, high in input_ranges.values()), default=None)
+    best = None
+    for row in module_rows:
+        if row["name"] not in leaves or row["max_abs_activation"] is None or not math.isfinite(row["max_abs_activation"]):
+            continue
+        peak = row["max_abs_activation"]
+        if previous_peak and previous_peak > 0:
+            growth = peak / previous_peak
+            if best is None or growth > best[1]:
+                best = (row["name"], growth, peak)
+        previous_peak = peak
+    if best is None or best[1] <= 1.0:
+        return None
+    name, growth, peak = best
+    return {"kind": "growing_layer", "module": name, "growth": growth, "max_abs_activation": peak,
+            "text": f"`{name}` multiplies the largest magnitude it receives by {growth:.3g} (its output reaches {peak:.3g})",
+            "fix": f"look at `{name}`'s initialisation and scale (a normalisation layer after it, or a smaller init gain)"}
+
+
+def _exploding_findings(profile, global_norms, context, cause) -> list[dict[str, Any]]:
     findings = []
+    because = f"; measured cause: {cause['text']}" if cause else ""
     finite = [n for n in global_norms if math.isfinite(n)]
     if finite:
         largest = max(finite)
         severity = grade(largest, EXPLODING_GLOBAL_NORM)
         if severity:
-            findings.append(_finding(severity, "exploding_gradient", "(global)",
-                                     f"global gradient norm reached {largest:.3g} "
-                                     f"(>= {EXPLODING_GLOBAL_NORM[severity]:g})", largest))
+            finding = _finding(severity, "exploding_gradient", "(global)",
+                               f"global gradient norm reached {largest:.3g} (>= {EXPLODING_GLOBAL_NORM[severity]:g})"
+                               + because, largest)
+            finding["fix"] = cause["fix"] if cause else "find the layer whose output grows (grads.py's modules table)"
+            findings.append(finding)
     fall = _depth_decades(profile)
     if fall is not None:
         severity = grade(-fall, DEPTH_DECADES)
@@ -721,29 +963,36 @@ def _exploding_findings(profile, global_norms) -> list[dict[str, Any]]:
             findings.append(_finding(severity, "exploding_gradient", profile[0]["layer"],
                                      f"gradient norm grows {-fall:.1f} decades from the layers nearest the output "
                                      f"(median of the last third) to those nearest the input (first third, from "
-                                     f"'{profile[0]['layer']}')", -fall))
+                                     f"'{profile[0]['layer']}')" + because, -fall))
     for row in profile:
-        ratio = row["grad_to_param"]
+        ratio = row.get("update_to_param")
         if ratio is None or not math.isfinite(ratio):
             continue
-        severity = grade(ratio, EXPLODING_RELATIVE_GRAD)
+        severity = grade(ratio, LARGE_UPDATE_RATIO)
         if severity:
             findings.append(_finding(severity, "exploding_gradient", row["layer"],
-                                     f"grad norm / param norm of '{row['layer']}' is {ratio:.3g}: one SGD step at lr 1e-3 "
-                                     f"would change it by {ratio * 1e-3:.0%} of its norm", ratio))
+                                     _update_text(row, context) + ": one step changes the layer by "
+                                     f"{ratio:.0%} of its norm; lower the learning rate", ratio))
     return findings
 
 
-def _dead_units(probe: ForwardProbe) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _dead_units(probe: ForwardProbe, context: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     rows, findings = [], []
+    samples = context["samples"]
+    where = "synthetic inputs" if context["synthetic"] else "--data batches"
     for name, tracker in probe.dead.items():
         if tracker.ever_active is None:
             continue
         active = int(tracker.ever_active.sum())                          # once, after all batches
         units = tracker.ever_active.numel()
         fraction = 1.0 - active / units if units else 0.0
+        half = tracker.ever_active_half
+        dead_half = (None if half is None or half.shape != tracker.ever_active.shape
+                     else units - int(half.sum()))
+        stable = dead_half is not None and dead_half == units - active and samples >= DEAD_MIN_SAMPLES
         row = {"layer": name, "type": tracker.type_name, "units": units, "dead_units": units - active, "dead_fraction": fraction,
-               "active_when": tracker.rule.active_when, "observations_per_unit": tracker.observations_per_unit,
+               "dead_units_after_half": dead_half, "samples_at_half": tracker.samples_half, "samples": samples,
+               "stable": stable, "active_when": tracker.rule.active_when, "observations_per_unit": tracker.observations_per_unit,
                "calls": tracker.calls, "calls_not_merged": tracker.shape_changes}
         rows.append(row)
         severity = grade(fraction, DEAD_FRACTION)
@@ -751,11 +1000,22 @@ def _dead_units(probe: ForwardProbe) -> tuple[list[dict[str, Any]], list[dict[st
             severity = tracker.rule.dead_severity_cap
         if severity is None and fraction > 0:
             severity = "INFO"
-        if severity:
-            findings.append(_finding(severity, "dead_units", name,
-                                     f"{units - active} of {units} units of '{name}' ({fraction:.0%}) were never active "
-                                     f"({tracker.rule.active_when}) over {tracker.observations_per_unit} observations "
-                                     f"each: {tracker.rule.reason}", fraction))
+        if not severity:
+            continue
+        measured = (f"{units - active} of {units} units of '{name}' ({fraction:.0%}) were never active "
+                    f"({tracker.rule.active_when}) in any of {samples} samples of {where} "
+                    f"({tracker.observations_per_unit} observations per unit)")
+        if not stable:
+            severity = "INFO"
+            reason = (f"only {samples} samples (fewer than {DEAD_MIN_SAMPLES})" if samples < DEAD_MIN_SAMPLES
+                      else "one batch cannot show whether the set is stable" if dead_half is None
+                      else f"{dead_half} were dead after the first {tracker.samples_half} samples, so the set was still "
+                           f"shrinking")
+            text = f"{measured}; not judged: {reason}; sample more batches (--batches) or real ones (--data)"
+        else:
+            text = (f"{measured}, the same {units - active} after the first {tracker.samples_half}: "
+                    f"{tracker.rule.reason}")
+        findings.append(_finding(severity, "dead_units", name, text, fraction))
     return rows, findings
 
 
@@ -786,11 +1046,30 @@ def _precision_findings(module_rows, precision) -> list[dict[str, Any]]:
 
 # --- capability ------------------------------------------------------------------------------
 
+CONFIG_LR_KEYS = ("lr", "learning_rate")
+
+
+def choose_lr(args: argparse.Namespace) -> tuple[float, str]:
+    """--lr; else lr/learning_rate in the --config section; else torch.optim's default."""
+    if getattr(args, "lr", None) is not None:
+        return args.lr, getattr(args, "lr_source", None) or "--lr"
+    if getattr(args, "config", None):
+        section = read_config_section(args.config)
+        for key in CONFIG_LR_KEYS:
+            if isinstance(section.get(key), (int, float)) and section[key] > 0:
+                return float(section[key]), f"--config {args.config}: {key}"
+    return TORCH_DEFAULT_LR, f"torch.optim's default lr for {args.optimizer}"
+
+
 def analyse(args: argparse.Namespace) -> dict[str, Any]:
     groups = parse_groups(args.group)
     session = cli.open_session(args)
+    lr, lr_source = choose_lr(args)
+    # --optimizer none (a report's memory option: no optimizer state) trains nothing: the plain gradient step is judged
+    optimizer = "sgd" if args.optimizer == "none" else args.optimizer
     data = analyse_model(session.model, lambda seed: session.build_inputs(seed=seed), session.loss_fn,
-                         batches=args.batches, precision=args.precision, groups=groups, model_name=session.loaded.name)
+                         batches=args.batches, precision=args.precision, groups=groups, model_name=session.loaded.name,
+                         optimizer=optimizer, lr=lr, lr_source=lr_source, synthetic=not getattr(args, "data", None))
     return {"target": args.target, "device": args.device, **data}
 
 
@@ -804,26 +1083,28 @@ def _number(value: float | None) -> str:
 
 def _summary_rows(data: dict[str, Any]) -> list[list[str]]:
     return [["Stability", data["stability"]],
-            ["Batches (train mode)", str(data["batches"])],
+            ["Batches (train mode)", f"{data['batches']} ({data['samples']} samples, {data['inputs']} inputs)"],
             ["Precision", data["precision"]],
+            ["Update judged at", f"{data['optimizer']}, lr {data['lr']:g} ({data['lr_source']})"],
             ["Loss per batch", ", ".join(f"{v:.4g}" for v in data["losses"])],
             ["Global grad norm per batch", ", ".join(_number(v) for v in data["global_grad_norms"])],
-            ["Suggested clip norm", "-" if data["suggested_clip_norm"] is None else f"{data['suggested_clip_norm']:g}"],
-            ["Seed default clip norm", f"{data['seed_default_clip_norm']:.1f} (would clip "
-                                       f"{data['batches_clipped_at_seed_default']} of {data['batches']} batches)"],
+            ["Suggested clip norm", (data["clip_withheld_reason"] or "-") if data["suggested_clip_norm"] is None
+             else f"{data['suggested_clip_norm']:g}"],
+            ["Transformer rule's clip norm", f"{data['transformer_rule_clip_norm']:.1f} (would clip "
+                                       f"{data['batches_clipped_at_transformer_rule']} of {data['batches']} batches)"],
             ["Decades lost, output -> input", "-" if data["depth_decades"] is None else f"{data['depth_decades']:.2f}"]]
 
 
 def _layer_rows(data: dict[str, Any]) -> list[list[str]]:
     return [[str(p["depth"]), p["layer"], p["type"], _number(p["grad_norm_mean"]), _number(p["param_norm"]),
-             _number(p["grad_to_param"])] for p in data["depth_profile"]]
+             _number(p["grad_to_param"]), _number(p.get("update_to_param"))] for p in data["depth_profile"]]
 
 
 def _finding_rows(data: dict[str, Any]) -> list[list[str]]:
     return [[f["severity"], f["kind"], f["where"], f["message"]] for f in data["findings"]]
 
 
-LAYER_HEADERS = ["depth", "layer", "type", "grad norm (mean)", "param norm", "grad/param"]
+LAYER_HEADERS = ["depth", "layer", "type", "grad norm (mean)", "param norm", "grad/param", "update/param"]
 
 
 def render_table(data: dict[str, Any], args: argparse.Namespace) -> str:

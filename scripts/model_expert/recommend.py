@@ -355,6 +355,17 @@ def _clip_measured_only(ctx: Context) -> Decision:
     return decision
 
 
+def _withheld(ctx: Context) -> bool:
+    return bool((ctx.grads or {}).get("clip_withheld_reason")) and bool((ctx.grads or {}).get("explosion_cause")
+                                                                          or any(f.get("kind") == "exploding_gradient"
+                                                                                 for f in (ctx.grads or {}).get("findings", [])))
+
+
+def _clip_withheld(ctx: Context) -> Decision:
+    reason = ctx.grads["clip_withheld_reason"]
+    return Decision(None, "no clip norm until the cause of the exploding gradient is fixed", _clip_measured(ctx), reason)
+
+
 def _has_suggestion(ctx: Context) -> bool:
     return isinstance((ctx.grads or {}).get("suggested_clip_norm"), (int, float))
 
@@ -476,6 +487,8 @@ RULES: tuple[Rule, ...] = (
          "For autoencoders with L1 regularization: clip to 0.5-1.0 (L1 can create sharp gradients)",
          "grads.py's suggested_clip_norm, clamped into 0.5-1.0, when measured",
          lambda ctx: ctx.architecture == "autoencoder" and ctx.l1_regularization, _clip_autoencoder),
+    Rule("clip.withheld", "gradient_clipping", None, "grads.py measured exploding gradients: clipping would hide their "
+         "measured cause, so none is suggested", _withheld, _clip_withheld),
     Rule("clip.measured", "gradient_clipping", None, "grads.py's suggested_clip_norm (the seed has no rule for this kind)",
          _has_suggestion, _clip_measured_only),
     Rule("clip.outside", "gradient_clipping", None, "the seed clips transformers, and autoencoders with L1 regularization",

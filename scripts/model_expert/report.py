@@ -20,8 +20,9 @@ from .gpus import DEFAULT_CLUSTER_GPU, DEFAULT_CONSUMER_GPU
 from .runner import default_losses_used, loss_description
 
 # Order matters: trace first (a broken forward stops the report there, with the module that failed);
+# probe before grads (grads judges the update at the learning rate probe trained with);
 # recommend last (it reads the params, memory, grads and probe evidence).
-SECTIONS = ("params", "trace", "lint", "contract", "grads", "memory", "flops", "probe", "recommend")
+SECTIONS = ("params", "trace", "lint", "contract", "probe", "grads", "memory", "flops", "recommend")
 # Options of the report that only the report reads.
 REPORT_ONLY = {"out", "findings", "skip", "json", "markdown", "debug", "target", "samples_per_epoch"}
 # Per-section options that differ from the section's own default when it runs inside the report.
@@ -137,6 +138,10 @@ def collect(args: argparse.Namespace, on_progress: Callable[[str], None] = progr
             namespace.evidence = {"params": evidence.get("params"), "grads": evidence.get("grads"),
                                   "probe": evidence.get("probe"),
                                   "memory": [evidence[k] for k in ("memory", "memory_cluster") if k in evidence]}
+        if name == "grads" and args.lr is None and (evidence.get("probe") or {}).get("lr"):
+            # the update grads judges is the one the review's training makes: probe's optimizer and LR
+            namespace.lr = evidence["probe"]["lr"]
+            namespace.lr_source = f"probe.py's: {evidence['probe'].get('lr_source', 'its learning rate')}"
         if name == "probe":  # fixed steps, so the review says the same on any machine (the report's --steps is recommend's)
             namespace.steps, namespace.sweep_steps = REPORT_PROBE_STEPS, REPORT_PROBE_SWEEP_STEPS
         started = time.perf_counter()
@@ -152,6 +157,9 @@ def collect(args: argparse.Namespace, on_progress: Callable[[str], None] = progr
         on_progress(f"[{position}/{len(plan)}] {key} done in {time.perf_counter() - started:.1f} s")
     epoch_flops_at_recommended_batch(args, evidence, on_progress)
     evidence["loss"] = loss_description(args.loss)
+    from .target import checkpoints_loaded
+    if checkpoints_loaded:
+        evidence["checkpoint"] = checkpoints_loaded[0]
     if args.findings:
         evidence["reviewer_findings"] = read_findings(args.findings)
     return evidence

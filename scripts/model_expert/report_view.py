@@ -207,6 +207,11 @@ def _gradient(evidence: dict[str, Any]) -> dict[str, Any]:
         backward_path = "fewer than two layers received gradient"
     reasoning = [f"**{f['severity']}** {f['kind']} at `{f['where']}`: {f['message']}" for f in grads.get("findings", [])
                  if f["severity"] in ("RISK", "CAUTION")] or ["no RISK or CAUTION finding in the sampled batches"]
+    if grads.get("optimizer"):
+        low, high = grads["healthy_update_band"]
+        reasoning.append(f"judged by what {grads['optimizer']} at lr {grads['lr']:g} ({grads['lr_source']}) does: the size "
+                         f"of one update |Δw|/|w| per layer against the healthy band {low:g} to {high:g}, over "
+                         f"{grads['batches']} batches ({grads['samples']} samples of {grads['inputs']} inputs)")
     groups = [f"`{name}` (prefix `{g['prefix']}`): {'reached' if g['reached'] else '**NOT reached**'}, "
               f"{g['parameters_reached']} of {g['trainable']} trainable tensors got gradient, "
               f"mean norm {render.sci(g['grad_norm'])}" for name, g in grads.get("groups", {}).items()]
@@ -374,7 +379,7 @@ def _checklist(evidence: dict[str, Any]) -> list[str]:
     dropouts = _get(evidence, "derived", "dropout_call_count", default=0)
     items.append(f"Call model.eval() before inference ({dropouts} dropout module call(s) in the traced forward)")
     clip = next((r for r in _get(evidence, "recommend", "recommendations", default=[]) if r["setting"] == "gradient_clipping"), None)
-    if clip:
+    if clip and isinstance(clip.get("value"), dict) and clip["value"].get("max_norm") is not None:
         items.append(f"Clip by global norm: torch.nn.utils.clip_grad_norm_(model.parameters(), {clip['text'].split(' ')[0]})")
     if evidence.get("grads"):
         items.append("Log the global gradient norm every step; the sampled batches gave "

@@ -27,6 +27,38 @@ from .model_copy import copy_model
 
 DEVICES = ("meta", "cpu", "cuda")
 _STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "module")
+# Key prefixes torch's wrappers add: DistributedDataParallel / DataParallel keep the model as `.module`,
+# torch.compile's OptimizedModule as `._orig_mod`; a state dict saved from the wrapper carries them.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# What the checkpoints loaded by this process did (path, wrapper key unwrapped, prefix stripped); the scripts say
+# it under their title and in their JSON (`checkpoint`), as they do for the loss.
+checkpoints_loaded: list[dict[str, Any]] = []
+
+
+def strip_wrapper_prefixes(keys: list[str], expected: set[str]) -> str | None:
+    """The run of WRAPPER_PREFIXES (e.g. "module._orig_mod.") every key starts with, when removing it makes the keys
+    the model's own; None otherwise."""
+    prefix = ""
+    while True:
+        step = next((p for p in WRAPPER_PREFIXES if keys and all(k.startswith(prefix + p) for k in keys)), None)
+        if step is None:
+            break
+        prefix += step
+        if {k[len(prefix):] for k in keys} == expected:
+            return prefix
+    return None
+
+
+def checkpoint_summary(info: dict[str, Any]) -> str:
+    """One line: what --checkpoint loading did."""
+    parts = [f"{info['path']}: {info['tensors']} tensors " + ("loaded" if info["loaded"] else
+                                                            "checked against the model (meta holds no values)")]
+    if info["wrapper_key"]:
+        parts.append(f"unwrapped from the checkpoint's '{info['wrapper_key']}' entry")
+    if info["prefix_stripped"]:
+        parts.append(f"the key prefix '{info['prefix_stripped']}' stripped (saved from a DistributedDataParallel/"
+                     f"DataParallel or torch.compile wrapper)")
+    return "; ".join(parts)
 
 
 @dataclass
@@ -257,10 +289,11 @@ def load_checkpoint(loaded: LoadedModel, path: str) -> None:
     except Exception as error:
         raise UserError(f"--checkpoint '{path}' is not a PyTorch checkpoint: {type(error).__name__}: "
                         f"{_first_line(error)}") from None
+    wrapper_key = None
     if isinstance(state, dict):
         for key in _STATE_DICT_KEYS:
             if isinstance(state.get(key), dict) and not isinstance(state.get(key), torch.Tensor):
-                state = state[key]
+                state, wrapper_key = state[key], key
                 break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"--checkpoint '{path}' holds no state dict of tensors (looked at the top level "
@@ -269,6 +302,9 @@ def load_checkpoint(loaded: LoadedModel, path: str) -> None:
         loaded.module = copy_model(loaded.module)
         loaded.owned = True
     expected = loaded.module.state_dict()
+    prefix = strip_wrapper_prefixes(list(state), set(expected)) if set(state) != set(expected) else None
+    if prefix:
+        state = {key[len(prefix):]: value for key, value in state.items()}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     mismatched = [f"{k} {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
@@ -281,10 +317,20 @@ def load_checkpoint(loaded: LoadedModel, path: str) -> None:
             parts.append(f"unexpected {len(unexpected)} key(s): {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}")
         if mismatched:
             parts.append(f"wrong shapes for {len(mismatched)} key(s): {'; '.join(mismatched[:3])}")
+        prefixed = [p for p in WRAPPER_PREFIXES if any(k.startswith(p) for k in unexpected)]
+        if prefixed:
+            parts.append(f"{sum(k.startswith(tuple(prefixed)) for k in unexpected)} unexpected key(s) start with "
+                         f"'{prefixed[0]}' (a DistributedDataParallel/torch.compile wrapper's prefix) but removing it "
+                         f"does not give the model's keys: save model.module.state_dict() (or strip the prefix) for "
+                         f"{loaded.name}")
         raise UserError(f"--checkpoint '{path}' does not match {loaded.name}: {'; '.join(parts)}")
     if mismatched:
         raise UserError(f"--checkpoint '{path}' has wrong shapes for {len(mismatched)} key(s): "
                         f"{'; '.join(mismatched[:3])}")
+    info = {"path": path, "tensors": len(state), "wrapper_key": wrapper_key, "prefix_stripped": prefix,
+            "loaded": loaded.device != "meta"}
+    info["summary"] = checkpoint_summary(info)
+    checkpoints_loaded.append(info)
     if loaded.device == "meta":
         return  # shapes and names are checked; meta tensors hold no values to load
     loaded.module.load_state_dict(state, strict=True)
