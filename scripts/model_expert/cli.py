@@ -17,7 +17,8 @@ import torch
 
 from .cli_base import OneLineArgumentParser, configure_threads, json_safe, to_json, write_atomically  # noqa: F401
 from .errors import UserError  # noqa: F401  (re-exported for capabilities)
-from .inputs import DataInputs, InputSource, ModelInputs, SpecInputs, FactoryInputs
+from .inputs import (REAL_VALUE_MAX_BYTES, DataInputs, FactoryInputs, InputSource, ModelInputs, SpecInputs, input_bytes,
+                     remember_real_values)
 from .model_copy import copy_model, lazy_modules, materialise_lazy
 from .runner import LossFunction, default_losses_used, loss_description
 from .target import DEVICES, LoadedModel, checkpoints_loaded, default_input_source, load_function, load_model, parse_kwargs_json
@@ -109,7 +110,15 @@ class Session:
     def build_inputs(self, device: str | None = None, extra_overrides: dict[str, int] | None = None,
                      seed: int = 0) -> ModelInputs:
         overrides = {**self.dim_overrides, **(extra_overrides or {})}
-        return self.input_source.build(device or self.loaded.device, overrides, seed=seed)
+        target = device or self.loaded.device
+        inputs = self.input_source.build(target, overrides, seed=seed)
+        if torch.device(target).type == "meta" and any(
+                isinstance(t, torch.Tensor) and not t.is_floating_point()
+                for t in torch.utils._pytree.tree_flatten((inputs.args, inputs.kwargs))[0]) \
+                and input_bytes(inputs) <= REAL_VALUE_MAX_BYTES:
+            # the integer/bool inputs keep their real values (lengths, indices, masks the model may read)
+            remember_real_values(inputs, self.input_source.build("cpu", overrides, seed=seed))
+        return inputs
 
 
 def _input_source(args: argparse.Namespace, loaded: LoadedModel) -> InputSource:

@@ -395,3 +395,43 @@ class DataInputs(InputSource):
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else "(no message)"
+
+
+# --- real values behind meta inputs ---------------------------------------------------------------
+# A model may read its inputs' values (lengths for pack_padded_sequence, index tensors, masks): on meta those
+# values do not exist. When inputs are built on meta the same inputs are also built on CPU (same seed) and the
+# integer and bool tensors keep their real values here, so an op that needs them (a copy to CPU, .item(), an op
+# without a meta kernel) reads the real ones instead of stand-ins. Floating inputs are not read as values.
+REAL_VALUE_MAX_BYTES = 256 << 20   # inputs larger than this in all are not built twice (stand-ins, stated)
+_real_values: dict[int, tuple[Any, torch.Tensor]] = {}   # id(meta tensor) -> (weakref to it, its CPU value)
+
+
+def _leaves(value: Any) -> list[Any]:
+    return torch.utils._pytree.tree_flatten(value)[0]
+
+
+def input_bytes(inputs: ModelInputs) -> int:
+    """Bytes of every tensor of INPUTS."""
+    return sum(t.numel() * t.element_size() for t in _leaves((inputs.args, inputs.kwargs)) if isinstance(t, torch.Tensor))
+
+
+def remember_real_values(meta: ModelInputs, real: ModelInputs) -> int:
+    """Pair META's integer/bool tensors with REAL's (same structure); returns how many were paired."""
+    import weakref
+    paired = 0
+    for fake, value in zip(_leaves((meta.args, meta.kwargs)), _leaves((real.args, real.kwargs))):
+        if (isinstance(fake, torch.Tensor) and isinstance(value, torch.Tensor) and fake.device.type == "meta"
+                and not fake.is_floating_point() and not fake.is_complex() and fake.shape == value.shape
+                and fake.dtype == value.dtype):
+            key = id(fake)
+            _real_values[key] = (weakref.ref(fake, lambda _ref, key=key: _real_values.pop(key, None)), value.detach().cpu())
+            paired += 1
+    return paired
+
+
+def real_value(tensor: torch.Tensor) -> torch.Tensor | None:
+    """The real CPU value behind a meta input tensor, if its inputs were built with one."""
+    entry = _real_values.get(id(tensor))
+    if entry is None or entry[0]() is not tensor:
+        return None
+    return entry[1]

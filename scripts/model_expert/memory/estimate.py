@@ -357,6 +357,10 @@ def describe_assumptions(options: EstimateOptions, precision, tracker: Allocatio
                      f"forward")
     if tracker.loss_kernel_calls:
         lines.append(loss_kernels.describe(tracker.loss_kernel_calls))
+    if tracker.real_value_ops:
+        lines.append("the model reads its integer/bool inputs' values (lengths, indices, masks): they were built on CPU "
+                     "with the same seed and kept real on meta: " + ", ".join(
+                         f"{k} x{v}" for k, v in sorted(tracker.real_value_ops.items())))
     if tracker.data_dependent_reads:
         lines.append(f"{sum(tracker.data_dependent_reads.values())} data-dependent read(s) (.item(), bool(tensor), "
                      f"asserts) on meta tensors assumed True / 1 / 1.0")

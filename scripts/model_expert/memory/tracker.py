@@ -23,6 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 
 from . import loss_kernels
+from ..inputs import real_value
 
 aten = torch.ops.aten
 
@@ -54,7 +55,11 @@ def plausible_scalar(tensor: torch.Tensor) -> Any:
 
 
 def _standin(tensor: torch.Tensor) -> torch.Tensor:
-    """A CPU tensor with the meta tensor's shape: ones for floats and bools (masks select all), zeros for ints (valid indices)."""
+    """A CPU tensor with the meta tensor's shape: an input's real value where the inputs kept one (lengths,
+    indices, masks: inputs.real_value); else ones for floats and bools (masks select all), zeros for ints (valid indices)."""
+    real = real_value(tensor)
+    if real is not None:
+        return real.clone()
     if tensor.dtype.is_floating_point or tensor.dtype == torch.bool or tensor.dtype.is_complex:
         return torch.ones(tensor.shape, dtype=tensor.dtype)
     return torch.zeros(tensor.shape, dtype=tensor.dtype)
@@ -80,6 +85,7 @@ class AllocationTracker(TorchDispatchMode):
         self.data_dependent_reads: Counter[str] = Counter()
         self.cpu_standin_ops: Counter[str] = Counter()
         self.loss_kernel_calls: Counter[str] = Counter()  # reduced losses run as the device's kernels
+        self.real_value_ops: Counter[str] = Counter()   # ops that read an input's kept real values
         # (storage key, requested bytes) per allocation and (key, None) per free, in order, when a list is given:
         # what the CUDA target replays through its caching allocator (cuda_allocator.py).
         self.events: list[tuple[int, int | None]] | None = None
@@ -147,6 +153,9 @@ class AllocationTracker(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is aten._local_scalar_dense.default and args[0].device.type == "meta":
+            real = real_value(args[0])
+            if real is not None:
+                return real.item()
             self.data_dependent_reads[".item() / bool() on a tensor"] += 1
             return plausible_scalar(args[0])
         loss_kernel = loss_kernels.rule_for(func, args, kwargs)
@@ -167,9 +176,25 @@ class AllocationTracker(TorchDispatchMode):
             self.on_op(func, outputs)
         return out
 
+    def _run_on_real_values(self, func, args, kwargs):
+        """An op that reads an input's values (a copy to CPU for pack_padded_sequence, .tolist()): run on the real values."""
+        moved = tree_map(lambda t: real_value(t).clone() if isinstance(t, torch.Tensor) and t.device.type == "meta"
+                         else t, (args, kwargs))
+        with torch.utils._python_dispatch._disable_current_modes():
+            result = func(*moved[0], **moved[1])
+        wants_cpu = func in (aten._to_copy.default, aten.copy_.default) and any(
+            isinstance(v, torch.device) and v.type == "cpu" or v == "cpu" for v in list(kwargs.values()))
+        if wants_cpu:
+            return result
+        return tree_map(lambda t: torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
+                        if isinstance(t, torch.Tensor) else t, result)
+
     def _run_on_cpu_standins(self, func, args, kwargs):
         """An op with no meta kernel (data-dependent output): run it on CPU stand-ins, return meta results."""
         flat = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor) and t.device.type == "meta"]
+        if flat and all(real_value(t) is not None for t in flat):
+            self.real_value_ops[str(getattr(func, "overloadpacket", func).__name__)] += 1
+            return self._run_on_real_values(func, args, kwargs)
         if not flat or sum(t.numel() for t in flat) > MAX_STANDIN_ELEMENTS:
             raise
         name = str(func.overloadpacket.__name__) if hasattr(func, "overloadpacket") else str(func)
