@@ -123,7 +123,26 @@ def test_init_installs_into_another_repository(tmp_path):
     settings = json.loads((target / ".claude" / "settings.json").read_text())
     assert settings == {"permissions": {"allow": ["Bash(make *)", "Bash(model-expert *)"]}, "env": {"A": "1"}}
     agent = (target / ".claude" / "agents" / "model-expert.md").read_text()
-    assert "python scripts/" not in agent and "model-expert report examples/" in agent
+    assert "python scripts/" not in agent and "model-expert report TARGET --config FILE.ini:SECTION" in agent
+    # the installed agent is generic: no file of this repository's example project, no project of ours
+    for word in ("examples/", "SimilarityTransformer", "Anvil", "CLIP", "seed"):
+        assert word not in agent, word
+    named = set(re.findall(r"[\w./-]+\.(?:py|ini|toml|json|md|sh)\b", agent))
+    outputs = {n for n in named if n.startswith(("review/", "base/"))}   # what the commands write
+    placeholders = {n for n in named if n.split("/")[-1] in ("FILE.py", "FILE.ini", "file.py")}
+    assert named - outputs - placeholders == {"model-expert.toml"}, named - outputs - placeholders
+    assert (target / "model-expert.toml").exists()                   # ... and init wrote it
+    profile = (target / "model-expert.toml").read_text()
+    assert all(line.startswith("#") or not line.strip() for line in profile.splitlines())   # a commented template
+    sys.path.insert(0, str(REPO / "scripts"))
+    from model_expert import profile as project_profile
+    uncommented = "\n".join(line[2:] if line.startswith("# ") and "=" in line or line.startswith("#     ")
+                            or line.startswith("# ]") or line.startswith("# [models") else line
+                            for line in profile.splitlines())
+    (tmp_path / "filled").mkdir()
+    (tmp_path / "filled" / "model-expert.toml").write_text(uncommented)
+    path, table = project_profile.find(str(tmp_path / "filled"))     # every key of the template is a known key
+    assert table["gpus_per_node"] == 4 and table["models"]["path/to/model.py:ModelClass"]["set"] == ["num_items"]
     # a second run is a no-op; a changed agent file is not overwritten without --force
     again = subprocess.run([sys.executable, "-m", "model_expert", "init", str(target)], cwd=REPO / "scripts",
                            capture_output=True, text=True, timeout=120)
@@ -133,3 +152,25 @@ def test_init_installs_into_another_repository(tmp_path):
                              capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "--force" in refused.stderr
     assert (target / ".claude" / "agents" / "model-expert.md").read_text() == "mine"
+    (target / "model-expert.toml").write_text("gpu = \"a100-80gb\"\n")   # the user's profile is never replaced
+    forced = subprocess.run([sys.executable, "-m", "model_expert", "init", str(target), "--force"], cwd=REPO / "scripts",
+                            capture_output=True, text=True, timeout=120)
+    assert forced.returncode == 0 and (target / "model-expert.toml").read_text() == "gpu = \"a100-80gb\"\n"
+
+
+def test_profile_fills_unset_options_and_the_command_line_wins(tmp_path, monkeypatch):
+    sys.path.insert(0, str(REPO / "scripts"))
+    from model_expert import profile as project_profile, report
+    (tmp_path / "pyproject.toml").write_text('[tool.model-expert]\ngpu = "a100-80gb"\n'
+                                             '[tool.model-expert.models."m.py:M"]\nloss = "l.py:f"\nset = ["T"]\n')
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")                              # found from a subdirectory, as ruff finds its own
+    parser = report.CAPABILITY.parser()
+    args = parser.parse_args(["m.py:M", "--out", "o", "--set", "U"])
+    info = project_profile.apply(args, parser)
+    assert info["path"].endswith("pyproject.toml [tool.model-expert]")
+    assert (args.loss, args.set, args.gpu) == ("l.py:f", ["U"], "a100-80gb")   # --set given: kept
+    assert info["applied"] == {"loss": "l.py:f", "gpu": "a100-80gb"}
+    (tmp_path / "model-expert.toml").write_text('gpus = 4\n')
+    with pytest.raises(Exception, match="unknown key 'gpus'"):
+        project_profile.find()

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import torch
 
 from .cli_base import OneLineArgumentParser, configure_threads, json_safe, to_json, write_atomically  # noqa: F401
+from . import profile as project_profile
 from .errors import UserError  # noqa: F401  (re-exported for capabilities)
 from .inputs import (REAL_VALUE_MAX_BYTES, DataInputs, FactoryInputs, InputSource, ModelInputs, SpecInputs, input_bytes,
                      remember_real_values)
@@ -236,6 +237,8 @@ def main(capability: Capability, argv: list[str] | None = None, prog: str | None
         sys.stderr.write(f"{parser.prog}: torch runs {count} intra-op thread{'s' if count != 1 else ''} "
                          f"({threads['source']})\n")
     try:
+        if capability.name in project_profile.READERS:
+            args.profile_info = project_profile.apply(args, parser)
         default_losses_used.clear()
         checkpoints_loaded.clear()
         with quiet_libraries(not debug):
@@ -245,6 +248,8 @@ def main(capability: Capability, argv: list[str] | None = None, prog: str | None
             data.setdefault("loss", loss)
         if checkpoints_loaded:
             data.setdefault("checkpoint", checkpoints_loaded[0])
+        if getattr(args, "profile_info", None):
+            data.setdefault("profile", args.profile_info)
         checkpoint = data.get("checkpoint") if isinstance(data.get("checkpoint"), dict) else None
         if getattr(args, "json", False):
             text = to_json(data)

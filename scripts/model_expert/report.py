@@ -24,7 +24,7 @@ from .runner import default_losses_used, loss_description
 # recommend last (it reads the params, memory, grads and probe evidence).
 SECTIONS = ("params", "trace", "lint", "contract", "probe", "grads", "memory", "flops", "recommend")
 # Options of the report that only the report reads.
-REPORT_ONLY = {"out", "findings", "skip", "json", "markdown", "debug", "target", "samples_per_epoch"}
+REPORT_ONLY = {"out", "findings", "skip", "json", "markdown", "debug", "target", "samples_per_epoch", "profile_info"}
 # Per-section options that differ from the section's own default when it runs inside the report.
 SECTION_DEFAULTS = {"params": {"depth": 2}, "flops": {"depth": 2}}
 # probe's workload inside the review: fixed, so its figures do not depend on the machine's speed.
@@ -127,7 +127,8 @@ def collect(args: argparse.Namespace, on_progress: Callable[[str], None] = progr
     evidence: dict[str, Any] = {"schema": "model-expert/report/1", "target": args.target,
                                 "command": getattr(args, "command_line", None) or "python scripts/report.py "
                                 + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-                                "loss": args.loss, "samples_per_epoch": args.samples_per_epoch, "not_measured": {}}
+                                "loss": args.loss, "samples_per_epoch": args.samples_per_epoch, "not_measured": {},
+                                "profile": getattr(args, "profile_info", None)}
     for position, (key, name, overrides) in enumerate(plan, start=1):
         module = registry.load(name)
         if module is None:
