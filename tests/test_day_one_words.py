@@ -190,7 +190,7 @@ def test_seed_clip_that_clips_every_step_is_called_out(gpt2_recommendation):
     clip = next(r for r in gpt2_recommendation["recommendations"] if r["setting"] == "gradient_clipping")
     measured = clip["measured"]
     assert measured["median_global_grad_norm"] > 1.0  # the tiny GPT-2's gradients are larger than the seed's 1.0
-    assert clip["value"]["seed_and_measurement_disagree"] is True and clip["value"]["used"] == "seed"
+    assert clip["value"]["rule_and_measurement_disagree"] is True and clip["value"]["used"] == "rule"
     assert measured["fraction_of_steps_clipped"] == 1.0
     assert "clips 3 of 3 sampled steps" in clip["justification"]
     assert f"max_norm={clip['value']['measured_suggestion']}" in clip["justification"]

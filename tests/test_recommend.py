@@ -98,7 +98,7 @@ def test_transformer_with_measured_memory_and_grads():
     assert (cluster["gpus"], cluster["global_batch"]) == (4, 256)
     clip = rec.find(result, "gradient_clipping")
     assert clip["value"]["max_norm"] == 1.0 and clip["value"]["measured_suggestion"] == 3.5
-    assert clip["value"]["used"] == "seed"
+    assert clip["value"]["used"] == "rule"
     assert clip["measured"]["median_global_grad_norm"] == 2.5  # median of 0.5, 2, 3, 4
     assert clip["measured"]["fraction_of_steps_clipped"] == 0.75  # 2, 3, 4 exceed 1.0
     assert result["not_measured"] == []
@@ -137,7 +137,7 @@ def test_outside_the_seed_ranges_gives_no_number():
                          "architecture": TRANSFORMER})
     learning_rate = rec.find(result, "learning_rate")
     assert learning_rate["value"] is None and learning_rate["rule"] == "lr.outside"
-    assert learning_rate["text"] == "outside the seed's rules"
+    assert learning_rate["text"] == "outside the written rules"
     assert "150,000,000" in learning_rate["justification"]
 
 
@@ -155,11 +155,11 @@ def test_nothing_measured_is_said_and_defaults_are_the_seeds():
 
 def test_unknown_kind_and_ranking_composition():
     mlp = _recommend({"model": "MLP", "params": {"total": 1000}, "memory": MEMORY_3060})
-    assert _value(mlp, "optimizer") is None and rec.find(mlp, "optimizer")["text"] == "outside the seed's rules"
+    assert _value(mlp, "optimizer") is None and rec.find(mlp, "optimizer")["text"] == "outside the written rules"
     # no seed range for this kind: the memory limit (24) is reported as a ceiling, no batch is recommended
     batch = rec.find(mlp, "batch_size", "single_gpu")
     assert batch["value"] is None and batch["measured"]["max_batch_that_fits"] == 24
-    assert batch["text"].startswith("outside the seed's rules") and "24 is the memory ceiling" in batch["text"]
+    assert batch["text"].startswith("outside the written rules") and "24 is the memory ceiling" in batch["text"]
     ranking_only = _recommend({"model": "MLP", "params": {"total": 1000},
                                "architecture": {"architecture": None, "loss_kind": "ranking", "evidence": []}})
     assert rec.find(ranking_only, "optimizer")["rule"] == "optimizer.ranking"

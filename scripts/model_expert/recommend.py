@@ -1,11 +1,11 @@
-"""Training configuration from measured numbers and the seed's written rules (`recommend.py`).
+"""Training configuration from measured numbers and the written rules (`recommend.py`).
 
 Every recommendation names the rule it came from (RULES: one table, each row quoting its source,
 most of them the user's agent text, seeds/000 section 4 "Training Configuration Recommendation")
 and the measured numbers it used. How rules compose: for each setting the rows are tried in table
 order and the first whose condition holds decides (the table lists the most specific rows first);
 the other rows that also held are listed beside it, so a conflict is visible, never hidden. Where
-no seed rule covers the model the value is None and the text says "outside the seed's rules";
+no seed rule covers the model the value is None and the text says "outside the written rules";
 where a number was not measured the text says "not measured" and names the default used instead.
 """
 
@@ -27,8 +27,8 @@ from .gpus import DEFAULT_CLUSTER_GPU, DEFAULT_CLUSTER_GPUS_PER_NODE, DEFAULT_CO
 from .guard import preserved
 from .params import count_parameters
 
-SEED = "seed §4 Training Configuration Recommendation"
-OUTSIDE = "outside the seed's rules"
+RULE_SOURCE = "written rule"
+OUTSIDE = "outside the written rules"
 NOT_MEASURED = "not measured"
 KINDS = ("transformer", "autoencoder", "ranking", "other")
 ARCHITECTURES = ("transformer", "autoencoder")
@@ -166,7 +166,7 @@ class Rule:
 
     @property
     def source(self) -> str:
-        parts = [f'{SEED}: "{self.quote}"'] if self.quote else []
+        parts = [f'{RULE_SOURCE}: "{self.quote}"'] if self.quote else []
         return "; ".join(parts + ([self.note] if self.note else []))
 
 
@@ -258,13 +258,13 @@ def _batch_in_range(ctx: Context) -> Decision:
     fits = ctx.decided["memory_fit"].value
     measured = {"max_batch_that_fits": fits, "preferred_min": low, "preferred_max": high}
     if fits is None:
-        return Decision(low, f"{low} ({NOT_MEASURED}: the lower end of the seed's {low}–{high})", measured,
+        return Decision(low, f"{low} ({NOT_MEASURED}: the lower end of the batch rule's {low}–{high})", measured,
                         f"memory was not measured for {ctx.role.gpu.name}, so whether {low} fits is unknown")
     if fits < 1:
         return Decision(None, f"does not fit: batch 1 exceeds {ctx.role.gpu.name}'s memory", measured,
                         "reduce memory (mixed precision, activation checkpointing, a smaller model) or use a larger card")
     value = min(fits, high)
-    why = (f"the largest batch that fits is {fits}; the seed prefers {low}–{high} for {ctx.architecture}s")
+    why = (f"the largest batch that fits is {fits}; the batch rule prefers {low}–{high} for {ctx.architecture}s")
     if fits < low:
         why += f", so {fits} is used and gradient accumulation makes up the rest"
     return Decision(value, str(value), measured, why)
@@ -275,12 +275,12 @@ def _batch_largest_fit(ctx: Context) -> Decision:
     measured = {"max_batch_that_fits": fits}
     if fits is None:
         return Decision(None, f"{NOT_MEASURED}; {OUTSIDE} (no preferred range for this kind)", measured,
-                        "neither a memory measurement nor a seed range to choose from")
+                        "neither a memory measurement nor a written range to choose from")
     if fits < 1:
         return Decision(None, f"does not fit: batch 1 exceeds {ctx.role.gpu.name}'s memory", measured,
                         "reduce memory or use a larger card")
     return Decision(None, f"{OUTSIDE}: no batch range for this kind; {fits} is the memory ceiling, not a recommendation",
-                    measured, "the seed gives batch ranges for autoencoders and transformers only; the largest batch "
+                    measured, "the batch rules give ranges for autoencoders and transformers only; the largest batch "
                     "that fits is an upper bound (pass --kind to apply a range)")
 
 
@@ -322,16 +322,16 @@ def _clip(ctx: Context, seed_value: float | tuple[float, float], chosen: float, 
     suggestion = measured["suggested_clip_norm"]
     clipped = measured.get("fraction_of_steps_clipped")
     disagreement = ""
-    if used == "seed" and clipped is not None and clipped > CLIP_DISAGREEMENT_FRACTION:
-        disagreement = (f"; the seed's rule and the measurement disagree: max_norm={_norm(chosen)} clips "
+    if used == "rule" and clipped is not None and clipped > CLIP_DISAGREEMENT_FRACTION:
+        disagreement = (f"; the clipping rule and the measurement disagree: max_norm={_norm(chosen)} clips "
                         f"{sum(n > chosen for n in norms)} of {len(norms)} sampled steps (median global norm "
                         f"{_norm(measured['median_global_grad_norm'])}), so clipping rescales nearly every update and acts "
-                        f"as a lower learning rate; the seed's value is kept because it is the written rule, and "
+                        f"as a lower learning rate; the rule's value is kept because it is the written rule, and "
                         f"max_norm={_norm(suggestion)} (the measured suggestion) would clip only spikes")
-    return Decision({"max_norm": chosen, "seed": list(seed_value) if isinstance(seed_value, tuple) else seed_value,
+    return Decision({"max_norm": chosen, "rule": list(seed_value) if isinstance(seed_value, tuple) else seed_value,
                      "measured_suggestion": suggestion, "used": used, "norm_type": 2.0,
-                     "seed_and_measurement_disagree": bool(disagreement)},
-                    f"max_norm={_norm(chosen)} by global norm (seed {seed_text}; measured suggestion "
+                     "rule_and_measurement_disagree": bool(disagreement)},
+                    f"max_norm={_norm(chosen)} by global norm (rule {seed_text}; measured suggestion "
                     f"{NOT_MEASURED if suggestion is None else _norm(suggestion)}; using the {used} value)",
                     measured, why + disagreement + "; clip the global norm (torch.nn.utils.clip_grad_norm_), not per "
                     "parameter, to keep the gradient's direction")
@@ -341,16 +341,16 @@ def _clip_autoencoder(ctx: Context) -> Decision:
     suggestion = _clip_measured(ctx)["suggested_clip_norm"]
     if isinstance(suggestion, (int, float)):
         chosen = min(max(float(suggestion), 0.5), 1.0)
-        return _clip(ctx, (0.5, 1.0), chosen, "measured (clamped into the seed's range)",
-                     "L1 regularization makes sharp gradients; the measured suggestion is clamped into the seed's 0.5–1.0")
-    return _clip(ctx, (0.5, 1.0), 1.0, "seed",
-                 f"gradients {NOT_MEASURED}: the upper end of the seed's 0.5–1.0 is used")
+        return _clip(ctx, (0.5, 1.0), chosen, "measured (clamped into the rule's range)",
+                     "L1 regularization makes sharp gradients; the measured suggestion is clamped into the L1 clipping rule's 0.5–1.0")
+    return _clip(ctx, (0.5, 1.0), 1.0, "rule",
+                 f"gradients {NOT_MEASURED}: the upper end of the L1 clipping rule's 0.5–1.0 is used")
 
 
 def _clip_measured_only(ctx: Context) -> Decision:
     suggestion = float(_clip_measured(ctx)["suggested_clip_norm"])
-    decision = _clip(ctx, 0.0, suggestion, "measured", "the seed has no clipping rule for this kind; grads.py's suggestion")
-    decision.value["seed"] = None
+    decision = _clip(ctx, 0.0, suggestion, "measured", "no written clipping rule covers this kind; grads.py's suggestion")
+    decision.value["rule"] = None
     decision.text = f"max_norm={_norm(suggestion)} by global norm (measured; {OUTSIDE})"
     return decision
 
@@ -395,14 +395,14 @@ RULES: tuple[Rule, ...] = (
          "weight_decay=0.01 is the default of torch.optim.AdamW", lambda ctx: ctx.loss_kind == "ranking",
          lambda ctx: Decision({"name": "AdamW", "weight_decay": 0.01}, "AdamW, weight_decay=0.01 (torch default)", {},
                               "ranking loss: AdamW handles sparse gradient signals better")),
-    Rule("optimizer.outside", "optimizer", None, "the seed names optimizers for transformers, autoencoders and "
+    Rule("optimizer.outside", "optimizer", None, "the optimizer rules cover transformers, autoencoders and "
          "ranking losses only", _always,
-         lambda ctx: Decision(None, OUTSIDE, {}, "no architecture kind the seed covers was detected; pass --kind")),
+         lambda ctx: Decision(None, OUTSIDE, {}, "no architecture kind the written rules cover was detected; pass --kind")),
     Rule("adam.betas_eps", "adam_hyperparameters", "Always specify momentum/betas and epsilon values",
-         "the Output Format of the seed gives betas (0.9, 0.999), eps 1e-8 (torch.optim.Adam/AdamW defaults)",
+         "the written rules give betas (0.9, 0.999), eps 1e-8 (torch.optim.Adam/AdamW defaults)",
          lambda ctx: (ctx.decided["optimizer"].value or {}).get("name") in ("Adam", "AdamW"),
          lambda ctx: Decision({"betas": [0.9, 0.999], "eps": 1e-8}, "betas=(0.9, 0.999), eps=1e-8", {},
-                              "the defaults, stated explicitly as the seed asks")),
+                              "the defaults, stated explicitly as the rules ask")),
     Rule("adam.not_applicable", "adam_hyperparameters", None, "betas and eps belong to Adam-family optimizers", _always,
          lambda ctx: Decision(None, OUTSIDE, {}, "no Adam-family optimizer was recommended")),
     # learning rate ------------------------------------------------------------------------------
@@ -416,11 +416,11 @@ RULES: tuple[Rule, ...] = (
     Rule("lr.autoencoder_under_50m", "learning_rate", "Autoencoders with <50M params: 1e-3 to 5e-3", None,
          lambda ctx: ctx.architecture == "autoencoder" and _below(50e6)(ctx),
          lambda ctx: _lr(1e-3, 5e-3, ctx, "an autoencoder under 50M parameters", 50_000_000)),
-    Rule("lr.outside", "learning_rate", None, "the seed's LR ranges end at 100M parameters (transformers) and 50M "
+    Rule("lr.outside", "learning_rate", None, "the LR rules' ranges end at 100M parameters (transformers) and 50M "
          "(autoencoders)", _always,
          lambda ctx: Decision(None, OUTSIDE, _params_measured(ctx),
                               f"{ctx.architecture or 'unknown kind'} with {render.count(ctx.total_parameters)} "
-                              f"parameters is outside the seed's ranges; find the LR with a range test")),
+                              f"parameters is outside the LR rules' ranges; find the LR with a range test")),
     # scheduler ----------------------------------------------------------------------------------
     Rule("scheduler.transformer_warmup_cosine", "scheduler", "LinearWarmupCosineAnnealingLR for transformers", None,
          lambda ctx: ctx.architecture == "transformer" and ctx.steps is not None,
@@ -433,7 +433,7 @@ RULES: tuple[Rule, ...] = (
          lambda ctx: Decision({"name": "CosineAnnealingLR", "T_max": ctx.steps}, f"CosineAnnealingLR(T_max={ctx.steps})",
                               {"total_steps": ctx.steps}, "a fixed number of steps was given (--steps)")),
     Rule("scheduler.plateau", "scheduler", "ReduceLROnPlateau for early stopping integration",
-         "the Output Format of the seed gives ReduceLROnPlateau(factor=0.5, patience=3, min_lr=1e-6)", _always,
+         "the written rules give ReduceLROnPlateau(factor=0.5, patience=3, min_lr=1e-6)", _always,
          lambda ctx: Decision(dict(PLATEAU), "ReduceLROnPlateau(factor=0.5, patience=3, min_lr=1e-6)", {},
                               "no --steps given, so training length is open: reduce on a validation plateau")),
     # warmup -------------------------------------------------------------------------------------
@@ -446,7 +446,7 @@ RULES: tuple[Rule, ...] = (
          lambda ctx: Decision({"fraction_min": WARMUP_FRACTION[0], "fraction_max": WARMUP_FRACTION[1]},
                               "5–10 % of the total training steps (--steps not given: pass --steps N for a count)",
                               {"total_steps": None}, "total training steps were not given")),
-    Rule("warmup.none", "warmup", None, "the seed asks for warmup for transformers only", _always,
+    Rule("warmup.none", "warmup", None, "the transformer warmup rule covers transformers only", _always,
          lambda ctx: Decision(None, f"none ({OUTSIDE} for this kind)", {}, "no warmup rule for this kind")),
     # memory fit and batch, per hardware role ---------------------------------------------------
     Rule("fit.memory", "memory_fit", "Estimate memory per sample in FP32 and multiply by desired batch size",
@@ -457,7 +457,7 @@ RULES: tuple[Rule, ...] = (
     Rule("batch.transformer", "batch_size",
          "For transformers: smaller batch sizes (16-32) often work better despite computational inefficiency",
          None, _is("transformer"), _batch_in_range),
-    Rule("batch.largest_fit", "batch_size", None, "the seed gives batch ranges for autoencoders and transformers only; "
+    Rule("batch.largest_fit", "batch_size", None, "the batch rules give ranges for autoencoders and transformers only; "
          "the memory limit is reported as a ceiling, no batch is recommended", _always, _batch_largest_fit),
     Rule("accum.not_applicable", "grad_accum", None, "no per-GPU batch was recommended", 
          lambda ctx: ctx.decided["batch_size"].value is None,
@@ -470,8 +470,8 @@ RULES: tuple[Rule, ...] = (
          lambda ctx: ctx.architecture in BATCH_RANGES and ctx.decided["batch_size"].value is not None
          and ctx.decided["batch_size"].value * ctx.role.gpus < BATCH_RANGES[ctx.architecture][0],
          lambda ctx: _accumulation(ctx, BATCH_RANGES[ctx.architecture][0],
-                                   "the per-GPU batch is below the seed's range, so steps are accumulated up to its lower end")),
-    Rule("accum.none", "grad_accum", None, "no --global-batch asked for and the batch is within the seed's range", _always,
+                                   "the per-GPU batch is below the batch rule's range, so steps are accumulated up to its lower end")),
+    Rule("accum.none", "grad_accum", None, "no --global-batch asked for and the batch is within the batch rule's range", _always,
          lambda ctx: Decision(1, f"1 (global batch {ctx.decided['batch_size'].value * ctx.role.gpus} = "
                                  f"{_gpus_text(ctx.role.gpus)} x {ctx.decided['batch_size'].value})",
                               {"per_gpu_batch": ctx.decided["batch_size"].value, "gpus": ctx.role.gpus,
@@ -482,16 +482,16 @@ RULES: tuple[Rule, ...] = (
          "For transformers: clip by global norm to 1.0 (prevents attention instability)",
          "grads.py's suggested_clip_norm is reported beside it", 
          _is("transformer"),
-         lambda ctx: _clip(ctx, 1.0, 1.0, "seed", "attention can produce large gradients")),
+         lambda ctx: _clip(ctx, 1.0, 1.0, "rule", "attention can produce large gradients")),
     Rule("clip.autoencoder_l1", "gradient_clipping",
          "For autoencoders with L1 regularization: clip to 0.5-1.0 (L1 can create sharp gradients)",
          "grads.py's suggested_clip_norm, clamped into 0.5-1.0, when measured",
          lambda ctx: ctx.architecture == "autoencoder" and ctx.l1_regularization, _clip_autoencoder),
     Rule("clip.withheld", "gradient_clipping", None, "grads.py measured exploding gradients: clipping would hide their "
          "measured cause, so none is suggested", _withheld, _clip_withheld),
-    Rule("clip.measured", "gradient_clipping", None, "grads.py's suggested_clip_norm (the seed has no rule for this kind)",
+    Rule("clip.measured", "gradient_clipping", None, "grads.py's suggested_clip_norm (no written rule covers this kind)",
          _has_suggestion, _clip_measured_only),
-    Rule("clip.outside", "gradient_clipping", None, "the seed clips transformers, and autoencoders with L1 regularization",
+    Rule("clip.outside", "gradient_clipping", None, "the clipping rules cover transformers, and autoencoders with L1 regularization",
          _always, lambda ctx: Decision(None, f"{NOT_MEASURED}; {OUTSIDE}", _clip_measured(ctx),
                                        "run grads.py (or pass --grads-json) for a measured clip norm")),
 )
@@ -590,7 +590,7 @@ def recommend(evidence: dict[str, Any], options: Options | None = None) -> dict[
 # ---- measured training dynamics (probe.py) ----------------------------------------------------------
 
 def lr_below_measured_divergence(entry: dict[str, Any], probe: dict[str, Any] | None) -> dict[str, Any]:
-    """The learning-rate entry, moved below probe's measured divergence LR when the seed's range reaches it."""
+    """The learning-rate entry, moved below probe's measured divergence LR when the written range reaches it."""
     sweep = (probe or {}).get("lr_range") or {}
     divergence, value = sweep.get("divergence_lr"), entry["value"]
     if not isinstance(divergence, (int, float)) or not isinstance(value, dict) or value["max"] < divergence:
@@ -602,7 +602,7 @@ def lr_below_measured_divergence(entry: dict[str, Any], probe: dict[str, Any] | 
             "text": f"{short_sci(value['min'])} to {short_sci(value['max'])} {where} the measured divergence LR "
                     f"{short_sci(divergence)}: start at {short_sci(start)} (probe.py)",
             "rule": "lr.below_measured_divergence",
-            "rule_text": "probe.py measured where training diverges on this model's batches; the seed's range is "
+            "rule_text": "probe.py measured where training diverges on this model's batches; the written range is "
                          "capped below it",
             "measured": {**entry["measured"], "divergence_lr": divergence, "probe_suggested_lr": suggested},
             "justification": f"{entry['justification']}. probe.py ({sweep.get('method', 'LR range test')}) measured "
@@ -900,5 +900,5 @@ def render_markdown(data: dict[str, Any], args: argparse.Namespace) -> str:
 CAPABILITY = cli.Capability(
     name="recommend", version=1,
     description="Training configuration (optimizer, LR, scheduler, warmup, batch, accumulation, clipping) from "
-                "measured parameters, memory and gradients and the seed's written rules; optional SLURM script.",
+                "measured parameters, memory and gradients and the written rules; optional SLURM script.",
     add_arguments=add_arguments, analyse=analyse, render_table=render_table, render_markdown=render_markdown)

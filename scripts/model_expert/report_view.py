@@ -39,8 +39,8 @@ CONTRACT_CHECKS = {
 # Last modules that squash the output into a bounded range (bad before a ranking/cross-entropy loss).
 BOUNDED_OUTPUT_MODULES = {"Sigmoid", "Softmax", "Tanh", "LogSoftmax", "Hardtanh", "Softsign"}
 # Weight initialisation advice by architecture kind (the seed's Implementation Checklist example).
-INIT_ADVICE = {"transformer": "Xavier-uniform for attention and projection weights (the seed's transformer rule)",
-               "autoencoder": "He (Kaiming) initialisation for the ReLU encoder/decoder layers (the seed's ReLU rule)"}
+INIT_ADVICE = {"transformer": "Xavier-uniform for attention and projection weights (the transformer initialisation rule)",
+               "autoencoder": "He (Kaiming) initialisation for the ReLU encoder/decoder layers (the ReLU initialisation rule)"}
 
 
 def _get(data: Any, *path: Any, default: Any = None) -> Any:
@@ -372,7 +372,7 @@ def _checklist(evidence: dict[str, Any]) -> list[str]:
     own_init = _get(evidence, "params", "own_initialisers", default=[])
     if kind in INIT_ADVICE and own_init:  # the seed's rule and the model disagree: both shown, the model's used
         items.append(f"Initialise weights: the model defines its own ({', '.join('`' + m + '`' for m in own_init[:3])}); "
-                     f"it is kept rather than the seed's rule ({INIT_ADVICE[kind]}), because it was written for this "
+                     f"it is kept rather than the initialisation rule ({INIT_ADVICE[kind]}), because it was written for this "
                      f"architecture (and a pretrained checkpoint replaces both)")
     elif kind in INIT_ADVICE:
         items.append(f"Initialise weights: {INIT_ADVICE[kind]}")
