@@ -163,3 +163,18 @@ def test_readme_shows_the_current_review():
     assert expected in readme, "README's review is stale: paste tests/expected/analysis_similarity_transformer.md into it"
     quickstart = readme.split("# (1)")[1].splitlines()[1]
     assert expected.split("Reproduce with:_ `")[1].split("`")[0] in quickstart
+
+
+def test_bounded_head_is_an_issue_only_before_a_loss_that_wants_logits(tmp_path):
+    """A sigmoid before MSE/BCE is a fine head (a U-Net autoencoder); before a ranking or cross-entropy loss it is a P2."""
+    from model_expert import report_view
+    bounded = {"severity": "CAUTION", "check": "range", "input": "out", "text": "`out` is bounded to [0, 1] by its head"}
+    mse = tmp_path / "mse_loss.py"
+    mse.write_text("import torch.nn.functional as F\ndef loss(output, batch):\n    return F.mse_loss(output, batch[1])\n")
+    ce = tmp_path / "ce_loss.py"
+    ce.write_text("import torch.nn.functional as F\ndef loss(output, batch):\n    return F.cross_entropy(output, batch[1])\n")
+    evidence = {"contract": {"findings": [bounded]}}
+    assert report_view._issues({**evidence, "loss": f"{mse}:loss"})["p2"] == []
+    assert [i["title"] for i in report_view._issues({**evidence, "loss": f"{ce}:loss"})["p2"]] == ["output range (`out`)"]
+    ranking = {**evidence, "recommend": {"architecture": {"loss_kind": "ranking"}}}
+    assert len(report_view._issues(ranking)["p2"]) == 1

@@ -268,9 +268,12 @@ def _loss(evidence: dict[str, Any]) -> dict[str, str]:
     last_types = [c["type"] for c in _get(evidence, "trace", "calls", default=[]) if c["depth"] == 1][-1:]
     bounded = last_types and last_types[0] in BOUNDED_OUTPUT_MODULES
     ranking = _get(evidence, "recommend", "architecture", "loss_kind") == "ranking"
+    needs_logits = loss_needs_logits(evidence)
     if bounded:
         output_range = (f"bounded: the last module is {last_types[0]}"
-                        + ("; a ranking loss wants unbounded logits for smooth gradients" if ranking else ""))
+                        + ("; a ranking loss wants unbounded logits for smooth gradients" if ranking else
+                           "; a cross-entropy/with-logits loss wants unbounded logits" if needs_logits else
+                           "; fine for a loss that takes it as is (MSE, BCE)"))
     else:
         output_range = "unbounded (no sigmoid/softmax/tanh as the last module)" + (", as a ranking loss wants" if ranking else "")
     return {
@@ -278,6 +281,28 @@ def _loss(evidence: dict[str, Any]) -> dict[str, str]:
         "receives": ", ".join(f"`{o['name']}` {o['dtype']}{render.shape(o['shape'])}" for o in floating) or NOT_MEASURED,
         "range": output_range,
     }
+
+
+# Words in a loss function's file that mean it takes logits: a bounded head (sigmoid, softmax) before it is a defect.
+LOGIT_LOSS_WORDS = ("cross_entropy", "CrossEntropyLoss", "with_logits", "WithLogits", "nll_loss", "NLLLoss",
+                    "log_softmax", "margin_ranking", "MarginRankingLoss")
+
+
+def loss_needs_logits(evidence: dict[str, Any]) -> bool:
+    """True when the loss wants unbounded logits: a ranking loss (recommend's loss kind), or a --loss whose file
+    uses cross-entropy / a with-logits loss / log_softmax. A sigmoid before MSE or BCE is a fine head."""
+    if _get(evidence, "recommend", "architecture", "loss_kind") == "ranking":
+        return True
+    loss = evidence.get("loss") or ""
+    path = loss.partition(":")[0].strip()
+    if not path.endswith(".py"):
+        return False
+    try:
+        with open(path, encoding="utf-8") as stream:
+            source = stream.read()
+    except OSError:
+        return False
+    return any(word in source for word in LOGIT_LOSS_WORDS)
 
 
 def _issues(evidence: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
@@ -298,8 +323,11 @@ def _issues(evidence: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
             issues[priority].append({"title": f"{finding['rule']} at {finding['file']}:{finding['line']}",
                                      "current_state": f"`{finding['code']}`: {finding['message']}",
                                      "impact": "the autograd graph", "fix": finding.get("fix", ""), "source": "lint.py"})
+    needs_logits = loss_needs_logits(evidence)
     for finding in _get(evidence, "contract", "findings") or []:
         priority = SEVERITY_PRIORITY.get(finding["severity"])
+        if finding["check"] == "range" and finding["severity"] == "CAUTION" and not needs_logits:
+            continue  # a bounded head before a loss that takes it as is (MSE, BCE): the Loss Function section says so
         if priority:
             where = finding.get("input") or finding.get("dim")
             title, impact = CONTRACT_CHECKS.get(finding["check"], (finding["check"], "the input/output contract"))
