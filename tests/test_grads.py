@@ -249,6 +249,15 @@ def test_group_not_reached(capsys):
     data = run_json([f"{DEFECTS}/detached_branch.py:Model", "--group", "side=branch", "--group", "main=trunk"], capsys)
     assert data["groups"]["side"]["reached"] is False and data["groups"]["side"]["grad_norm"] is None
     assert data["groups"]["main"]["reached"] is True
+    assert ("group_not_reached", "branch") in kinds(data, "RISK") and ("group_not_reached", "trunk") not in kinds(data)
+
+
+def test_group_frozen_by_mistake_is_named(capsys):
+    # the user says the encoder trains (--group), but it has requires_grad=False: 2 of 2 tensors frozen
+    data = run_json([f"{DEFECTS}/frozen_layer.py:Model", "--group", "encoder=encoder"], capsys)
+    finding = next(f for f in data["findings"] if f["kind"] == "group_not_reached")
+    assert finding["severity"] == "RISK" and "2 of its 2 parameter tensors are frozen" in finding["message"]
+    assert "requires_grad=True" in finding["fix"]
 
 
 # --- precision ----------------------------------------------------------------------------------

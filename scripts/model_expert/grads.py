@@ -771,6 +771,19 @@ def _summarise(model, named, parameter_norms, records, probe, causes, groups, pr
                                   "parameters_reached": len(reached),
                                   "reached": bool(trainable) and len(reached) == len(trainable),
                                   "grad_norm": statistics.fmean(per_batch) if per_batch else None}
+        if not group_rows[group_name]["reached"]:
+            frozen = len(members) - len(trainable)
+            missed = len(trainable) - len(reached)
+            findings.append(_finding(
+                "RISK", "group_not_reached", prefix,
+                f"parameter group '{group_name}' (prefix '{prefix}') does not train: "
+                + (f"{frozen} of its {len(members)} parameter tensors are frozen (requires_grad=False)"
+                   + (" — all of them" if not trainable else "") if frozen else "")
+                + ("; " if frozen and missed else "")
+                + (f"{missed} of its {len(trainable)} trainable tensors got no gradient" if missed else ""),
+                len(members) - len(reached)))
+            findings[-1]["fix"] = (f"if '{group_name}' should train, set requires_grad=True on it (and give it to the "
+                                   f"optimizer)" if frozen else "find where its path is cut (the no-gradient findings)")
 
     exploding = [f for f in findings if f["kind"] == "exploding_gradient" and f["severity"] != "INFO"]
     suggestion = None if exploding else suggested_clip_norm(global_norms)
