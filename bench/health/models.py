@@ -42,7 +42,7 @@ def unet_inputs(batch_size: int = 8):
     return (torch.rand(batch_size, 1, 32, 32),)
 
 
-def unet_mse(output, batch=None):
+def unet_mse(output):
     """MSE reconstruction of a smooth target image in [0, 1]."""
     target = torch.linspace(0, 1, output.shape[-1], device=output.device).expand_as(output)
     return F.mse_loss(output, target)
@@ -92,7 +92,7 @@ def resnet_inputs(batch_size: int = 4):
     return (torch.randn(batch_size, 3, 64, 64),)
 
 
-def classification_ce(output, batch=None):
+def classification_ce(output):
     """Cross-entropy against fixed labels (class i % C)."""
     labels = torch.arange(output.shape[0], device=output.device) % output.shape[-1]
     return F.cross_entropy(output, labels)
@@ -198,5 +198,5 @@ class Regressor(nn.Module):
         return self.net(x)
 
 
-def regression_mse(output, batch=None):
+def regression_mse(output):
     return (output.squeeze(-1) - 1.0).pow(2).mean()
