@@ -167,7 +167,7 @@ class MaskLeak(nn.Module):
 
 def mask_inputs(batch_size: int = 8, tokens: int = 12):
     x = torch.randn(batch_size, tokens, 32)
-    padding_mask = torch.arange(tokens).unsqueeze(0) >= torch.randint(3, tokens + 1, (batch_size, 1))
+    padding_mask = torch.arange(tokens).unsqueeze(0) >= torch.randint(max(1, tokens // 3), tokens + 1, (batch_size, 1))
     return (x, padding_mask)
 
 
