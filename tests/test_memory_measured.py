@@ -374,3 +374,27 @@ def test_packed_gru_reads_its_real_lengths_on_meta():
     data = json.loads(result.stdout)
     assert any("kept real on meta: _to_copy x1" in line for line in data["assumptions"])
     assert abs(data["error_percent"]) < 0.5          # measured -0.0 % (7,734,600 vs 7,734,940 B)
+
+
+class _FloatLengths(torch.nn.Module):
+    """Reads its lengths from a float input (lengths.long().cpu()): meta can only give it stand-ins (zeros)."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = torch.nn.GRU(4, 8, batch_first=True)
+
+    def forward(self, x, lengths):
+        packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths.long().cpu(), batch_first=True, enforce_sorted=False)
+        return self.rnn(packed)[1]
+
+
+def test_a_value_meta_cannot_know_names_the_input_and_data():
+    from model_expert.errors import UserError
+    model = _FloatLengths()
+
+    def inputs(device):
+        return ModelInputs(args=(torch.randn(2, 5, 4, device=device), torch.tensor([5.0, 3.0], device=device)))
+    with pytest.raises(UserError) as caught:
+        estimate_memory(model, inputs, None, EstimateOptions(target_device="cpu"))
+    assert "the inputs without real values: `x`, `lengths`" in str(caught.value)
+    assert "--data FILE.py:FN" in str(caught.value)

@@ -12,8 +12,9 @@ from torch import nn
 
 from ..errors import UserError
 from ..guard import preserved
-from ..inputs import ModelInputs
+from ..inputs import ModelInputs, real_value
 from ..model_copy import copy_model
+from ..runner import ModelCallError
 from . import cpu_conv, cpu_lstm, cuda_allocator, cuda_lstm, device_rules, loss_kernels
 from .optimizer_state import OPTIMIZER_RULES, build_optimizer, parameter_bytes, state_tensors, unique_trainable
 from .step import PRECISIONS, MetaGradScaler, cast_inputs, inference_step, training_step
@@ -151,6 +152,14 @@ def _without_unused_workspace(tracker: AllocationTracker, workspaces: _Workspace
     return tracker.peak_bytes - unused, detail
 
 
+def unreal_inputs_text(inputs: ModelInputs, forward: Callable | None = None) -> str:
+    """The inputs whose values meta could not keep real (floating ones, or inputs too large to build twice)."""
+    rows = inputs.describe(forward)
+    leaves = [t for t in torch.utils._pytree.tree_flatten((inputs.args, inputs.kwargs))[0] if isinstance(t, torch.Tensor)]
+    names = [row["name"] for row, tensor in zip(rows, leaves) if real_value(tensor) is None]
+    return ", ".join(f"`{n}`" for n in names) if names else "none (an intermediate tensor)"
+
+
 def estimate_memory(model: nn.Module, build_inputs: Callable[[str], ModelInputs], loss_fn: Callable | None,
                     options: EstimateOptions, model_name: str = "the model") -> MemoryEstimate:
     """Peak bytes of one steady training step (2nd step: optimizer state exists) and of one inference forward."""
@@ -225,6 +234,13 @@ def estimate_memory(model: nn.Module, build_inputs: Callable[[str], ModelInputs]
         training_tracker = tracker
         backends = dict(function_mode.sdpa_backends_used)
         activations_end = end_of_forward["activations"]
+    except ModelCallError as error:
+        if tracker.cpu_standin_ops or tracker.data_dependent_reads:
+            raise ModelCallError(f"{error}; on meta the model read values it was not given (stand-ins for "
+                                 + ", ".join(sorted({*tracker.cpu_standin_ops, *tracker.data_dependent_reads}))
+                                 + f"; the inputs without real values: {unreal_inputs_text(inputs, model.forward)}): give real batches with --data FILE.py:FN, "
+                                 f"or run with --device cpu") from None
+        raise
     finally:
         for handle in hooks:
             handle.remove()
