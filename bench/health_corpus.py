@@ -43,12 +43,13 @@ def review(entry: dict, out: str) -> tuple[dict | None, str, float]:
 
 
 def judge(entry: dict, evidence: dict) -> tuple[list[tuple[int, dict]], bool]:
-    """(the P1/P2 issues, verdict): healthy -> no P1/P2; sick -> a P1/P2 whose title or measured state names a cause word."""
+    """(the P1/P2 issues, verdict): healthy -> no P1 (each P2 is printed next to its measured state, for a reader to
+    judge whether a measurement contradicts it); sick -> a P1/P2 whose title or measured state names a cause word."""
     from model_expert.report_view import _issues
     issues = _issues(evidence)
     found = [(1, i) for i in issues["p1"]] + [(2, i) for i in issues["p2"]]
     if entry["group"] == "healthy":
-        return found, not found
+        return found, not any(p == 1 for p, _ in found)
     words = [w.lower() for w in entry["cause"]]
     return found, any(any(w in (i["title"] + " " + i["current_state"]).lower() for w in words) for _, i in found)
 
@@ -57,28 +58,40 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", default=[], help="review only these entries (repeatable)")
     parser.add_argument("--out", default=os.path.join(ROOT, ".health_corpus"), help="where the reviews go")
+    parser.add_argument("--reuse", action="store_true",
+                        help="judge the reviews already in --out (OUT/NAME/analysis.json) instead of running report.py; "
+                             "entries without one are listed as not reviewed")
     args = parser.parse_args()
     entries = [e for e in load() if not args.only or e["name"] in args.only]
     lines = ["| model | group | verdict | P1/P2 issues (measured state) | review s |", "|---|---|---|---|---|"]
     counts = {"healthy": [0, 0], "sick": [0, 0]}           # [passed, reviewed]
     for entry in entries:
-        evidence, error, seconds = review(entry, os.path.join(args.out, entry["name"]))
+        out = os.path.join(args.out, entry["name"])
+        if args.reuse:
+            if not os.path.exists(os.path.join(out, "analysis.json")):
+                lines.append(f"| {entry['name']} | {entry['group']} | not reviewed | - | - |")
+                continue
+            with open(os.path.join(out, "analysis.json"), encoding="utf-8") as stream:
+                evidence, error, seconds = json.load(stream), "", float("nan")
+        else:
+            evidence, error, seconds = review(entry, out)
         if evidence is None:
             verdict, text = "review failed", error
         else:
             found, ok = judge(entry, evidence)
             counts[entry["group"]][1] += 1
             counts[entry["group"]][0] += ok
-            verdict = ("no P1/P2" if ok else "FALSE ALARM") if entry["group"] == "healthy" else \
-                      ("cause named" if ok else "MISSED")
+            p2 = sum(p == 2 for p, _ in found)
+            verdict = (("no P1" + (f", {p2} P2" if p2 else "")) if ok else "FALSE ALARM (P1)") \
+                if entry["group"] == "healthy" else ("cause named" if ok else "MISSED")
             text = "<br>".join(f"P{p} {i['title']}: {i['current_state']}" for p, i in found) or "-"
         text = text.replace("|", "\\|").replace("\n", " ")
         print(f"{entry['name']:<28} {entry['group']:<8} {verdict:<14} {seconds:6.0f} s  {text[:300]}", flush=True)
         lines.append(f"| {entry['name']} | {entry['group']} | {verdict} | {text} | {seconds:.0f} |")
     healthy_ok, healthy_n = counts["healthy"]
     sick_ok, sick_n = counts["sick"]
-    summary = (f"healthy: {healthy_n - healthy_ok} false alarm(s) in {healthy_n} reviewed; "
-               f"sick: recall {sick_ok}/{sick_n}")
+    summary = (f"healthy: {healthy_n - healthy_ok} with a Priority 1 false alarm of {healthy_n} reviewed (each P2 "
+               f"shown with its measurement); sick: recall {sick_ok}/{sick_n}")
     print(summary)
     load_average = os.getloadavg()[0]
     with open(RESULTS, "w", encoding="utf-8") as stream:

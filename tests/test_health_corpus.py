@@ -45,6 +45,9 @@ def test_verdict_rule():
     assert health_corpus.judge({"group": "sick", "cause": ["dead"]}, evidence)[1] is False     # another cause: missed
     assert health_corpus.judge({"group": "healthy"}, evidence)[1] is False                     # any P1: a false alarm
     assert health_corpus.judge({"group": "healthy"}, {"grads": {"findings": []}})[1] is True
+    caution = {"grads": {"findings": [{"severity": "CAUTION", "kind": "dead_units", "where": "relu", "message": "m"}]}}
+    found, ok = health_corpus.judge({"group": "healthy"}, caution)
+    assert ok and [p for p, _ in found] == [2]              # a P2 is shown with its measurement, not counted
 
 
 def test_resnet18_written_out_has_torchvisions_parameter_count():
