@@ -140,12 +140,39 @@ def _input_source(args: argparse.Namespace, loaded: LoadedModel) -> InputSource:
     return default_input_source(loaded)
 
 
+# Models loaded inside shared_sessions(), by the options that build them (None outside: every call builds).
+_shared_models: dict[tuple, LoadedModel] | None = None
+
+
+@contextlib.contextmanager
+def shared_sessions():
+    """Inside: open_session builds each model (import, constructor, checkpoint) once and hands the same instance
+    to every section that asks with the same options; the review runs its sections in one process this way. Each
+    section runs the model inside guard.preserved, so the next one finds it as it was."""
+    global _shared_models
+    previous, _shared_models = _shared_models, {}
+    try:
+        yield
+    finally:
+        _shared_models = previous
+
+
+def _load_model_once(args: argparse.Namespace) -> LoadedModel:
+    key = (args.target, args.kwargs, args.config, args.checkpoint, args.device)
+    if _shared_models is not None and key in _shared_models:
+        return _shared_models[key]
+    loaded = load_model(args.target, kwargs=parse_kwargs_json(args.kwargs), config=args.config,
+                        checkpoint=args.checkpoint, device=args.device)
+    if _shared_models is not None:
+        _shared_models[key] = loaded
+    return loaded
+
+
 def open_session(args: argparse.Namespace, inputs_required: bool = True) -> Session:
     """Load the model, the inputs and the loss from the parsed common options. Lazy modules are
     materialised first, on the tools' own copy, by one forward on the inputs (on meta with --device meta).
     INPUTS_REQUIRED=False (params): inputs are looked up only when lazy modules need them."""
-    loaded = load_model(args.target, kwargs=parse_kwargs_json(args.kwargs), config=args.config,
-                        checkpoint=args.checkpoint, device=args.device)
+    loaded = _load_model_once(args)
     lazy = lazy_modules(loaded.module)
     inputs_given = any(getattr(args, key, None) for key in ("input", "inputs", "data", "batch_inputs"))
     source = _input_source(args, loaded) if inputs_required or lazy or inputs_given else None

@@ -19,16 +19,32 @@ from .errors import UserError
 from .gpus import DEFAULT_CLUSTER_GPU, DEFAULT_CONSUMER_GPU
 from .runner import default_losses_used, loss_description
 
-# Order matters: trace first (a broken forward stops the report there, with the module that failed);
-# probe before grads (grads judges the update at the learning rate probe trained with);
-# recommend last (it reads the params, memory, grads and probe evidence).
-SECTIONS = ("params", "trace", "lint", "contract", "probe", "grads", "memory", "flops", "recommend")
+# Order matters: trace first (a broken forward stops the report there, with the module that failed); the resource
+# sections (meta device or one traced step: their cost does not grow with the batch) before the behavioural ones,
+# whose batch and steps are sized from flops' count; probe before grads (grads judges the update at the learning
+# rate probe trained with); recommend last (it reads params, memory, grads and probe).
+SECTIONS = ("params", "trace", "lint", "flops", "memory", "contract", "probe", "grads", "recommend")
+BEHAVIOURAL = ("contract", "probe", "grads")
 # Options of the report that only the report reads.
-REPORT_ONLY = {"out", "findings", "skip", "json", "markdown", "debug", "target", "samples_per_epoch", "profile_info"}
+REPORT_ONLY = {"out", "findings", "skip", "json", "markdown", "debug", "target", "samples_per_epoch", "profile_info",
+               "budget_s"}
 # Per-section options that differ from the section's own default when it runs inside the report.
 SECTION_DEFAULTS = {"params": {"depth": 2}, "flops": {"depth": 2}}
 # probe's workload inside the review: fixed, so its figures do not depend on the machine's speed.
 REPORT_PROBE_STEPS, REPORT_PROBE_SWEEP_STEPS = 25, 20
+DEFAULT_BUDGET_S = 60.0
+NO_CLOCK_ENV = "MODEL_EXPERT_NO_CLOCK"
+NO_CLOCK_PROBE_S = 3600.0  # probe's own safety net when the clock is off
+# The behavioural checks are sized, never timed: their FLOPs (flops.py's count on the traced step) at this nominal
+# rate must fit this share of --budget-s. A constant, so the batch and steps (and every figure) are the same on any
+# machine and under any load; the clock only stops a section that would start after the budget is spent.
+NOMINAL_FLOPS_PER_S = {"cpu": 4e10, "cuda": 2e13}
+BEHAVIOURAL_SHARE = 0.6
+CONTRACT_FORWARDS = 48      # forwards contract.py runs on a typical model (masks, batch, permutations, ranges)
+PROBE_EXTRA_STEPS = 4       # probe's first-batch check, initial loss, zero-gradient pass and update ratio
+MIN_BEHAVIOURAL_BATCH = 2   # contract compares a sample alone with it inside a batch
+MIN_PROBE_STEPS, MIN_SWEEP_STEPS, MIN_GRAD_BATCHES = 10, 8, 2
+GRADS_DEFAULT_BATCHES = 3   # grads.py's --batches default
 FINDING_KEYS = ("priority", "title", "current_state", "impact", "fix")
 
 
@@ -62,9 +78,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--global-batch", type=int, default=None, help="passed to recommend: target global batch")
     group.add_argument("--lr", type=float, default=None, metavar="X",
                        help="passed to probe: the learning rate to fit one batch at (default: the config's, else recommend's)")
-    group.add_argument("--time-budget-s", type=float, default=300.0, metavar="S",
-                       help="passed to probe: a safety net; the review's probe runs a fixed number of steps (default: 300)")
+    group.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S, metavar="S",
+                       help="the review's budget: the behavioural checks (contract, grads, probe) run on a batch and a "
+                            "number of steps sized from the step's FLOPs to fit it (the review states them); a section "
+                            f"that would start after S seconds is left out and says so (default: {DEFAULT_BUDGET_S:g})")
     cli.add_output_arguments(parser, markdown=False)
+
+
+def clock_stops() -> bool:
+    """False when $MODEL_EXPERT_NO_CLOCK=1: the budget still sizes the checks but the clock never stops a section.
+    The test suite sets it, so that no figure it checks depends on how busy the test machine is."""
+    return os.environ.get(NO_CLOCK_ENV) != "1"
 
 
 def section_namespace(capability: cli.Capability, args: argparse.Namespace, extra: dict[str, Any]) -> argparse.Namespace:
@@ -120,20 +144,130 @@ def section_plan(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any
     return plan
 
 
+def behavioural_workload(flops: dict[str, Any] | None, budget_s: float, device: str, run: frozenset[str],
+                         grads_batches: int, grads_batches_given: bool) -> dict[str, Any]:
+    """The batch and step counts of the behavioural checks (contract, grads, probe): the traced batch and the fixed
+    counts when their FLOPs (FLOPS: flops.py's evidence at the traced batch) at the nominal rate fit
+    BEHAVIOURAL_SHARE of BUDGET_S; else the largest batch that fits (at least MIN_BEHAVIOURAL_BATCH); else that
+    minimum batch with the step counts scaled down (never below their minimums). A pure function of the model's
+    count and the options: the same on every machine. RUN: the behavioural sections that will run."""
+    rate = NOMINAL_FLOPS_PER_S.get(device, NOMINAL_FLOPS_PER_S["cpu"])
+    allowed = BEHAVIOURAL_SHARE * budget_s * rate
+    plan: dict[str, Any] = {"budget_s": budget_s, "nominal_flops_per_s": rate, "behavioural_share": BEHAVIOURAL_SHARE,
+                            "allowed_flops": allowed, "contract_forwards": CONTRACT_FORWARDS, "grads_batches": grads_batches,
+                            "probe_steps": REPORT_PROBE_STEPS, "probe_sweep_steps": REPORT_PROBE_SWEEP_STEPS,
+                            "traced_batch_size": None, "batch_size": None, "estimated_flops": None, "reduced": []}
+    step_flops = (flops or {}).get("step_flops")
+    if not step_flops:
+        plan["reason"] = ("flops was not measured, so the behavioural checks are not sized: they run on the traced "
+                          "batch with the fixed step counts")
+        return plan
+    traced = flops.get("batch_size")
+    plan["traced_batch_size"] = plan["batch_size"] = traced
+
+    def steps(probe_steps: int, sweep_steps: int, batches: int) -> float:
+        """Training-step equivalents (a forward is a third of a step's FLOPs)."""
+        return (("contract" in run) * CONTRACT_FORWARDS / 3 + ("grads" in run) * batches
+                + ("probe" in run) * (probe_steps + sweep_steps + PROBE_EXTRA_STEPS))
+
+    per_sample = step_flops / traced if traced else None
+    per_batch = step_flops
+    full = steps(REPORT_PROBE_STEPS, REPORT_PROBE_SWEEP_STEPS, grads_batches)
+    plan["estimated_flops"] = full * per_batch
+    if full * per_batch <= allowed:
+        plan["reason"] = (f"the checks' {render.flops(full * per_batch)} fit {BEHAVIOURAL_SHARE:.0%} of the {budget_s:g} s "
+                          f"budget at a nominal {rate / 1e9:g} GFLOP/s: the traced batch and the fixed step counts")
+        return plan
+    if per_sample is not None:
+        fitting = int(allowed // (full * per_sample))
+        batch = max(min(fitting, traced), min(MIN_BEHAVIOURAL_BATCH, traced))
+        if batch < traced:
+            plan["batch_size"], per_batch = batch, per_sample * batch
+            plan["reduced"].append("batch")
+    why = (f"the checks would take {render.flops(plan['estimated_flops'])} at the traced batch {traced if traced else '(fixed)'}, "
+           f"over the {render.flops(allowed)} that {BEHAVIOURAL_SHARE:.0%} of the {budget_s:g} s budget allows at a nominal "
+           f"{rate / 1e9:g} GFLOP/s")
+    if full * per_batch > allowed:  # the smallest batch still does not fit: fewer steps, never below the minimums
+        scale = allowed / (full * per_batch)
+        plan["probe_steps"] = max(MIN_PROBE_STEPS, int(REPORT_PROBE_STEPS * scale))
+        plan["probe_sweep_steps"] = max(MIN_SWEEP_STEPS, int(REPORT_PROBE_SWEEP_STEPS * scale))
+        if not grads_batches_given:
+            plan["grads_batches"] = max(MIN_GRAD_BATCHES, min(grads_batches, int(grads_batches * scale)))
+        plan["reduced"].append("steps")
+    plan["estimated_flops"] = steps(plan["probe_steps"], plan["probe_sweep_steps"], plan["grads_batches"]) * per_batch
+    plan["reason"] = why + (f"; reduced to batch {plan['batch_size']}" if "batch" in plan["reduced"] else "") + \
+        (f"; probe {plan['probe_steps']} fit + {plan['probe_sweep_steps']} LR-range steps, grads "
+         f"{plan['grads_batches']} batches" if "steps" in plan["reduced"] else "") + \
+        f" ({render.flops(plan['estimated_flops'])})"
+    return plan
+
+
+def behavioural_overrides(name: str, workload: dict[str, Any]) -> dict[str, Any]:
+    """The options contract, grads and probe run with inside the review (batch_size only when it was reduced)."""
+    overrides: dict[str, Any] = {}
+    if "batch" in workload["reduced"]:
+        overrides["batch_size"] = workload["batch_size"]
+    if name == "grads":
+        overrides["batches"] = workload["grads_batches"]
+    elif name == "probe":
+        overrides.update(steps=workload["probe_steps"], sweep_steps=workload["probe_sweep_steps"])
+    return overrides
+
+
+def probe_clock_cuts(probe: dict[str, Any]) -> list[str]:
+    """What probe's time budget (the review's clock) stopped, in words."""
+    cuts = []
+    fit, sweep = probe.get("overfit") or {}, probe.get("lr_range") or {}
+    if fit.get("stopped_by_time_budget"):
+        cuts.append(f"probe: fit one batch stopped by the clock after {fit.get('steps')} steps")
+    if sweep.get("stopped_by_time_budget") or sweep.get("cut_short"):
+        cuts.append(f"probe: the LR range test stopped by the clock after {len(sweep.get('lrs') or [])} steps")
+    return cuts
+
+
 def collect(args: argparse.Namespace, on_progress: Callable[[str], None] = progress) -> dict[str, Any]:
     """Run every section; a section that fails after the forward is known to work is recorded, not fatal."""
+    with cli.shared_sessions():
+        return _collect(args, on_progress)
+
+
+def _collect(args: argparse.Namespace, on_progress: Callable[[str], None]) -> dict[str, Any]:
     plan = section_plan(args)
     default_losses_used.clear()
+    started = time.perf_counter()
+    budget_s = getattr(args, "budget_s", DEFAULT_BUDGET_S)
     evidence: dict[str, Any] = {"schema": "model-expert/report/1", "target": args.target,
                                 "command": getattr(args, "command_line", None) or "python scripts/report.py "
                                 + " ".join(shlex.quote(a) for a in sys.argv[1:]),
                                 "loss": args.loss, "samples_per_epoch": args.samples_per_epoch, "not_measured": {},
                                 "profile": getattr(args, "profile_info", None)}
+    # How this run went (threads, seconds): the machine's, never rendered in the review.
+    run: dict[str, Any] = {**cli.configure_threads(sys.modules.get("torch")), "section_seconds": {},
+                           "section_cpu_seconds": {}}
+    workload: dict[str, Any] | None = None
     for position, (key, name, overrides) in enumerate(plan, start=1):
         module = registry.load(name)
         if module is None:
             evidence["not_measured"][key] = "this installation has no such capability"
             continue
+        if name in BEHAVIOURAL:
+            if workload is None:
+                workload = behavioural_workload(evidence.get("flops"), budget_s, args.device,
+                                                frozenset(n for _, n, _ in plan if n in BEHAVIOURAL),
+                                                args.batches if args.batches is not None else GRADS_DEFAULT_BATCHES,
+                                                args.batches is not None)
+                workload["cut_by_clock"] = []
+            elapsed = time.perf_counter() - started
+            if elapsed >= budget_s and clock_stops():
+                reason = (f"left out: the review's --budget-s {budget_s:g} s was spent ({elapsed:.0f} s) before it "
+                          f"started; raise --budget-s")
+                evidence["not_measured"][key] = reason
+                workload["cut_by_clock"].append(f"{key}: {reason}")
+                on_progress(f"[{position}/{len(plan)}] {key}: {reason}")
+                continue
+            overrides = {**overrides, **behavioural_overrides(name, workload)}
+            if name == "probe":  # the clock only stops it (it then says so); its step counts are fixed above
+                overrides["time_budget_s"] = max(1.0, budget_s - elapsed) if clock_stops() else NO_CLOCK_PROBE_S
         namespace = section_namespace(module.CAPABILITY, args, overrides)
         if name == "recommend":
             namespace.evidence = {"params": evidence.get("params"), "grads": evidence.get("grads"),
@@ -143,10 +277,7 @@ def collect(args: argparse.Namespace, on_progress: Callable[[str], None] = progr
             # the update grads judges is the one the review's training makes: probe's optimizer and LR
             namespace.lr = evidence["probe"]["lr"]
             namespace.lr_source = f"probe.py's: {evidence['probe'].get('lr_source', 'its learning rate')}"
-        if name == "probe":  # fixed steps, so the review says the same on any machine (the report's --steps is recommend's)
-            namespace.steps, namespace.sweep_steps = REPORT_PROBE_STEPS, REPORT_PROBE_SWEEP_STEPS
-        started = time.perf_counter()
-        on_progress(f"[{position}/{len(plan)}] {key} ...")
+        section_started, section_cpu = time.perf_counter(), time.process_time()
         try:
             evidence[key] = {"schema": module.CAPABILITY.schema, **module.CAPABILITY.analyse(namespace)}
         except UserError as error:
@@ -155,8 +286,21 @@ def collect(args: argparse.Namespace, on_progress: Callable[[str], None] = progr
             evidence["not_measured"][key] = str(error)
             on_progress(f"[{position}/{len(plan)}] {key} not measured: {error}")
             continue
-        on_progress(f"[{position}/{len(plan)}] {key} done in {time.perf_counter() - started:.1f} s")
+        finally:
+            run["section_seconds"][key] = round(time.perf_counter() - section_started, 3)
+            run["section_cpu_seconds"][key] = round(time.process_time() - section_cpu, 3)
+        if name == "probe":
+            workload["cut_by_clock"] += probe_clock_cuts(evidence[key])
+        on_progress(f"[{position}/{len(plan)}] {key} done in {run['section_seconds'][key]:.1f} s"
+                    + (f" (batch {workload['batch_size']})" if name in BEHAVIOURAL and workload["batch_size"] else ""))
+    epoch_section_started = time.perf_counter()
     epoch_flops_at_recommended_batch(args, evidence, on_progress)
+    if "flops_recommended_batch" in evidence:
+        run["section_seconds"]["flops_recommended_batch"] = round(time.perf_counter() - epoch_section_started, 3)
+    if workload is not None:
+        evidence["review_budget"] = workload
+    run["wall_seconds"] = round(time.perf_counter() - started, 3)
+    evidence["run"] = run
     evidence["loss"] = loss_description(args.loss)
     from .target import checkpoints_loaded
     if checkpoints_loaded:
@@ -192,6 +336,8 @@ def epoch_flops_at_recommended_batch(args: argparse.Namespace, evidence: dict[st
 
 
 def analyse(args: argparse.Namespace) -> dict[str, Any]:
+    if not args.budget_s > 0:
+        raise UserError(f"--budget-s must be a positive number of seconds, not {args.budget_s:g}")
     if args.samples_per_epoch is not None and args.samples_per_epoch < 1:
         raise UserError(f"--samples-per-epoch must be a positive whole number, not {args.samples_per_epoch}")
     if args.findings:

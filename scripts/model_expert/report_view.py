@@ -426,6 +426,28 @@ def _checklist(evidence: dict[str, Any]) -> list[str]:
     return items
 
 
+def _scope(evidence: dict[str, Any]) -> list[str]:
+    """The batch and steps each behavioural check ran with, and what the review's clock cut (report's review_budget)."""
+    workload = evidence.get("review_budget")
+    if not workload:
+        return []
+    batch = workload.get("batch_size")
+    traced = workload.get("traced_batch_size")
+    batch_text = (f"batch {batch}" + (f" (the traced batch is {traced})" if traced and batch != traced else "")
+                  if batch else "the inputs' own batch")
+    lines = [f"**Review budget**: {workload['budget_s']:g} s (`--budget-s`); {workload['reason']}"]
+    if "contract" in evidence:
+        lines.append(f"**Contract checks**: {batch_text}")
+    if "grads" in evidence:
+        lines.append(f"**Gradient sampling**: {batch_text}, {workload['grads_batches']} batches")
+    if "probe" in evidence:
+        lines.append(f"**Training probe**: {batch_text}, {workload['probe_steps']} fit-one-batch steps, "
+                     f"{workload['probe_sweep_steps']} LR-range steps")
+    cuts = workload.get("cut_by_clock") or []
+    lines.append("**Cut by the clock**: " + ("; ".join(cuts) if cuts else "nothing"))
+    return lines
+
+
 def build_view(evidence: dict[str, Any]) -> dict[str, Any]:
     evidence["derived"] = derive(evidence)
     trace = evidence.get("trace")
@@ -446,5 +468,6 @@ def build_view(evidence: dict[str, Any]) -> dict[str, Any]:
         "loss": _loss(evidence),
         "performance": _performance(evidence, evidence["derived"]),
         "checklist": _checklist(evidence),
+        "scope": _scope(evidence),
         "not_measured": [f"{name}: {reason}" for name, reason in evidence.get("not_measured", {}).items()],
     }
