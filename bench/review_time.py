@@ -162,6 +162,8 @@ def main() -> int:
                     row = measured(name, Path(scratch) / f"{name}-{condition}", extra)
                     row["condition"] = condition
                     rows.append(row)
+                    if args.out:  # after every review, so a run cut short keeps the rows it finished
+                        write(args.out, rows, header)
                     print(f"{name} {condition}: " + (f"{row['wall_s']:.1f} s, peak RSS "
                           f"{row['peak_rss_bytes'] / 2**20:,.0f} MiB, load {row['load_after']}" if "error" not in row
                           else f"failed: {row['error']}"), file=sys.stderr, flush=True)
@@ -172,10 +174,14 @@ def main() -> int:
     text = table(rows, header)
     print(text)
     if args.out:
-        Path(args.out).write_text(text + "\n")
-        Path(args.out).with_suffix(".json").write_text(json.dumps(
-            [{k: v for k, v in r.items() if k != "markdown"} for r in rows], indent=1) + "\n")
+        write(args.out, rows, header)
     return 0
+
+
+def write(out: str, rows: list[dict], header: str) -> None:
+    Path(out).write_text(table(rows, header) + "\n")
+    Path(out).with_suffix(".json").write_text(json.dumps(
+        [{k: v for k, v in r.items() if k != "markdown"} for r in rows], indent=1) + "\n")
 
 
 def torch_version() -> str:
