@@ -86,8 +86,9 @@ def main() -> int:
                 if entry["group"] == "healthy" else ("cause named" if ok else "MISSED")
             text = "<br>".join(f"P{p} {i['title']}: {i['current_state']}" for p, i in found) or "-"
         text = text.replace("|", "\\|").replace("\n", " ")
-        print(f"{entry['name']:<28} {entry['group']:<8} {verdict:<14} {seconds:6.0f} s  {text[:300]}", flush=True)
-        lines.append(f"| {entry['name']} | {entry['group']} | {verdict} | {text} | {seconds:.0f} |")
+        took = "-" if seconds != seconds else f"{seconds:.0f}"     # nan: a reused review
+        print(f"{entry['name']:<28} {entry['group']:<8} {verdict:<16} {took:>5} s  {text[:300]}", flush=True)
+        lines.append(f"| {entry['name']} | {entry['group']} | {verdict} | {text} | {took} |")
     healthy_ok, healthy_n = counts["healthy"]
     sick_ok, sick_n = counts["sick"]
     summary = (f"healthy: {healthy_n - healthy_ok} with a Priority 1 false alarm of {healthy_n} reviewed (each P2 "
