@@ -175,6 +175,10 @@ def test_bounded_head_is_an_issue_only_before_a_loss_that_wants_logits(tmp_path)
     ce.write_text("import torch.nn.functional as F\ndef loss(output, batch):\n    return F.cross_entropy(output, batch[1])\n")
     evidence = {"contract": {"findings": [bounded]}}
     assert report_view._issues({**evidence, "loss": f"{mse}:loss"})["p2"] == []
+    both = tmp_path / "losses.py"       # one file, two losses: the named function's own text decides
+    both.write_text(mse.read_text() + "\ndef ce(output, batch):\n    return F.cross_entropy(output, batch[1])\n")
+    assert report_view._issues({**evidence, "loss": f"{both}:loss"})["p2"] == []
+    assert len(report_view._issues({**evidence, "loss": f"{both}:ce"})["p2"]) == 1
     assert [i["title"] for i in report_view._issues({**evidence, "loss": f"{ce}:loss"})["p2"]] == ["output range (`out`)"]
     ranking = {**evidence, "recommend": {"architecture": {"loss_kind": "ranking"}}}
     assert len(report_view._issues(ranking)["p2"]) == 1

@@ -293,16 +293,22 @@ def loss_needs_logits(evidence: dict[str, Any]) -> bool:
     uses cross-entropy / a with-logits loss / log_softmax. A sigmoid before MSE or BCE is a fine head."""
     if _get(evidence, "recommend", "architecture", "loss_kind") == "ranking":
         return True
+    import ast
     loss = evidence.get("loss") or ""
-    path = loss.partition(":")[0].strip()
-    if not path.endswith(".py"):
+    path, _, name = loss.partition(":")
+    if not path.strip().endswith(".py"):
         return False
     try:
-        with open(path, encoding="utf-8") as stream:
+        with open(path.strip(), encoding="utf-8") as stream:
             source = stream.read()
-    except OSError:
+        tree = ast.parse(source)
+    except (OSError, SyntaxError):
         return False
-    return any(word in source for word in LOGIT_LOSS_WORDS)
+    # the loss function's own text (not the whole file's: it may hold other losses)
+    function = next((node for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.ClassDef))
+                     and node.name == name.strip()), None)
+    text = ast.get_source_segment(source, function) if function is not None else source
+    return any(word in (text or "") for word in LOGIT_LOSS_WORDS)
 
 
 def _issues(evidence: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
