@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How long a full review takes: wall time, peak RSS and each section's share, idle and beside two CPU-bound processes.
 
-    python bench/review_time.py                 # every case, idle then loaded (about 15 minutes on 2 idle cores)
+    python bench/review_time.py                 # every case, idle then loaded
     python bench/review_time.py --quick         # the Quickstart and the tiny BERT only
     python bench/review_time.py --only unet --conditions idle --out bench/results_review_time.md
 
@@ -87,6 +87,10 @@ def run_one(name: str, out: str, extra: list[str]) -> None:
     print(json.dumps(row))
 
 
+def _number(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}"
+
+
 def shares(sections: dict[str, float]) -> str:
     total = sum(sections.values()) or 1.0
     ranked = sorted(sections.items(), key=lambda item: -item[1])
@@ -123,7 +127,7 @@ def table(rows: list[dict], header: str) -> str:
         sized = (f"{budget.get('batch_size')} of {budget.get('traced_batch_size')} / "
                  f"{budget.get('probe_steps')}+{budget.get('probe_sweep_steps')}")
         cuts = budget.get("cut_by_clock") or []
-        lines.append(f"| {row['case']} | {row['condition']} | {row['wall_s']:.1f} | {ratio} | {row['cpu_s']:.1f} | "
+        lines.append(f"| {row['case']} | {row['condition']} | {row['wall_s']:.1f} | {ratio} | {_number(row.get('cpu_s'))} | "
                      f"{row['peak_rss_bytes'] / 2**20:,.0f} | {row.get('threads')} | {sized} | "
                      f"{'; '.join(c.split(':')[0] for c in cuts) or 'nothing'} | {same} | "
                      f"{shares(row.get('section_cpu_seconds') or row['section_seconds'])} | {row['load_after']} | {verdict(row, idle)} |")
