@@ -107,7 +107,7 @@ def test_batch_mixing_reshape():
     data = contract(f"{C}:BatchMixingReshape", "--input", "float32[B=4,T=6,8]")
     assert data["batch_independent"] is False
     risk = findings(data, "RISK", "batch")
-    assert len(risk) == 1 and risk[0]["input"] == "x"
+    assert len(risk) == 1 and risk[0]["output"] == "out" and risk[0]["dim"] == "B"
 
 
 def test_batch_norm_is_independent_in_eval_and_an_info_in_train():
@@ -185,6 +185,9 @@ def test_bundled_similarity_transformer(capsys):
     assert mask["padding_made_up"] is False  # the factory's own padding (lengths 16..64) is used
     assert mask["all_padded"] == "nan"       # eval-mode encoder fast path: NaN for an all-padding row
     assert len(findings(data, "CAUTION", "all_padded")) == 1
+    assert (mask["caller_convention"], mask["convention_source"], mask["inverted"]) == ("true_is_padding", "data", False)
+    assert mask["padding_invariant"] is True
+    assert "dim" not in {p["dim"] for p in data["permutations"]}  # the 512 feature dim runs at no other size
     by_dim = {p["dim"]: p for p in data["permutations"]}
     assert by_dim["max_images"]["property"] == "invariant"
     assert by_dim["num_models"]["property"] == "equivariant" and by_dim["num_models"]["output_dim"] == 1
@@ -244,3 +247,111 @@ def test_a_risk_becomes_a_priority_1_issue_with_its_magnitude_and_fix(tmp_path):
     assert "- [ ] Padding measured by contract.py: `mask` over `x`: NOT honoured" in markdown
     grounding = run_script("check_grounding", out / "analysis.md", out / "analysis.json")
     assert grounding.returncode == 0, grounding.stdout
+
+
+# ---- issue 18: padding amount, the caller's convention, no hollow verdicts, direct batch independence ----
+
+SETS = ("--inputs", f"{C}:set_inputs")  # lengths 3, 6, 9, 12 of 12; padding_mask True at each row's tail
+
+
+def test_pooling_that_divides_by_the_padded_length_is_a_risk_naming_the_output():
+    # zeroed padding cannot leak, but sum / N: the 3-item set pooled over 12 and over 48 positions differs 4-fold
+    mask = only_mask(contract(f"{C}:CountPaddingPool", *SETS))
+    assert mask["honoured"] is True and mask["convention"] == "true_is_padding"
+    assert mask["padding_invariant"] is False and mask["output"] == "out"
+    assert mask["padding_invariance"]["padded_lengths"] == [12, 48]     # longest set 12 = given; 4 x 12
+    assert mask["padding_invariance"]["real_items"] == [3, 6, 9, 12]
+    (risk,) = findings(contract(f"{C}:CountPaddingPool", *SETS), "RISK", "mask")
+    assert risk["output"] == "out" and "padded items" in risk["text"] and "48" in risk["text"]
+
+
+def test_a_biased_linear_after_zeroing_counts_the_padding():
+    # proj(0) = bias: each padded item adds the bias to the sum, so 36 more padded items move the output
+    data = contract(f"{C}:BiasCountsPadding", "--inputs", f"{C}:float_mask_inputs")
+    mask = only_mask(data)
+    assert mask["input"] == "mask"                  # float32 0/1 named mask: a mask
+    assert mask["padding_invariant"] is False and len(findings(data, "RISK", "mask")) == 1
+
+
+def test_inverted_against_the_callers_data_is_a_risk():
+    data = contract(f"{C}:InvertedMaskScorer", *SETS)
+    mask = only_mask(data)
+    assert mask["convention"] == "false_is_padding"           # the model keeps True
+    assert mask["caller_convention"] == "true_is_padding"     # the caller's rows end in True
+    assert mask["convention_source"] == "data" and mask["inverted"] is True
+    (risk,) = findings(data, "RISK", "mask")
+    assert "inverted" in risk["text"] and risk["output"] == "out"
+
+
+def test_correct_scorer_is_clean_true_is_padding():
+    data = contract(f"{C}:CorrectSetScorer", *SETS)
+    mask = only_mask(data)
+    assert (mask["convention"], mask["caller_convention"], mask["inverted"]) == ("true_is_padding",) * 2 + (False,)
+    assert mask["padding_invariant"] is True and mask["max_abs_change"] == 0.0
+    assert not [f for f in data["findings"] if f["severity"] in ("RISK", "CAUTION")]
+
+
+def test_declared_convention_wins_over_the_data():
+    data = contract(f"{C}:CorrectSetScorer", *SETS, "--mask", "padding_mask=false_is_padding")
+    mask = only_mask(data)
+    assert mask["convention_source"] == "--mask" and mask["inverted"] is True
+
+
+def test_float_keep_mask_read_from_the_data():
+    mask = only_mask(contract(f"{C}:FloatMaskPool", "--inputs", f"{C}:float_mask_inputs"))
+    assert (mask["convention"], mask["caller_convention"], mask["convention_source"]) == (
+        "false_is_padding", "false_is_padding", "data")    # rows end in 0.0 and the 12-item row is all 1.0
+    assert mask["padding_invariant"] is True
+
+
+def test_transformer_encoder_fast_path_gives_one_convention():
+    # eval mode writes 0 at padded rows: read the other way round, the 'kept' rows are 0 whatever the data (hollow)
+    data = contract(f"{C}:EncoderWithMask", *SETS)
+    mask = only_mask(data)
+    assert mask["honoured"] is True and mask["convention"] == "true_is_padding" and mask["padding_invariant"] is True
+    assert not findings(data, "RISK", "mask")
+
+
+def test_nan_at_real_positions_is_a_risk_not_honoured():
+    data = contract(f"{C}:NaNAtRealPositions", *SETS)
+    mask = only_mask(data)
+    assert mask["honoured"] is False and mask["nonfinite_outputs"] == ["out"]
+    assert any("not finite at real positions" in f["text"] for f in findings(data, "RISK", "mask"))
+
+
+def test_all_padding_nan_cause_is_measured():
+    mask = only_mask(contract(f"{C}:MeanPoolNoClamp", *SETS))
+    assert mask["all_padded"] == "nan" and mask["all_padded_op"] == "div"    # 0 / 0 in the pooling
+    assert "division by a count of 0" in mask["all_padded_cause"]
+
+
+def test_heads_first_attention_weights_are_not_read_as_the_batch():
+    # [B*heads, N, N]: axis 0 holds 2 rows per sample; each sample alone gives its 2 rows exactly
+    data = contract(f"{C}:HeadsFirstAttention", "--input", "float32[B=4,N=6,8]")
+    assert data["batch_independent"] is True
+    weights = next(r for r in data["batch"] if r["output"] == "out[1]")
+    assert weights["axis"] == 0 and weights["rows_per_sample"] == 2 and weights["method"] == "alone"
+
+
+def test_writing_into_an_input_is_its_own_finding():
+    data = contract(f"{C}:AddsPositionsInPlace", "--inputs", f"{C}:items_inputs")
+    assert data["inputs_written_in_place"] == ["items"]
+    assert [f["input"] for f in findings(data, "CAUTION", "inplace")] == ["items"]
+    assert data["batch_independent"] is True and data["determinism"]["eval_identical"] is True
+    assert not findings(data, "CAUTION", "determinism") and not findings(data, "RISK", "batch")
+
+
+def test_bert_attention_weights_compared_at_real_queries_and_keys_only():
+    data = contract(f"{C}:bert_with_attentions", "--input", "input_ids=int64[B=2,T=16]<128",
+                    "--input", "attention_mask=int64[B,T]<2")
+    mask = only_mask(data)
+    assert mask["honoured"] is True and mask["convention"] == "false_is_padding"
+    assert (mask["caller_convention"], mask["convention_source"]) == ("false_is_padding", "name")
+    assert "out.attentions[0]" in mask["outputs_compared_at_kept_positions_only"]
+    assert mask["padding_invariant"] is True and data["batch_independent"] is True
+    assert not [f for f in data["findings"] if f["severity"] in ("RISK", "CAUTION")]  # tanh pooler: not the loss's
+
+
+def test_every_finding_carries_output():
+    for argv in [(f"{C}:CountPaddingPool", *SETS), (f"{C}:BatchMixingReshape", "--input", "float32[B=4,T=6,8]")]:
+        assert all("output" in f for f in contract(*argv)["findings"])

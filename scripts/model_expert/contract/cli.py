@@ -11,7 +11,8 @@ from ..guard import preserved
 from .batch import analyse_batch
 from .core import TOLERANCE_RULE, RELATIVE_TOLERANCE_FP32, Harness, finding
 from .determinism import analyse_determinism
-from .lengths import analyse_lengths
+from .inplace import analyse_inplace
+from .lengths import analyse_lengths, resizable
 from .masks import analyse_masks, find_masks
 from .permutations import analyse_permutations
 from .ranges import analyse_ranges
@@ -26,26 +27,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("contract")
     group.add_argument("--set", action="append", default=[], metavar="DIM",
                        help="a named input dim that is an unordered set (order dependence there is a RISK); repeatable")
-    group.add_argument("--mask", action="append", default=[], metavar="NAME",
-                       help="an input that is a padding mask although it is not bool and not named *mask*; repeatable")
+    group.add_argument("--mask", action="append", default=[], metavar="NAME[=CONVENTION]",
+                       help="an input that is a padding mask although it is not bool and not named *mask*, and/or "
+                            "the convention the caller means: NAME=true_is_padding (True/1 marks padding, torch's "
+                            "key_padding_mask) or NAME=false_is_padding (1 keeps, Hugging Face's attention_mask); "
+                            "repeatable")
     group.add_argument("--batches", type=int, default=8, metavar="N",
                        help="seeded batches the value ranges are measured over (default: 8)")
     cli.add_output_arguments(parser)
 
 
+HEAD_WORDS = {"SigmoidBackward0": "a sigmoid", "SoftmaxBackward0": "a softmax", "TanhBackward0": "a tanh",
+              "HardtanhBackward0": "a hardtanh (clamp)", "HardsigmoidBackward0": "a hard sigmoid",
+              "LogSoftmaxBackward0": "a log-softmax", "LogSigmoidBackward0": "a log-sigmoid"}
+
+
+def loss_output(outputs: list[dict[str, Any]]) -> str | None:
+    """The output a training loss reads: Hugging Face's `logits`, else the first floating output (a model's
+    pooler_output, hidden states and attention weights are not what the loss ranks or classifies)."""
+    names = [row["name"] for row in outputs]
+    logits = [name for name in names if name.endswith(".logits") or name.endswith("['logits']")]
+    return (logits or names or [None])[0]
+
+
 def _head_findings(outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     found = []
+    read = loss_output(outputs)
     for row in outputs:
-        if row["bounded"] is not None:
+        if row["bounded"] is not None and row["name"] == read:
             low, high = row["bounded"]
-            found.append(finding("CAUTION", "range", f"`{row['name']}` is bounded to [{low:g}, {high:g}] by its head "
-                                 f"({row['head_op']}); measured {row['min']:.3g} to {row['max']:.3g}. A ranking or "
-                                 "cross-entropy loss wants unbounded logits", input=row["name"],
+            found.append(finding("CAUTION", "range", f"`{row['name']}` (the output a loss reads) ends in "
+                                 f"{HEAD_WORDS.get(row['head_op'], 'a squashing function')}, bounded to [{low:g}, {high:g}]; "
+                                 f"measured {row['min']:.3g} to {row['max']:.3g}. A ranking or cross-entropy loss "
+                                 "wants unbounded logits", output=row["name"],
                                  fix="return the logits and apply the squashing inside the loss "
                                      "(BCEWithLogitsLoss, cross_entropy) or only at inference"))
         if row["nonfinite"]:
             found.append(finding("RISK", "range", f"`{row['name']}` has {row['nonfinite']} non-finite values over the "
-                                 "sampled batches", input=row["name"],
+                                 "sampled batches", output=row["name"],
                                  fix="find the op that overflows or divides by zero (trace.py, grads.py)"))
     return found
 
@@ -58,14 +77,15 @@ def contract(harness: Harness, sets: list[str], masks: list[str], batches: int) 
                         f"{', '.join(harness.dims) or 'none'} (name one in --input as T=64, or as an integer "
                         f"keyword of the inputs factory)")
     mask_names = find_masks(harness, masks)
+    written, inplace_findings = analyse_inplace(harness)
     inputs, outputs = analyse_ranges(harness, batches)
     mask_rows, mask_findings = analyse_masks(harness, masks)
     independent, batch_rows, batch_findings = analyse_batch(harness, mask_names)
-    permutation_rows, permutation_findings = analyse_permutations(harness, sets)
     length_rows = analyse_lengths(harness)
+    permutation_rows, permutation_findings = analyse_permutations(harness, sets, resizable(length_rows))
     determinism, determinism_findings = analyse_determinism(harness)
     findings = (mask_findings + batch_findings + permutation_findings + _head_findings(outputs)
-                + determinism_findings)
+                + inplace_findings + determinism_findings)
     findings.sort(key=lambda f: SEVERITY_ORDER[f["severity"]])
     return {
         "batch_dim": harness.batch_dim if harness.batch_dim in harness.dims else None,
@@ -80,6 +100,7 @@ def contract(harness: Harness, sets: list[str], masks: list[str], batches: int) 
         "permutations": permutation_rows,
         "lengths": length_rows,
         "determinism": determinism,
+        "inputs_written_in_place": written,
         "findings": findings,
     }
 
@@ -133,16 +154,48 @@ def output_range(row: dict[str, Any]) -> str:
     return text
 
 
+def _padding_amount(row: dict[str, Any], tolerance: str = "the tolerance") -> str:
+    invariance = row.get("padding_invariance") or {}
+    lengths = ", ".join(map(str, invariance.get("padded_lengths") or []))
+    if row.get("padding_invariant") is True:
+        return f"the same real items padded to {lengths} positions give the same output"
+    if row.get("padding_invariant") is False:
+        return (f"the amount of padding CHANGES `{invariance.get('output')}` (by up to "
+                f"{number(invariance.get('max_abs_change'))} over {lengths} positions)")
+    if invariance.get("reason"):
+        return f"padding amount not checked ({invariance['reason']})"
+    return ""
+
+
+def _caller(row: dict[str, Any]) -> str:
+    if not row.get("caller_convention"):
+        return "the caller's convention is not known (pass --mask NAME=true_is_padding|false_is_padding)"
+    source = {"data": "the caller's data", "name": "the input's name", "--mask": "--mask"}[row["convention_source"]]
+    return f"the caller means {row['caller_convention']} (from {source})"
+
+
 def mask_line(row: dict[str, Any], tolerance: str = "the tolerance") -> str:
     if not row["data_inputs"]:
         return f"`{row['input']}`: covers no data input, not checked"
     covered = ", ".join(f"`{n}`" for n in row["data_inputs"])
     if row["honoured"] is None:
-        return f"`{row['input']}` over {covered}: not checked"
-    verdict = "honoured" if row["honoured"] else "NOT honoured"
+        return f"`{row['input']}` over {covered}: not checkable (no output depends on the real positions' data)"
+    if row.get("inverted"):
+        verdict = "INVERTED"
+    else:
+        verdict = "honoured" if row["honoured"] else "NOT honoured"
     convention = row["convention"] or "neither convention"
-    text = (f"`{row['input']}` over {covered}: {verdict} ({convention}; padded data moves the output "
-            f"{render.change(row['max_abs_change'], within=row['honoured'], bound=tolerance)})")
+    moved = render.change(row["max_abs_change"], within=row["honoured"], bound=tolerance)
+    parts = [f"{convention}; padded data moves the output {moved}"]
+    if row.get("nonfinite_outputs"):
+        parts[0] = f"`{row['nonfinite_outputs'][0]}` is not finite at real positions"
+    elif row.get("output") and not row["honoured"]:
+        parts[0] = f"{convention}; padded data moves `{row['output']}` {moved}"
+    parts.append(_caller(row))
+    amount = _padding_amount(row, tolerance)
+    if amount:
+        parts.append(amount)
+    text = f"`{row['input']}` over {covered}: {verdict} ({'; '.join(parts)})"
     return text + f"; a sample that is all padding gives {ALL_PADDED_TEXT[row['all_padded']]}"
 
 
@@ -152,9 +205,14 @@ def batch_line(data: dict[str, Any]) -> str:
         return "not checked"
     rows = [r for r in data["batch"] if r["mode"] == "eval"]
     worst = max((r["max_abs_change"] for r in rows), default=0.0)
-    verdict = "independent" if independent else "samples MIX"
-    return (f"{verdict} in eval mode along `{data['batch_dim']}` (changing other samples moves a sample's output "
-            f"{render.change(worst, within=independent, bound=bound(data))})")
+    outputs = ", ".join(f"`{r['output']}`" for r in rows)
+    if not independent:
+        mixed = ", ".join(f"`{r['output']}`" for r in rows if not r["independent"])
+        return f"samples MIX in eval mode in {mixed} (a sample's output moves by up to {number(worst)})"
+    how = ("each sample run alone gives what it gives inside the batch" if rows and rows[0]["method"] == "alone"
+           else "changing other samples does not move a sample's output")
+    return (f"independent in eval mode: {how} ({outputs}; largest difference "
+            f"{render.change(worst, within=True, bound=bound(data), prefix='')})")
 
 
 def permutation_line(row: dict[str, Any], tolerance: str = "the tolerance") -> str:
@@ -169,9 +227,15 @@ def permutation_line(row: dict[str, Any], tolerance: str = "the tolerance") -> s
 
 def length_line(row: dict[str, Any]) -> str:
     parts = []
+    fixed = not any(c["status"] == "ok" and c["size"] != row["given"] for c in row["checks"])
+    if fixed:
+        return (f"`{row['dim']}` (given {row['given']}): the forward runs only at {row['given']} (a fixed size, "
+                "not a length or a count: its order is not checked)")
     for check in row["checks"]:
-        if check["status"] != "ok":
-            parts.append(f"{check['size']}: {check['status']} ({check['error']})")
+        if check["status"] == "skipped":
+            parts.append(f"{check['size']}: skipped ({check['error']})")
+        elif check["status"] != "ok":
+            parts.append(f"{check['size']}: the forward fails")
         else:
             parts.append(f"{check['size']}: ok" + (f" ({check['nonfinite']} non-finite outputs)" if check["nonfinite"] else ""))
     return f"`{row['dim']}` (given {row['given']}): " + "; ".join(parts)

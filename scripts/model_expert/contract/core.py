@@ -80,14 +80,19 @@ def named_outputs(value: Any, where: str = "out") -> list[tuple[str, torch.Tenso
     return []
 
 
-def max_abs_difference(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max |a - b|; NaN against NaN and equal infinities count as equal, NaN against a number as inf."""
+def max_abs_difference(a: torch.Tensor, b: torch.Tensor, nan_equal: bool = True) -> float:
+    """max |a - b|; NaN against a number counts as inf. NaN against NaN and equal infinities count as equal
+    when NAN_EQUAL (the same computation twice), as changed (inf) otherwise: a verdict that the data cannot
+    move an output must not rest on outputs that are NaN either way."""
     if a.shape != b.shape:
         return float("inf")
     if a.numel() == 0:
         return 0.0
     a, b = a.double(), b.double()
-    agree = (torch.isnan(a) & torch.isnan(b)) | (torch.isinf(a) & (a == b))
+    if nan_equal:
+        agree = (torch.isnan(a) & torch.isnan(b)) | (torch.isinf(a) & (a == b))
+    else:
+        agree = torch.zeros_like(a, dtype=torch.bool)
     difference = torch.where(agree, torch.zeros_like(a), (a - b).abs())
     difference = torch.where(torch.isnan(difference), torch.full_like(difference, float("inf")), difference)
     return float(difference.max())
@@ -102,19 +107,29 @@ def finite_abs_max(tensor: torch.Tensor) -> float:
 class Comparison:
     max_abs_change: float
     within_tolerance: bool
+    # per output: name -> (max |change|, within its tolerance)
+    per_output: dict[str, tuple[float, bool]] = field(default_factory=dict)
+
+    @property
+    def moved(self) -> list[str]:
+        """The outputs that moved beyond their tolerance, the largest change first."""
+        names = [name for name, (_, within) in self.per_output.items() if not within]
+        return sorted(names, key=lambda name: -self.per_output[name][0])
 
 
-def compare(reference: list[tuple[str, torch.Tensor]], other: list[tuple[str, torch.Tensor]]) -> Comparison:
+def compare(reference: list[tuple[str, torch.Tensor]], other: list[tuple[str, torch.Tensor]],
+            nan_equal: bool = True) -> Comparison:
     """Every output tensor within its tolerance (relative to the reference's scale)?"""
     if [n for n, _ in reference] != [n for n, _ in other]:
         return Comparison(float("inf"), False)
-    worst, within = 0.0, True
-    for (_, a), (_, b) in zip(reference, other):
-        change = max_abs_difference(a, b)
+    worst, within, per_output = 0.0, True, {}
+    for (name, a), (_, b) in zip(reference, other):
+        change = max_abs_difference(a, b, nan_equal)
         worst = max(worst, change)
         tolerance = relative_tolerance(a.dtype) * finite_abs_max(a)
+        per_output[name] = (change, change <= tolerance)
         within = within and change <= tolerance
-    return Comparison(worst, within)
+    return Comparison(worst, within, per_output)
 
 
 @dataclass
@@ -174,12 +189,13 @@ class Harness:
         return names
 
     def run(self, inputs: ModelInputs, train: bool = False, seed: int | None = None) -> list[tuple[str, torch.Tensor]]:
-        """One forward (eval unless TRAIN; RNG seeded when SEED is given); the floating outputs, named."""
+        """One forward (eval unless TRAIN; RNG seeded when SEED is given) on fresh copies of the inputs (a forward
+        that writes into its inputs cannot change the next run's); the floating outputs, named."""
         self.model.train(train)
         if seed is not None:
             torch.manual_seed(seed)
         with torch.no_grad():
-            output = call_unhooked(self.model, inputs, self.model_name)
+            output = call_unhooked(self.model, fresh_copies(inputs), self.model_name)
         outputs = named_outputs(output)
         if not outputs:
             raise UserError(f"the output of {self.model_name} has no floating-point tensor to compare; contract "
@@ -211,6 +227,20 @@ class Harness:
         return self._output_axes[dim]
 
 
+def fresh_copies(inputs: ModelInputs) -> ModelInputs:
+    """The inputs with every tensor (at any depth) cloned."""
+    def copied(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return value.clone()
+        if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+            return type(value)(copied(v) for v in value)
+        if isinstance(value, dict):
+            return {k: copied(v) for k, v in value.items()}
+        return value
+    return ModelInputs(args=tuple(copied(a) for a in inputs.args),
+                       kwargs={k: copied(v) for k, v in inputs.kwargs.items()}, batch=inputs.batch)
+
+
 def call_unhooked(model: nn.Module, inputs: ModelInputs, model_name: str) -> Any:
     """model(*args, **kwargs) as the user runs it. Forward hooks switch off torch's fused fast paths
     (eval-mode nn.TransformerEncoderLayer gives 0 instead of NaN for an all-padding row under hooks), so
@@ -223,17 +253,20 @@ def call_unhooked(model: nn.Module, inputs: ModelInputs, model_name: str) -> Any
         return call_model(model, inputs, model_name)
 
 
-def fresh_like(tensor: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """New values of the same kind: floating ~ N(mean, (3 std)^2), integers within the tensor's own range."""
+def fresh_like(tensor: torch.Tensor, generator: torch.Generator, shape: tuple[int, ...] | None = None) -> torch.Tensor:
+    """New values of the same kind (in SHAPE, default the tensor's): floating ~ N(mean, (3 std)^2), integers
+    within the tensor's own range."""
+    shape = tuple(tensor.shape) if shape is None else tuple(shape)
     if tensor.is_floating_point():
         scale = float(tensor.float().std()) if tensor.numel() > 1 else 1.0
         scale = scale if scale > 0 and scale == scale else 1.0
-        noise = torch.randn(tensor.shape, generator=generator, dtype=torch.float32)
-        return (noise * 3 * scale + float(tensor.float().mean())).to(tensor.dtype).to(tensor.device)
+        mean = float(tensor.float().mean()) if tensor.numel() else 0.0
+        noise = torch.randn(shape, generator=generator, dtype=torch.float32)
+        return (noise * 3 * scale + mean).to(tensor.dtype).to(tensor.device)
     if tensor.dtype == torch.bool:
-        return (torch.randint(0, 2, tensor.shape, generator=generator) > 0).to(tensor.device)
-    low, high = int(tensor.min()), int(tensor.max())
-    return torch.randint(low, high + 1, tensor.shape, generator=generator, dtype=tensor.dtype).to(tensor.device)
+        return (torch.randint(0, 2, shape, generator=generator) > 0).to(tensor.device)
+    low, high = (int(tensor.min()), int(tensor.max())) if tensor.numel() else (0, 1)
+    return torch.randint(low, high + 1, shape, generator=generator, dtype=tensor.dtype).to(tensor.device)
 
 
 def can_vary(tensor: torch.Tensor) -> bool:
@@ -244,9 +277,10 @@ def can_vary(tensor: torch.Tensor) -> bool:
 
 
 def finding(severity: str, check: str, text: str, fix: str | None = None, **where: Any) -> dict[str, Any]:
-    """A finding as DESIGN.md's contract gives it: severity, check, what it concerns, text (and the fix)."""
+    """A finding as DESIGN.md's contract gives it: severity, check, what it concerns (always its `output`, None where
+    no output is concerned), text (and the fix)."""
     entry: dict[str, Any] = {"severity": severity, "check": check, **{k: v for k, v in where.items() if v is not None},
-                             "text": text}
+                             "output": where.get("output"), "text": text}
     if fix:
         entry["fix"] = fix
     return entry

@@ -10,14 +10,16 @@ from .core import Harness, compare, finding
 
 def analyse_determinism(harness: Harness) -> tuple[dict[str, Any], list[dict]]:
     first, second = harness.run(harness.inputs), harness.run(harness.inputs)
-    eval_change = compare(first, second).max_abs_change
+    eval_comparison = compare(first, second)
+    eval_change = eval_comparison.max_abs_change
+    moved = max(eval_comparison.per_output, key=lambda n: eval_comparison.per_output[n][0], default=None)
     with preserved(harness.model):  # train mode updates BatchNorm's running statistics
         train_change = compare(harness.run(harness.inputs, train=True, seed=1),
                                harness.run(harness.inputs, train=True, seed=2)).max_abs_change
     findings = []
     if eval_change != 0.0:
         findings.append(finding("CAUTION", "determinism", f"two eval forwards on the same inputs differ by up to "
-                                f"{eval_change:.3g}; results are not reproducible",
+                                f"{eval_change:.3g} (`{moved}`); results are not reproducible", output=moved,
                                 fix="look for randomness outside nn.Dropout (torch.rand in forward) or "
                                     "non-deterministic kernels"))
     if train_change != 0.0:

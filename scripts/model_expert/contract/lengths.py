@@ -37,3 +37,8 @@ def check_dim(harness: Harness, dim_name: str) -> dict[str, Any]:
 
 def analyse_lengths(harness: Harness) -> list[dict[str, Any]]:
     return [check_dim(harness, name) for name in harness.dims if name != harness.batch_dim]
+
+
+def resizable(rows: list[dict[str, Any]]) -> set[str]:
+    """The dims the forward runs at a size other than the given one (a length or a count, not a feature dim)."""
+    return {row["dim"] for row in rows if any(c["status"] == "ok" and c["size"] != row["given"] for c in row["checks"])}

@@ -54,6 +54,7 @@ def check_dim(harness: Harness, dim_name: str, declared_set: bool, seed: int = 0
     permuted = harness.run(replaced(harness.inputs, harness.locations, permuted_inputs))
     result = compare(reference, permuted)
     entry["max_abs_change"] = result.max_abs_change
+    entry["output"] = result.moved[0] if result.moved else None
     findings: list[dict] = []
     if result.within_tolerance:
         entry["property"] = "invariant"
@@ -77,17 +78,20 @@ def check_dim(harness: Harness, dim_name: str, declared_set: bool, seed: int = 0
     if declared_set:
         findings.append(finding(
             "RISK", "permutation", f"`{dim_name}` is declared a set but its order matters: permuting it in "
-            f"{', '.join('`' + n + '`' for n in entry['inputs'])} moves the output by up to {result.max_abs_change:.3g}",
+            f"{', '.join('`' + n + '`' for n in entry['inputs'])} moves `{entry['output']}` by up to {result.max_abs_change:.3g}",
             fix=f"make the model blind to the order along `{dim_name}`: no positional embeddings or order-dependent "
                 "ops (cumsum, RNNs, convolutions, flatten) over it; pool with a masked sum/mean or attention",
-            dim=dim_name))
+            dim=dim_name, output=entry["output"]))
     return entry, findings
 
 
-def analyse_permutations(harness: Harness, sets: list[str]) -> tuple[list[dict[str, Any]], list[dict]]:
+def analyse_permutations(harness: Harness, sets: list[str],
+                         resizable: set[str] | None = None) -> tuple[list[dict[str, Any]], list[dict]]:
+    """Permute the dims declared sets (--set) and the named dims the model runs at other sizes of (lengths,
+    counts); a dim that only works at its given size is a feature dim, whose order means nothing."""
     entries, findings = [], []
     for name in harness.dims:
-        if name == harness.batch_dim:
+        if name == harness.batch_dim or (name not in sets and resizable is not None and name not in resizable):
             continue
         entry, found = check_dim(harness, name, name in sets)
         entries.append(entry)
