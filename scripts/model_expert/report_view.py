@@ -35,6 +35,8 @@ CONTRACT_CHECKS = {
     "permutation": ("set order", "the output changes when the set is reordered, though a set has no order"),
     "range": ("output range", "what the loss receives"),
     "determinism": ("determinism", "results are not reproducible"),
+    "inplace": ("input written in place", "the caller's batch changes with every call, so a second call (or the "
+                "loss reading the same tensor) sees other values"),
 }
 # Last modules that squash the output into a bounded range (bad before a ranking/cross-entropy loss).
 BOUNDED_OUTPUT_MODULES = {"Sigmoid", "Softmax", "Tanh", "LogSoftmax", "Hardtanh", "Softsign"}
@@ -335,7 +337,7 @@ def _issues(evidence: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
         if finding["check"] == "range" and finding["severity"] == "CAUTION" and not needs_logits:
             continue  # a bounded head before a loss that takes it as is (MSE, BCE): the Loss Function section says so
         if priority:
-            where = finding.get("input") or finding.get("dim")
+            where = finding.get("input") or finding.get("dim") or finding.get("output")
             title, impact = CONTRACT_CHECKS.get(finding["check"], (finding["check"], "the input/output contract"))
             issues[priority].append({"title": f"{title}" + (f" (`{where}`)" if where else ""),
                                      "current_state": finding["text"], "impact": impact,

@@ -218,7 +218,7 @@ def batch_line(data: dict[str, Any]) -> str:
 def permutation_line(row: dict[str, Any], tolerance: str = "the tolerance") -> str:
     label = f"`{row['dim']}` ({row['size']}{', declared a set' if row['set'] else ''})"
     if row["property"] is None:
-        return f"{label}: not checked"
+        return f"{label}: not checked" + (f" ({row['not_checked']})" if row.get("not_checked") else "")
     if row["property"] == "equivariant":
         return f"{label}: equivariant (axis {row['output_dim']} of `{row['output']}` permutes with it)"
     change = render.change(row["max_abs_change"], within=row["property"] == "invariant", bound=tolerance)

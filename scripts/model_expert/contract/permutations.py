@@ -51,7 +51,10 @@ def check_dim(harness: Harness, dim_name: str, declared_set: bool, seed: int = 0
     permutation = derangement_like(dim.size, seed)
     permuted_inputs = {name: _permute(harness.tensors[name], axes, permutation) for name, axes in dim.axes.items()}
     reference = harness.run(harness.inputs)
-    permuted = harness.run(replaced(harness.inputs, harness.locations, permuted_inputs))
+    permuted, error = harness.try_run(replaced(harness.inputs, harness.locations, permuted_inputs))
+    if permuted is None:  # e.g. a mask read by position (the last real token) permuted into another layout
+        entry["not_checked"] = "the forward fails on the permuted inputs"
+        return entry, []
     result = compare(reference, permuted)
     entry["max_abs_change"] = result.max_abs_change
     entry["output"] = result.moved[0] if result.moved else None
