@@ -25,6 +25,9 @@ ALLENNLP = "allenai/allennlp seq2vec_encoders/cnn_encoder.py 00bb6c5 -> 09c2322 
 FASTNLP = "fastnlp/fastNLP modules/encoder/star_transformer.py (issue #138, PR #139)"
 COURSIA = "jsboige/CoursIA 03-Embeddings-From-Scratch (issue #15045, PR #15074)"
 ST = "huggingface/sentence-transformers models/Pooling.py lasttoken (PR #2111)"
+UNIEM = "wangyuxinwhy/uniem uniem/model.py ba0a8e4 (PR #23)"
+TABFORMER = "IBM/TabFormer models/hierarchical.py 600d4e9 (PR #14)"
+OMDET = "om-ai-lab/OmDet omdet_v2_turbo/ela_encoder.py 542ce97 (issue #19)"
 GDINO = "longzw1997/Open-GroundingDino TransformerEncoderLayer (issue #115, open)"
 ISSUE18 = "model-expert issue 18 (the issue's own DeepSets cases)"
 HF = "huggingface/transformers (installed package), tiny config"
@@ -65,6 +68,26 @@ CASES = [
          source=GDINO, risk=[("batch", None)], fast=True),
     case("groundingdino_repeat_interleave", "fixed", "groundingdino_mask_repeat.py", "EncoderLayerRepeatFixed",
          source=GDINO, fast=True),
+    case("uniem_last_mean_no_mask", "bug", "uniem_embedders.py", "LastMeanBuggy", factory="buggy_inputs",
+         source=UNIEM, risk=[("mask", "mask")]),
+    case("uniem_last_mean_fixed", "fixed", "uniem_embedders.py", "LastMeanFixed", source=UNIEM,
+         convention="false_is_padding"),
+    case("uniem_first_last_no_mask", "bug", "uniem_embedders.py", "FirstLastBuggy", factory="buggy_inputs",
+         source=UNIEM, risk=[("mask", "mask")]),
+    case("uniem_first_last_fixed", "fixed", "uniem_embedders.py", "FirstLastFixed", source=UNIEM,
+         convention="false_is_padding"),
+    case("uniem_last_weighted_no_mask", "bug", "uniem_embedders.py", "LastWeightedBuggy", factory="buggy_inputs",
+         source=UNIEM, risk=[("mask", "mask")]),
+    case("uniem_last_weighted_fixed", "fixed", "uniem_embedders.py", "LastWeightedFixed", source=UNIEM,
+         convention="false_is_padding"),
+    case("tabformer_attention_across_batch", "bug", "batch_first_mixups.py", "TabFormerEmbeddingsBuggy",
+         factory="tabformer_inputs", source=TABFORMER, risk=[("batch", None)], fast=True),
+    case("tabformer_permuted", "fixed", "batch_first_mixups.py", "TabFormerEmbeddingsFixed",
+         factory="tabformer_inputs", source=TABFORMER, fast=True),
+    case("omdet_attention_across_batch", "bug", "batch_first_mixups.py", "ELATransformerLayerBuggy",
+         factory="ela_inputs", source=OMDET, risk=[("batch", None)], fast=True),
+    case("omdet_batch_first", "fixed", "batch_first_mixups.py", "ELATransformerLayerFixed", factory="ela_inputs",
+         source=OMDET, fast=True),
     # the issue's own cases
     case("deepsets_count_padding", "bug", "issue18_deepsets.py", "CountPaddingPool", source=ISSUE18,
          risk=[("mask", "padding_mask")], fast=True),

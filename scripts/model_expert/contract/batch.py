@@ -137,6 +137,10 @@ def analyse_batch(harness: Harness, masks: list[str], seed: int = 0) -> tuple[bo
         return None, [], [finding("INFO", "batch", "no input names a batch dim (B in --input, or a batch_size keyword "
                                   "of the inputs factory); batch independence was not checked")]
     size = next(harness.tensors[name].shape[axis] for name, axis in axes.items())
+    if not harness.deterministic:
+        return None, [], [finding("INFO", "batch", "two eval forwards on the same batch differ (random numbers drawn "
+                                  "in forward), so whether samples mix cannot be told apart from the randomness; "
+                                  "batch independence was not checked", dim=harness.batch_dim)]
     generator = torch.Generator().manual_seed(seed)
     layout, rows = _alone_rows(harness, axes, size)
     if not rows:

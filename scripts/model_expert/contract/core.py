@@ -160,6 +160,14 @@ class Harness:
         self.tensors = {name: tensor for name, (_, tensor) in located.items()}
         self.dims = self._measure_dims(sizes)
         self._output_axes: dict[str, dict[str, list[int]] | None] = {}
+        self._deterministic: bool | None = None
+
+    @property
+    def deterministic(self) -> bool:
+        """Two eval forwards on the same inputs agree (no random numbers drawn in forward)."""
+        if self._deterministic is None:
+            self._deterministic = compare(self.run(self.inputs), self.run(self.inputs)).within_tolerance
+        return self._deterministic
 
     def build(self, extra: dict[str, int] | None = None, seed: int = 0) -> ModelInputs:
         return self.source.build(self.device, {**self.overrides, **(extra or {})}, seed=seed)
