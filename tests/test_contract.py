@@ -185,6 +185,7 @@ def test_bundled_similarity_transformer(capsys):
     assert mask["padding_made_up"] is False  # the factory's own padding (lengths 16..64) is used
     assert mask["all_padded"] == "nan"       # eval-mode encoder fast path: NaN for an all-padding row
     assert len(findings(data, "CAUTION", "all_padded")) == 1
+    assert mask["all_padded_op"] == "_transformer_encoder_layer_fwd"   # the fused layer, not a pooling 0/0
     assert (mask["caller_convention"], mask["convention_source"], mask["inverted"]) == ("true_is_padding", "data", False)
     assert mask["padding_invariant"] is True
     assert "dim" not in {p["dim"] for p in data["permutations"]}  # the 512 feature dim runs at no other size
@@ -322,7 +323,7 @@ def test_nan_at_real_positions_is_a_risk_not_honoured():
 def test_all_padding_nan_cause_is_measured():
     mask = only_mask(contract(f"{C}:MeanPoolNoClamp", *SETS))
     assert mask["all_padded"] == "nan" and mask["all_padded_op"] == "div"    # 0 / 0 in the pooling
-    assert "division by a count of 0" in mask["all_padded_cause"]
+    assert "division by a zero count" in mask["all_padded_cause"]
 
 
 def test_heads_first_attention_weights_are_not_read_as_the_batch():

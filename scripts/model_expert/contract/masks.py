@@ -386,7 +386,7 @@ def _example(runs: dict[int, dict[str, torch.Tensor]], name: str, lengths: list[
 # ---- a sample that is all padding ------------------------------------------------------------------
 
 class _FirstNonFinite(TorchDispatchMode):
-    """Records the first op whose output holds NaN/inf while its inputs were finite."""
+    """Records the first op whose output holds NaN while its inputs held none."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -404,8 +404,9 @@ class _FirstNonFinite(TorchDispatchMode):
 
 
 def _has_nonfinite(value: Any) -> bool:
+    """Any NaN (infinities are how additive masks say 'blocked', so they do not count)."""
     return any(isinstance(t, torch.Tensor) and t.is_floating_point() and not t.is_nested and t.numel()
-               and not bool(torch.isfinite(t).all()) for t in tree_leaves(value))
+               and bool(torch.isnan(t).any()) for t in tree_leaves(value))
 
 
 ATTENTION_OPS = ("softmax", "attention", "multi_head", "transformer_encoder", "transformer_decoder")
@@ -416,12 +417,12 @@ def nonfinite_cause(op: str | None) -> str:
     if op is None:
         return "its cause was not located"
     if any(word in op for word in ATTENTION_OPS):
-        return (f"attention over a row whose keys are all masked (`{op}`: a softmax over no key is 0/0; "
-                "torch's fused attention kernels return NaN there)")
+        return (f"attention over a row whose keys are all masked (`{op}`: a softmax over no key divides zero by "
+                "zero; torch's fused attention kernels return NaN there)")
     if op.startswith("div") or op in ("mean", "true_divide", "reciprocal"):
-        return f"a division by a count of 0 (`{op}`): pooling divides by the number of kept items, which is 0"
+        return f"a division by a zero count (`{op}`): the pooling divides by the number of kept items, and there are none"
     if op.startswith("log"):
-        return f"the log of 0 (`{op}`)"
+        return f"the log of zero (`{op}`)"
     return f"first produced by `{op}`"
 
 
@@ -437,15 +438,27 @@ def all_padded(harness: Harness, mask_name: str, mask_tensor: torch.Tensor, conv
     bad = [name for name, tensor in outputs if not bool(torch.isfinite(tensor).all())]
     if not bad:
         return {"all_padded": "finite", "all_padded_error": None}
+    op = _first_nonfinite_op(harness, inputs, hooked=False) or _first_nonfinite_op(harness, inputs, hooked=True)
+    return {"all_padded": "nan", "all_padded_error": None, "all_padded_output": bad[0],
+            "all_padded_op": op, "all_padded_cause": nonfinite_cause(op)}
+
+
+def _first_nonfinite_op(harness: Harness, inputs, hooked: bool) -> str | None:
+    """The first op that made a NaN/inf from finite inputs. torch's fused fast paths (nested tensors) cannot be
+    read op by op; with HOOKED, no-op forward hooks switch them off so the same computation runs op by op."""
     recorder = _FirstNonFinite()
+    handles = [module.register_forward_hook(lambda *_: None) for module in harness.model.modules()] if hooked else []
     harness.model.eval()
+    copies = fresh_copies(inputs)
     try:
         with torch.no_grad(), recorder:
-            harness.model(*fresh_copies(inputs).args, **fresh_copies(inputs).kwargs)
-    except Exception:
-        pass
-    return {"all_padded": "nan", "all_padded_error": None, "all_padded_output": bad[0],
-            "all_padded_op": recorder.op, "all_padded_cause": nonfinite_cause(recorder.op)}
+            harness.model(*copies.args, **copies.kwargs)
+    except Exception:  # an op the recorder cannot follow: no cause from this run
+        return None
+    finally:
+        for handle in handles:
+            handle.remove()
+    return recorder.op
 
 
 # ---- the check -------------------------------------------------------------------------------------
@@ -531,8 +544,8 @@ def check_mask(harness: Harness, mask_name: str, masks: list[str], declared: dic
         findings.append(finding(
             "CAUTION", "all_padded", f"`{mask_name}`: a sample whose positions are all padding gives NaN in "
             f"`{padded_run['all_padded_output']}`: {padded_run['all_padded_cause']}; NaN scores poison a ranking "
-            "and its loss", fix="drop empty samples before the model, or keep one position unmasked and zero it "
-            "after pooling (divide by count.clamp(min=1))", input=mask_name, output=padded_run["all_padded_output"]))
+            "and its loss", fix="drop empty samples before the model, or divide the pooled sum by the kept count clamped "
+            "to at least one (an empty sample then pools to zero)", input=mask_name, output=padded_run["all_padded_output"]))
     elif entry["all_padded"] == "error":
         findings.append(finding("CAUTION", "all_padded", f"`{mask_name}`: a sample whose positions are all padding makes "
                                 f"the forward fail ({entry['all_padded_error']})", input=mask_name))
