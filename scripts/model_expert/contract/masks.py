@@ -412,6 +412,14 @@ def _has_nonfinite(value: Any) -> bool:
 ATTENTION_OPS = ("softmax", "attention", "multi_head", "transformer_encoder", "transformer_decoder")
 
 
+def _all_padded_fix(op: str | None) -> str:
+    if op and any(word in op for word in ATTENTION_OPS):
+        return ("drop empty samples before the model, or leave one position of an empty sample unmasked for the "
+                "attention and zero that sample's output after it")
+    return ("drop empty samples before the model, or divide the pooled sum by the kept count clamped to at least "
+            "one (an empty sample then pools to zero)")
+
+
 def nonfinite_cause(op: str | None) -> str:
     """Words for the op that made the first NaN."""
     if op is None:
@@ -544,8 +552,7 @@ def check_mask(harness: Harness, mask_name: str, masks: list[str], declared: dic
         findings.append(finding(
             "CAUTION", "all_padded", f"`{mask_name}`: a sample whose positions are all padding gives NaN in "
             f"`{padded_run['all_padded_output']}`: {padded_run['all_padded_cause']}; NaN scores poison a ranking "
-            "and its loss", fix="drop empty samples before the model, or divide the pooled sum by the kept count clamped "
-            "to at least one (an empty sample then pools to zero)", input=mask_name, output=padded_run["all_padded_output"]))
+            "and its loss", fix=_all_padded_fix(padded_run["all_padded_op"]), input=mask_name, output=padded_run["all_padded_output"]))
     elif entry["all_padded"] == "error":
         findings.append(finding("CAUTION", "all_padded", f"`{mask_name}`: a sample whose positions are all padding makes "
                                 f"the forward fail ({entry['all_padded_error']})", input=mask_name))
