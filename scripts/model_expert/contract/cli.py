@@ -241,6 +241,13 @@ def length_line(row: dict[str, Any]) -> str:
     return f"`{row['dim']}` (given {row['given']}): " + "; ".join(parts)
 
 
+def no_permutation(data: dict[str, Any]) -> str:
+    fixed = sorted(set(row["dim"] for row in data["lengths"]) - resizable(data["lengths"]))
+    if fixed:
+        return f"no dim to permute: {', '.join(f'`{d}`' for d in fixed)} runs only at its given size (a feature dim)"
+    return "no named non-batch dim"
+
+
 def render_lines(data: dict[str, Any]) -> dict[str, list[str]]:
     """The formatted lines both renderers (and the review) print."""
     determinism = data["determinism"]
@@ -249,7 +256,7 @@ def render_lines(data: dict[str, Any]) -> dict[str, list[str]]:
         "outputs": [f"`{r['name']}` {r['dtype']}{render.shape(r['shape'])}: {output_range(r)}" for r in data["outputs"]],
         "masks": [mask_line(r, bound(data)) for r in data["masks"]] or ["no mask input"],
         "batch": [batch_line(data)],
-        "permutations": [permutation_line(r, bound(data)) for r in data["permutations"]] or ["no named non-batch dim"],
+        "permutations": [permutation_line(r, bound(data)) for r in data["permutations"]] or [no_permutation(data)],
         "lengths": [length_line(r) for r in data["lengths"]] or ["no named non-batch dim"],
         "determinism": [("two eval forwards agree exactly" if determinism["eval_identical"] else
                          f"two eval forwards differ by {number(determinism['eval_max_abs_change'])}")
