@@ -36,7 +36,7 @@ def _contract(change: float) -> dict:
         "inputs": [], "lengths": [], "findings": [],
         "masks": [{"input": "mask", "data_inputs": ["x"], "honoured": True, "convention": "true_is_padding",
                    "max_abs_change": change, "all_padded": "finite"}],
-        "batch": [{"input": "x", "mode": "eval", "independent": True, "max_abs_change": change}],
+        "batch": [{"output": "out", "mode": "eval", "method": "alone", "independent": True, "max_abs_change": change}],
         "permutations": [
             {"dim": "T", "size": 64, "set": True, "property": "invariant", "max_abs_change": change},
             {"dim": "D", "size": 512, "set": False, "property": "order_dependent", "max_abs_change": 0.4537}],
@@ -54,8 +54,8 @@ def test_contract_lines_hold_on_any_cpu():
     assert one["permutations"] == [
         "`T` (64, declared a set): invariant (output moves within tolerance: ≤ 1e-5 x max|output|, float32 round-off)",
         "`D` (512): order dependent (output moves by 0.454)"]
-    assert one["batch"] == ["independent in eval mode along `B` (changing other samples moves a sample's output "
-                            "within tolerance: ≤ 1e-5 x max|output|, float32 round-off)"]
+    assert one["batch"] == ["independent in eval mode: each sample run alone gives what it gives inside the batch "
+                            "(`out`; largest difference within tolerance: ≤ 1e-5 x max|output|, float32 round-off)"]
     assert "padded data moves the output within tolerance: ≤ 1e-5 x max|output|, float32 round-off" in one["masks"][0]
 
 

@@ -1,4 +1,4 @@
-# Two documented batch-mixing bugs: a batch-first tensor fed to torch attention that reads dim 0 as the
+# Source: two documented batch-mixing bugs, a batch-first tensor fed to torch attention that reads dim 0 as the
 # sequence (nn.TransformerEncoder / nn.MultiheadAttention default batch_first=False), so attention runs
 # ACROSS the samples of a batch.
 #
