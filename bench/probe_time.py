@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Wall time of `probe.py` on the bundled examples with its default options (the 30 s budget), as a user runs it.
+"""Wall time of `probe.py` on the bundled examples with its default options, as a user runs it.
 
 Prints a Markdown table (and writes bench/results_probe.md): example, wall seconds, one-batch steps done of those
-asked, LR range test steps, verdict, whether the time budget cut a mechanism short. Usage: python bench/probe_time.py
+asked, LR range test steps, line-search runs, verdict, breakdown LR, whether the time budget cut a measurement short. Usage: python bench/probe_time.py
 """
 
 from __future__ import annotations
@@ -35,13 +35,14 @@ def run(argv: list[str]) -> dict:
         return {"seconds": seconds, "error": result.stderr.strip()}
     data = json.loads(result.stdout)
     fit, sweep = data["overfit"], data["lr_range"]
-    return {"seconds": seconds, "steps": f"{fit['steps']}/{fit['steps_asked']}", "sweep_steps": len(sweep["lrs"]),
-            "verdict": fit["verdict"], "divergence_lr": sweep["divergence_lr"],
-            "cut_short": fit["stopped_by_time_budget"] or sweep["stopped_by_time_budget"]}
+    return {"seconds": seconds, "steps": f"{fit['steps']}/{fit['steps_asked']}",
+            "sweep_steps": f"{len(sweep['lrs'])}, {sweep['steps']['trials']} runs of {sweep['steps']['per_trial']}",
+            "verdict": fit["verdict"], "divergence_lr": sweep["breakdown_lr"],
+            "cut_short": fit["cut_short"] or sweep["cut_short"]}
 
 
 def main() -> None:
-    rows = ["| example | wall s | one-batch steps | LR sweep steps | verdict | divergence LR | budget cut it short |",
+    rows = ["| example | wall s | one-batch steps | LR range test steps, line search | verdict | breakdown LR | budget cut it short |",
             "|---|---|---|---|---|---|---|"]
     for name, argv in EXAMPLES.items():
         row = run(argv)
@@ -52,7 +53,7 @@ def main() -> None:
             rows.append(f"| {name} | {row['seconds']:.1f} | {row['steps']} | {row['sweep_steps']} | {row['verdict']} | "
                         f"{divergence} | {'yes' if row['cut_short'] else 'no'} |")
         print(rows[-1], flush=True)
-    header = (f"probe.py, default options (--time-budget-s 30), {os.cpu_count()} CPU cores, "
+    header = (f"probe.py, default options, {os.cpu_count()} CPU cores, "
               f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, load average at the end "
               f"{os.getloadavg()[0]:.1f}")
     text = "\n".join([header, "", *rows]) + "\n"

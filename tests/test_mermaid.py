@@ -20,10 +20,11 @@ def emitted():
         "grads": run_script("grads", f"{FX}:HealthyMLP", "--inputs", f"{FX}:mlp_inputs", "--loss", f"{FX}:mse_to_targets",
                             "--batches", "2", "--markdown"),
         "probe": run_script("probe", f"{FX}:HealthyMLP", "--inputs", f"{FX}:mlp_inputs", "--loss", f"{FX}:mse_to_targets",
-                            "--lr", "1e-2", "--steps", "80", "--sweep-steps", "40", "--markdown"),
+                            "--lr", "1e-2", "--steps", "80", "--sweep-steps", "40", "--search-steps", "8", "--markdown"),
         "probe (diverging, negative log10 values)": run_script(
             "probe", f"{FX}:LeastSquares", "--inputs", f"{FX}:least_squares_inputs", "--loss", f"{FX}:least_squares_loss",
-            "--optimizer", "sgd", "--lr", "6", "--steps", "40", "--sweep-steps", "20", "--markdown"),
+            "--optimizer", "sgd", "--lr", "6", "--steps", "40", "--sweep-steps", "20", "--search-steps", "8",
+            "--markdown"),
     }
     for name, result in outputs.items():
         assert result.returncode == 0, f"{name}: {result.stderr[-1500:]}"

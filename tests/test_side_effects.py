@@ -16,7 +16,8 @@ MODEL_CAPABILITIES = [name for name, module in CAPABILITIES.items()
                       if hasattr(importlib.import_module(module), "CAPABILITY")]
 # Extra arguments a capability needs on these fixtures (kept small: this runs every capability).
 EXTRA_ARGS = {"memory": ["--target-device", "cpu"], "report": ["--out", "{tmp}"],
-              "probe": ["--loss", "tests/fixtures/probe_models.py:squared_outputs", "--steps", "10", "--sweep-steps", "12"]}
+              "probe": ["--loss", "tests/fixtures/probe_models.py:squared_outputs", "--steps", "10", "--sweep-steps", "12",
+                        "--search-steps", "4"]}
 # These may succeed without running the failing forward (recommend reports memory/grads as not measured).
 RUN_WITHOUT_FORWARD = {"params", "recommend"}
 

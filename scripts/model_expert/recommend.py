@@ -557,8 +557,7 @@ def recommend(evidence: dict[str, Any], options: Options | None = None) -> dict[
         rule, decision, also = _decide(setting, ctx)
         ctx.decided[setting] = decision
         entry = _entry(setting, rule, decision, also)
-        recommendations.append(lr_below_measured_divergence(entry, evidence.get("probe"))
-                               if setting == "learning_rate" else entry)
+        recommendations.append(starting_lr(entry, evidence.get("probe")) if setting == "learning_rate" else entry)
     memory = _as_list(evidence.get("memory"))
     roles = [Role("single_gpu", find_gpu(options.gpu), 1, memory),
              Role("cluster", find_gpu(options.cluster_gpu), options.gpus_per_node * options.nodes, memory)]
@@ -584,49 +583,95 @@ def recommend(evidence: dict[str, Any], options: Options | None = None) -> dict[
             "measured": {"total_parameters": ctx.total_parameters, "trainable_parameters": ctx.trainable_parameters,
                          "steps": options.steps, "global_batch": options.global_batch},
             "recommendations": recommendations, "hardware": hardware, "not_measured": not_measured,
+            **lr_summary(find({"recommendations": recommendations}, "learning_rate")),
             "issues": probe_issues(evidence.get("probe"))}
 
 
 # ---- measured training dynamics (probe.py) ----------------------------------------------------------
 
-def lr_below_measured_divergence(entry: dict[str, Any], probe: dict[str, Any] | None) -> dict[str, Any]:
-    """The learning-rate entry, moved below probe's measured divergence LR when the written range reaches it."""
+def measured_lr(probe: dict[str, Any] | None) -> dict[str, Any] | None:
+    """probe.py's suggested LR with where it was measured, or None (not run, cut short, no suggestion)."""
     sweep = (probe or {}).get("lr_range") or {}
-    divergence, value = sweep.get("divergence_lr"), entry["value"]
-    if not isinstance(divergence, (int, float)) or not isinstance(value, dict) or value["max"] < divergence:
-        return entry
     suggested = sweep.get("suggested_lr")
-    start = suggested if isinstance(suggested, (int, float)) and 0 < suggested < divergence else divergence / 10
-    where = "lies above" if value["min"] >= divergence else "reaches above"
-    return {**entry, "value": {**value, "start": start, "measured_divergence_lr": divergence},
-            "text": f"{short_sci(value['min'])} to {short_sci(value['max'])} {where} the measured divergence LR "
-                    f"{short_sci(divergence)}: start at {short_sci(start)} (probe.py)",
-            "rule": "lr.below_measured_divergence",
-            "rule_text": "probe.py measured where training diverges on this model's batches; the written range is "
-                         "capped below it",
-            "measured": {**entry["measured"], "divergence_lr": divergence, "probe_suggested_lr": suggested},
-            "justification": f"{entry['justification']}. probe.py ({sweep.get('method', 'LR range test')}) measured "
-                             f"divergence at {short_sci(divergence)}",
-            "also_applicable": [entry["rule"], *entry["also_applicable"]]}
+    if not isinstance(suggested, (int, float)) or sweep.get("cut_short"):
+        return None
+    steps = sweep.get("steps") or {}
+    real = str(probe.get("inputs", "")).startswith("--data")
+    how = (f"a line search of {steps.get('trials', '?')} training runs of {steps.get('per_trial', '?')} steps"
+           if "line_search" in sweep else "probe.py's LR search")
+    return {"lr": suggested, "real_data": real, "breakdown_lr": sweep.get("breakdown_lr"),
+            "source": f"measured by probe.py ({how}) on " + ("--data batches" if real else "synthetic inputs")}
+
+
+def starting_lr(entry: dict[str, Any], probe: dict[str, Any] | None) -> dict[str, Any]:
+    """The learning-rate entry with ONE starting LR (`value.start`), its `lr_source`, and the other candidate beside
+    it (`alternative`: lr, source, why it was not chosen). Measured on --data batches wins over the project rule;
+    on synthetic inputs the rule wins (synthetic batches test the wiring, not the LR) unless its start lies at or
+    above the measured breakdown LR; without a rule the measurement is used wherever it came from."""
+    measured, value = measured_lr(probe), entry["value"]
+    rule_start = value.get("start") if isinstance(value, dict) else None
+    rule_source = f"the project rule {entry['rule']} ({entry['text']})"
+    breakdown = (measured or {}).get("breakdown_lr")
+    if measured is None:
+        return {**entry, "lr_source": rule_source if rule_start is not None else None, "alternative": None}
+    if rule_start is None:
+        return {**entry, "value": {"start": measured["lr"], "measured_breakdown_lr": breakdown},
+                "text": f"{short_sci(measured['lr'])} ({measured['source']})", "rule": "lr.measured",
+                "rule_text": "probe.py's measured LR: no written LR rule covers this model",
+                "lr_source": measured["source"], "alternative": None,
+                "justification": f"{entry['justification']}. {measured['source']}"}
+    rule_breaks = isinstance(breakdown, (int, float)) and rule_start >= breakdown
+    if measured["real_data"] or rule_breaks:
+        why = ("it was measured on this model's own batches" if measured["real_data"] else
+               f"the rule's start lies at or above the measured breakdown LR {short_sci(breakdown)}")
+        return {**entry, "value": {**value, "start": measured["lr"], "measured_breakdown_lr": breakdown},
+                "text": f"start at {short_sci(measured['lr'])} ({measured['source']})",
+                "rule": "lr.measured", "rule_text": "probe.py's line search chooses the LR when measured on real "
+                "batches, or when the project rule's start breaks training",
+                "lr_source": measured["source"],
+                "alternative": {"lr": rule_start, "source": rule_source, "why_not": f"not chosen: {why}"},
+                "measured": {**entry["measured"], "probe_suggested_lr": measured["lr"], "breakdown_lr": breakdown},
+                "justification": f"{entry['justification']}. Not the rule's {short_sci(rule_start)}: {why}",
+                "also_applicable": [entry["rule"], *entry["also_applicable"]]}
+    why_not = ("not chosen: measured on synthetic inputs, which test the wiring, not the LR (pass --data for a "
+               "measured LR)")
+    return {**entry, "lr_source": rule_source,
+            "alternative": {"lr": measured["lr"], "source": measured["source"], "why_not": why_not},
+            "measured": {**entry["measured"], "probe_suggested_lr": measured["lr"], "breakdown_lr": breakdown},
+            "justification": f"{entry['justification']}. probe.py's {short_sci(measured['lr'])} {why_not}"}
+
+
+def lr_summary(entry: dict[str, Any]) -> dict[str, Any]:
+    """recommend's one starting LR: `lr`, `lr_source`, and the other value with why it was not chosen."""
+    value = entry["value"]
+    return {"lr": value.get("start") if isinstance(value, dict) else None, "lr_source": entry.get("lr_source"),
+            "lr_alternative": entry.get("alternative")}
 
 
 def probe_issues(probe: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """Priority 1 when the probed learning rate diverges or cannot fit one batch (probe.py's overfit)."""
+    """Priority 1 when the probed learning rate diverges on one batch, or the model stalls (no better than a constant
+    output) with a measured cause or at every LR the line search tried."""
     fit = (probe or {}).get("overfit") or {}
-    if fit.get("verdict") not in ("diverges", "flat"):
+    sweep = (probe or {}).get("lr_range") or {}
+    if fit.get("verdict") == "stalled" and sweep.get("learned") and not (probe.get("zero_gradient_parameters")
+                                                                        or probe.get("frozen_parameters")):
+        return []  # the probed LR is too small: other LRs learn (the starting LR comes from them)
+    if fit.get("verdict") not in ("diverges", "stalled"):
         return []
     where = f"lr {fit['lr']:.3g} ({probe.get('lr_source', 'probe.py')}) with {fit['optimizer']}"
     if fit["verdict"] == "diverges":
         state = (f"the loss on one batch went from {fit['losses'][0]:.4g} to {fit['loss_at_divergence']:.4g} at step "
                  f"{fit['diverged_at_step']}")
-        fix = "start below the measured divergence LR " + (
-            f"{(probe.get('lr_range') or {}).get('divergence_lr'):.3g}"
-            if isinstance((probe.get("lr_range") or {}).get("divergence_lr"), (int, float)) else "(lower the LR)")
+        breakdown = sweep.get("breakdown_lr")
+        fix = ("start below the measured breakdown LR " + f"{breakdown:.3g}" if isinstance(breakdown, (int, float))
+               else "lower the LR")
     else:
-        state = f"the loss on one batch went from {fit['losses'][0]:.4g} to {fit['final_loss']:.4g} in {fit['steps']} steps"
+        state = (f"the loss on one batch went from {fit['losses'][0]:.4g} to {fit['final_loss']:.4g} in {fit['steps']} "
+                 f"steps, no better than a constant output")
         fix = "find what blocks learning (dead units, detached paths, frozen parameters: grads.py) before tuning"
     return [{"priority": 1, "title": f"{where} {fit['verdict']} on one batch", "current_state": state,
-             "impact": "training does not learn", "fix": fix, "source": "probe.py"}]
+             "impact": "training diverges" if fit["verdict"] == "diverges" else "training does not learn",
+             "fix": fix, "source": "probe.py"}]
 
 
 def find(result: dict[str, Any], setting: str, role: str | None = None) -> dict[str, Any]:
@@ -867,10 +912,23 @@ def _kind_text(data: dict[str, Any]) -> str:
     return f"{' + '.join(kinds)}" + (f" ({rules})" if rules else "")
 
 
+def starting_lr_text(data: dict[str, Any]) -> str | None:
+    """'2e-4 (source); beside it 0.0207 (source): not chosen: why' — the one starting LR, or None without one."""
+    if data.get("lr") is None:
+        return None
+    text = f"{short_sci(data['lr'])} ({data['lr_source']})"
+    other = data.get("lr_alternative")
+    if other:
+        text += f"; beside it {short_sci(other['lr'])} ({other['source']}), {other['why_not']}"
+    return text
+
+
 def render_table(data: dict[str, Any], args: argparse.Namespace) -> str:
+    lr = starting_lr_text(data)
     parts = [f"Training configuration for {data['model']} ({data.get('target', '')})",
              f"Kind: {_kind_text(data)}",
-             f"Parameters: {render.count(data['measured']['total_parameters'])}", "",
+             f"Parameters: {render.count(data['measured']['total_parameters'])}",
+             *([f"Starting LR: {lr}"] if lr else []), "",
              render.table(_rows(data), ["setting", "recommendation", "rule", "measured"]), ""]
     parts += [f"Priority {i['priority']}: {i['title']}: {i['current_state']}; fix: {i['fix']} ({i['source']})"
               for i in data.get("issues", [])]
@@ -884,7 +942,9 @@ def render_markdown(data: dict[str, Any], args: argparse.Namespace) -> str:
     rows = [[entry["setting"] + (f" ({entry['role']})" if entry["role"] else ""), entry["text"],
              f"`{entry['rule']}`", _measured_text(entry["measured"]), entry["justification"]]
             for entry in data["recommendations"]]
+    lr = starting_lr_text(data)
     parts = [f"### Training configuration: {data['model']}", "", f"**Kind**: {_kind_text(data)}", "",
+             *([f"**Starting LR**: {lr}", ""] if lr else []),
              render.markdown_table(rows, ["setting", "recommendation", "rule", "measured", "why"]), ""]
     parts += [f"**Priority {i['priority']}**: {i['title']}: {i['current_state']}; fix: {i['fix']} ({i['source']})"
               for i in data.get("issues", [])]

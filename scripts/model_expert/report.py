@@ -32,6 +32,9 @@ REPORT_ONLY = {"out", "findings", "skip", "json", "markdown", "debug", "target",
 SECTION_DEFAULTS = {"params": {"depth": 2}, "flops": {"depth": 2}}
 # probe's workload inside the review: fixed, so its figures do not depend on the machine's speed.
 REPORT_PROBE_STEPS, REPORT_PROBE_SWEEP_STEPS = 25, 20
+# probe's LR line search inside the review: runs of this many steps (MIN_SEARCH_STEPS when the steps are reduced).
+# Not yet in the FLOPs plan below (about 11 runs: 88 more steps), which still sizes the fit and the range test only.
+REPORT_PROBE_SEARCH_STEPS, MIN_SEARCH_STEPS = 8, 4
 DEFAULT_BUDGET_S = 60.0
 NO_CLOCK_ENV = "MODEL_EXPERT_NO_CLOCK"
 NO_CLOCK_PROBE_S = 3600.0  # probe's own safety net when the clock is off
@@ -210,7 +213,8 @@ def behavioural_overrides(name: str, workload: dict[str, Any]) -> dict[str, Any]
     if name == "grads":
         overrides["batches"] = workload["grads_batches"]
     elif name == "probe":
-        overrides.update(steps=workload["probe_steps"], sweep_steps=workload["probe_sweep_steps"])
+        overrides.update(steps=workload["probe_steps"], sweep_steps=workload["probe_sweep_steps"],
+                         search_steps=MIN_SEARCH_STEPS if "steps" in workload["reduced"] else REPORT_PROBE_SEARCH_STEPS)
     return overrides
 
 
@@ -218,10 +222,10 @@ def probe_clock_cuts(probe: dict[str, Any]) -> list[str]:
     """What probe's time budget (the review's clock) stopped, in words."""
     cuts = []
     fit, sweep = probe.get("overfit") or {}, probe.get("lr_range") or {}
-    if fit.get("stopped_by_time_budget"):
+    if fit.get("cut_short"):
         cuts.append(f"probe: fit one batch stopped by the clock after {fit.get('steps')} steps")
-    if sweep.get("stopped_by_time_budget") or sweep.get("cut_short"):
-        cuts.append(f"probe: the LR range test stopped by the clock after {len(sweep.get('lrs') or [])} steps")
+    if sweep.get("cut_short"):
+        cuts.append(f"probe: the LR search stopped by the clock ({sweep.get('no_suggestion_reason', 'cut short')})")
     return cuts
 
 

@@ -241,9 +241,13 @@ def _dynamics(evidence: dict[str, Any]) -> dict[str, Any]:
                 f"log10(|dw|/|w|) {rows['median log10(|dw|/|w|)']}; {len(update['outside_band'])} of "
                 f"{len(update['layers'])} parameter tensors outside the band ({update['band_source']})"]
     gradient += [f"**{f['severity']}** {f['check']}: {f['text']}" for f in probe["findings"]
-                 if f["severity"] in ("RISK", "CAUTION") and f["check"] in ("overfit", "initial_loss")]
+                 if f["severity"] in ("RISK", "CAUTION") and f["check"] in ("fit_one_batch", "initial_loss")]
+    from .recommend import starting_lr_text
+    starting = starting_lr_text(evidence.get("recommend") or {})  # the review's one LR: recommend chose it
     training = [f"**Learning rate probed**: {rows['learning rate']}, optimizer {fit['optimizer']}",
-                f"**Divergence LR**: {rows['divergence LR']}; **suggested LR**: {rows['suggested LR']}",
+                *([f"**Starting LR**: {starting}"] if starting else []),
+                f"**Breakdown LR**: {rows['breakdown LR']}; **measured LR**: {rows['suggested LR']} "
+                f"({rows['LR search steps']})",
                 f"**Method**: {probe['lr_range']['method']}"]
     training += [f"**{f['severity']}** {f['check']}: {f['text']}" for f in probe["findings"]
                  if f["severity"] in ("RISK", "CAUTION") and f["check"] == "lr_range"]
@@ -344,9 +348,11 @@ def _issues(evidence: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
                                      "fix": finding.get("fix") or "see contract.py's finding", "source": "contract.py"})
     for finding in _get(evidence, "probe", "findings") or []:
         priority = SEVERITY_PRIORITY.get(finding["severity"])
-        if priority and finding["check"] in ("overfit", "lr_range", "initial_loss"):
+        if priority and finding["check"] in ("fit_one_batch", "lr_range", "initial_loss"):
+            impact = {"fit_one_batch": "training does not learn or diverges (measured on one batch)",
+                      "lr_range": "training breaks down at this LR", "initial_loss": "a poor start"}[finding["check"]]
             issues[priority].append({"title": f"training dynamics: {finding['check'].replace('_', ' ')}",
-                                     "current_state": finding["text"], "impact": "training does not learn or diverges",
+                                     "current_state": finding["text"], "impact": impact,
                                      "fix": "see probe.py's finding", "source": "probe.py"})
     memory = evidence.get("memory") or {}
     if memory.get("fits") is False:
@@ -449,8 +455,11 @@ def _scope(evidence: dict[str, Any]) -> list[str]:
     if "grads" in evidence:
         lines.append(f"**Gradient sampling**: {batch_text}, {workload['grads_batches']} batches")
     if "probe" in evidence:
+        steps = ((evidence.get("probe") or {}).get("lr_range") or {}).get("steps") or {}
+        search = (f", LR search {steps['trials']} runs of {steps['per_trial']} steps" if steps.get("per_trial")
+                  else "")
         lines.append(f"**Training probe**: {batch_text}, {workload['probe_steps']} fit-one-batch steps, "
-                     f"{workload['probe_sweep_steps']} LR-range steps")
+                     f"{workload['probe_sweep_steps']} LR-range steps{search}")
     cuts = workload.get("cut_by_clock") or []
     lines.append("**Cut by the clock**: " + ("; ".join(cuts) if cuts else "nothing"))
     return lines

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from typing import Any
@@ -15,14 +16,14 @@ from ..errors import UserError
 from ..guard import preserved
 from ..runner import call_model
 from ..target import read_config_section
-from . import charts, curvature, initial_loss, lr_range, overfit, update_ratio
+from . import charts, curvature, initial_loss, line_search, lr_range, overfit, update_ratio
 from .workbench import ADAM_FAMILY, OPTIMIZERS, Deadline, Workbench, torch_default_lr
 
 DEFAULT_STEPS = 200
-DEFAULT_SWEEP_STEPS = 60
-DEFAULT_TIME_BUDGET_S = 30.0
-# Shares of the time left that each mechanism may take, in run order (the last takes what remains).
-TIME_SHARES = {"overfit": 0.45, "curvature": 0.3, "lr_range": 0.9}
+DEFAULT_SWEEP_STEPS = 100
+DEFAULT_SEARCH_STEPS = 100
+DEFAULT_TIME_BUDGET_S = 300.0
+SYNTHETIC_BATCHES = 8  # synthetic inputs: the range test and the line search cycle batches 0..7 (as --data cycles its own)
 CONFIG_LR_KEYS = ("lr", "learning_rate")
 # --precision -> autocast dtype: probe trains fp32 parameters (casting them would be another model).
 AUTOCAST = {"fp32": None, "bf16-autocast": torch.bfloat16, "fp16-autocast": torch.float16}
@@ -41,9 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--steps", type=int, default=DEFAULT_STEPS, metavar="N",
                        help=f"optimizer steps on the one batch (default: {DEFAULT_STEPS})")
     group.add_argument("--sweep-steps", type=int, default=DEFAULT_SWEEP_STEPS, metavar="N",
-                       help=f"steps of the LR range test (default: {DEFAULT_SWEEP_STEPS})")
+                       help=f"steps of the LR range test that brackets the search (default: {DEFAULT_SWEEP_STEPS})")
+    group.add_argument("--search-steps", type=int, default=DEFAULT_SEARCH_STEPS, metavar="N",
+                       help=f"steps of each training run of the LR line search (default: {DEFAULT_SEARCH_STEPS})")
     group.add_argument("--time-budget-s", type=float, default=DEFAULT_TIME_BUDGET_S, metavar="S",
-                       help=f"wall-clock budget for all of it; a mechanism cut short says so (default: {DEFAULT_TIME_BUDGET_S:g})")
+                       help="wall-clock safety net: it can only stop a measurement, which then says cut short and "
+                            f"suggests nothing; the steps are the options' (default: {DEFAULT_TIME_BUDGET_S:g})")
     cli.add_output_arguments(parser)
 
 
@@ -57,8 +61,10 @@ def check_options(args: argparse.Namespace) -> None:
         raise UserError(f"--lr must be a positive number, not {args.lr:g}")
     if args.steps < 1:
         raise UserError(f"--steps must be a positive whole number, not {args.steps}")
-    if args.sweep_steps < 2:
-        raise UserError(f"--sweep-steps must be at least 2, not {args.sweep_steps}")
+    if args.sweep_steps < 3:
+        raise UserError(f"--sweep-steps must be at least 3, not {args.sweep_steps}")
+    if args.search_steps < 4:
+        raise UserError(f"--search-steps must be at least 4, not {args.search_steps}")
     if not args.time_budget_s > 0:
         raise UserError(f"--time-budget-s must be positive, not {args.time_budget_s:g}")
     if args.optimizer not in OPTIMIZERS:
@@ -152,12 +158,13 @@ def find_issues(data: dict[str, Any]) -> list[dict[str, Any]]:
                                  f"{'wrong' if initial > expected else 'right'}; check the output layer's init"})
     fit = data["overfit"]
     where = f"{fit['optimizer']} at lr {fit['lr']:.3g}"
+    constant = (f" (a constant output reaches {fit['constant_loss']:.4g})" if fit.get("constant_loss") is not None else "")
     if fit["verdict"] == "diverges":
-        findings.append({"severity": "RISK", "check": "overfit",
+        findings.append({"severity": "RISK", "check": "fit_one_batch",
                          "text": f"{where} diverges on one batch: the loss went from {fit['losses'][0]:.4g} to "
                                  f"{fit['loss_at_divergence']:.4g} at step {fit['diverged_at_step']}; lower the "
-                                 f"learning rate below the measured divergence LR"})
-    elif fit["verdict"] == "flat":
+                                 f"learning rate below the measured breakdown LR"})
+    elif fit["verdict"] == "stalled":
         causes = []
         if data["zero_gradient_parameters"]:
             causes.append(f"{len(data['zero_gradient_parameters'])} of {data['trainable_tensors']} parameter tensors "
@@ -165,26 +172,39 @@ def find_issues(data: dict[str, Any]) -> list[dict[str, Any]]:
                           f"detached path (grads.py names which)")
         if data["frozen_parameters"]:
             causes.append(f"{len(data['frozen_parameters'])} parameter tensors are frozen ({_listed(data['frozen_parameters'])})")
-        findings.append({"severity": "RISK", "check": "overfit",
-                         "text": f"{where} cannot fit one batch: the loss went from {fit['losses'][0]:.4g} to "
-                                 f"{fit['final_loss']:.4g} in {fit['steps']} steps (no real decrease). "
-                                 + ("Measured causes: " + "; ".join(causes) if causes else
-                                    "No zero-gradient or frozen parameter was found: try a larger --lr")})
-    elif fit["verdict"] == "slow":
-        findings.append({"severity": "CAUTION", "check": "overfit",
-                         "text": f"{where} reaches {fit['ratio']:.2g} x the initial loss on one batch in "
-                                 f"{fit['steps']} steps (fits means <= {overfit.FITS_RATIO:g})"})
+        state = (f"{where} stalls on one batch: the loss went from {fit['losses'][0]:.4g} to {fit['final_loss']:.4g} "
+                 f"in {fit['steps']} steps{constant}, no better than a constant output")
+        if causes or not data["lr_range"].get("learned"):
+            findings.append({"severity": "RISK", "check": "fit_one_batch",
+                             "text": state + ". " + ("Measured causes: " + "; ".join(causes) if causes else
+                                                     "No zero-gradient or frozen parameter was found, and no LR the "
+                                                     "line search tried learned")})
+        else:  # nothing dead or frozen, and real runs at other LRs learn: this LR is small for these few steps
+            findings.append({"severity": "INFO", "check": "fit_one_batch",
+                             "text": state + f" at this LR; the line search's runs learn at "
+                                             f"{data['lr_range']['suggested_lr']:.3g} (see the starting LR)"})
+    elif fit["verdict"] == "learning":
+        findings.append({"severity": "INFO", "check": "fit_one_batch",
+                         "text": f"{where} learns one batch: {fit['losses'][0]:.4g} -> {fit['final_loss']:.4g} in "
+                                 f"{fit['steps']} steps{constant}"})
+    elif fit["verdict"] == "fits":
+        findings.append({"severity": "INFO", "check": "fit_one_batch",
+                         "text": f"{where} fits one batch: {fit['losses'][0]:.4g} -> {fit['final_loss']:.4g} in "
+                                 f"{fit['steps']} steps{constant}"})
     else:
-        findings.append({"severity": "INFO", "check": "overfit",
-                         "text": f"{where} fits one batch: {fit['ratio']:.2g} x the initial loss in {fit['steps']} steps"})
+        findings.append({"severity": "INFO", "check": "fit_one_batch",
+                         "text": f"{where}: no verdict ({fit['verdict'].replace('_', ' ')}, {fit['steps']} steps)"})
     sweep = data["lr_range"]
-    if sweep["divergence_lr"] is not None and fit["lr"] >= sweep["divergence_lr"]:
+    if sweep["breakdown_lr"] is not None and fit["lr"] >= sweep["breakdown_lr"]:
         findings.append({"severity": "RISK", "check": "lr_range",
-                         "text": f"lr {fit['lr']:.3g} is at or above the measured divergence LR "
-                                 f"{sweep['divergence_lr']:.3g}; start below {sweep['suggested_lr']:.3g}"})
-    elif sweep["divergence_lr"] is None:
+                         "text": f"lr {fit['lr']:.3g} is at or above the measured breakdown LR "
+                                 f"{sweep['breakdown_lr']:.3g}" + (f"; start at {sweep['suggested_lr']:.3g}"
+                                                                  if sweep["suggested_lr"] is not None else "")})
+    if sweep["suggested_lr"] is None:
+        findings.append({"severity": "INFO", "check": "lr_range", "text": f"no suggested LR: {sweep['no_suggestion_reason']}"})
+    elif sweep["breakdown_lr"] is None:
         findings.append({"severity": "INFO", "check": "lr_range",
-                         "text": f"no divergence up to lr {sweep['lrs'][-1]:.3g}" if sweep["lrs"] else "no sweep step ran"})
+                         "text": f"no breakdown up to lr {sweep['largest_stable_lr']:.3g}"})
     if data.get("curvature_error"):
         findings.append({"severity": "INFO", "check": "curvature", "text": data["curvature_error"]})
     update = data["update_ratio"]
@@ -198,12 +218,51 @@ def find_issues(data: dict[str, Any]) -> list[dict[str, Any]]:
     return findings
 
 
+def measure_lr(bench: Workbench, args: argparse.Namespace, batches: int, until: float, on_progress) -> dict[str, Any]:
+    """The range test brackets, the line search of real runs chooses: `suggested_lr` or `no_suggestion_reason`,
+    `breakdown_lr`, `method`, `steps`, `cut_short`; the range test's curve kept for the chart."""
+    sweep = lr_range.range_test(bench, args.optimizer, args.sweep_steps, batches, until, on_progress)
+    result: dict[str, Any] = {"lrs": sweep["lrs"], "losses": sweep["losses"], "range_test": sweep,
+                              "suggested_lr": None, "breakdown_lr": None, "largest_stable_lr": None, "learned": None,
+                              "steps": {"range_test": args.sweep_steps, "per_trial": args.search_steps, "trials": 0},
+                              "cut_short": sweep["cut_short"], "parameters": sweep["parameters"]}
+    if sweep["cut_short"]:
+        return {**result, "method": sweep["method"], "no_suggestion_reason":
+                f"cut short: the time budget ({args.time_budget_s:g} s) ended the range test after "
+                f"{len(sweep['lrs'])} of {args.sweep_steps} steps; rerun with a larger --time-budget-s"}
+    start = (sweep["blow_up_lr"] / 10 if sweep["blow_up_lr"] else sweep["steepest_lr"] or sweep["min_loss_lr"]
+             or torch_default_lr(args.optimizer))
+    search = line_search.search(bench, args.optimizer, start, args.search_steps, batches, until, on_progress)
+    trials = len(search["lrs"])
+    result.update({"line_search": search, "method": line_search.method_text(args.search_steps, args.sweep_steps, trials),
+                   "steps": {**result["steps"], "trials": trials}, "cut_short": search["cut_short"]})
+    if search["cut_short"]:
+        return {**result, "no_suggestion_reason":
+                f"cut short: the time budget ({args.time_budget_s:g} s) ended the line search after {trials} runs; "
+                f"rerun with a larger --time-budget-s"}
+    result.update({"breakdown_lr": search["breakdown_lr"], "largest_stable_lr": search["largest_stable_lr"],
+                   "learned": search["learned"]})
+    if not search["learned"]:
+        return {**result, "no_suggestion_reason": f"the loss never fell at any LR tried ({trials} runs from "
+                                                  f"{min(search['lrs']):.3g} to {max(search['lrs']):.3g}): see Fit one batch"}
+    return {**result, "suggested_lr": search["best_lr"]}
+
+
+def torch_threads() -> int:
+    """Every core torch may run on (the process's CPU affinity), not the machine's count."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(count)
+    return count
+
+
 def run_probe(args: argparse.Namespace, on_progress=progress) -> dict[str, Any]:
     check_options(args)
+    threads = torch_threads()
     session = cli.open_session(args)
     model = session.model
     deadline = Deadline(args.time_budget_s)
     optimizer = args.optimizer
+    batches = (len(session.input_source.batches()) if hasattr(session.input_source, "batches") else SYNTHETIC_BATCHES)
     with preserved(model):
         bench = Workbench(model, lambda seed: session.build_inputs(seed=seed), session.loss_fn, session.loaded.name,
                           AUTOCAST[args.precision])
@@ -211,29 +270,25 @@ def run_probe(args: argparse.Namespace, on_progress=progress) -> dict[str, Any]:
             raise UserError("the model has no trainable parameter; nothing to probe")
         check_first_batch(bench)
         lr, lr_source = choose_lr(args, model, session)
-        on_progress(f"lr {lr:.3g} ({lr_source}), optimizer {optimizer}, budget {args.time_budget_s:g} s")
+        on_progress(f"lr {lr:.3g} ({lr_source}), optimizer {optimizer}, {threads} threads, "
+                    f"budget {args.time_budget_s:g} s")
         first = initial_loss.measure(bench)
         zero_grad = zero_gradient_parameters(bench)
-        fit = overfit.fit_one_batch(bench, optimizer, lr, args.steps, deadline.share(TIME_SHARES["overfit"]), on_progress)
+        fit = overfit.fit_one_batch(bench, optimizer, lr, args.steps, deadline.end, on_progress)
         on_progress(f"fit one batch: {fit['verdict']} after {fit['steps']} steps")
         curve, curvature_error = None, None
         if optimizer in MOMENTUM:
             try:
-                curve = curvature.top_eigenvalue(bench, deadline.share(TIME_SHARES["curvature"]))
+                curve = curvature.top_eigenvalue(bench, math.inf)
                 on_progress(f"curvature: lambda_max {curve['lambda_max']:.4g} after {curve['iterations']} iterations")
             except UserError as error:
-                curvature_error = f"curvature not measured ({error}); the divergence LR is the sweep's"
-        until = deadline.share(TIME_SHARES["lr_range"])
-        sweep_steps = lr_range.steps_that_fit(args.sweep_steps, until - time.perf_counter(), fit["step_seconds"])
-        sweep = lr_range.range_test(bench, optimizer, sweep_steps, until, on_progress, sweep_steps)
+                curvature_error = f"curvature not measured ({error})"
+        sweep = measure_lr(bench, args, batches, deadline.end, on_progress)
         if curve is not None and curve["lambda_max"] and curve["lambda_max"] > 0:
-            limit = curvature.divergence_lr(curve["lambda_max"], MOMENTUM[optimizer])
-            sweep = {**sweep, "divergence_lr": limit, "suggested_lr": limit / 2,
-                     "method": (f"curvature: {optimizer} diverges above 2(1+momentum)/lambda_max, lambda_max of the "
-                                f"loss Hessian on batch 0 by power iteration with Hessian-vector products "
-                                f"({curve['iterations']} iterations, tolerance {curve['tolerance']:g}); suggested LR = "
-                                f"half that limit. Chart: " + sweep["method"]),
-                     "curvature": {**curve, "momentum": MOMENTUM[optimizer]}}
+            sweep["curvature"] = {**curve, "momentum": MOMENTUM[optimizer],
+                                  "quadratic_limit_lr": curvature.divergence_lr(curve["lambda_max"], MOMENTUM[optimizer]),
+                                  "note": "2(1+momentum)/lambda_max at the initial weights: exact for a quadratic loss; "
+                                          "cross-entropy's curvature falls as training goes, so real runs decide"}
         update = update_ratio.measure(bench, optimizer, lr)
         frozen = list(bench.frozen_parameters)
         trainable = len(bench.parameters)
@@ -241,6 +296,7 @@ def run_probe(args: argparse.Namespace, on_progress=progress) -> dict[str, Any]:
     data = {"model": session.loaded.name, "target": args.target, "optimizer": optimizer, "lr": lr, "lr_source": lr_source,
             "loss": args.loss or "the model's output.loss",
             "inputs": "--data batches" if getattr(args, "data", None) else "synthetic inputs (test the wiring, not the LR)",
+            "batches_cycled": batches, "threads": threads,
             **first, "overfit": fit, "lr_range": sweep, "update_ratio": update,
             "zero_gradient_parameters": zero_grad, "frozen_parameters": frozen, "trainable_tensors": trainable,
             "curvature_error": curvature_error, "time_budget_s": args.time_budget_s}
@@ -258,22 +314,33 @@ def _number(value: float | None, digits: int = 4) -> str:
     return "—" if value is None else f"{value:.{digits}g}"
 
 
+def lr_rows(sweep: dict[str, Any]) -> list[list[str]]:
+    """The measured LRs: suggestion (or why none), breakdown, with the method's steps."""
+    steps = sweep["steps"]
+    return [
+        ["suggested LR", _number(sweep["suggested_lr"], 3) if sweep["suggested_lr"] is not None
+         else f"none: {sweep['no_suggestion_reason']}"],
+        ["breakdown LR", _number(sweep["breakdown_lr"], 3) if sweep["breakdown_lr"] is not None
+         else ("none up to " + _number(sweep["largest_stable_lr"], 3) if sweep["largest_stable_lr"] is not None
+               else "not measured")],
+        ["LR search steps", f"range test {steps['range_test']}, then {steps['trials']} runs of {steps['per_trial']}"
+                            + (" (cut short by the time budget)" if sweep["cut_short"] else "")],
+    ]
+
+
 def summary_rows(data: dict[str, Any]) -> list[list[str]]:
     fit, sweep, update = data["overfit"], data["lr_range"], data["update_ratio"]
     expected = (f"{data['expected_initial_loss']:.4g} ({data['expected_rule']})" if data["expected_initial_loss"] is not None
                 else data["expected_rule"])
+    constant = f", a constant output reaches {_number(fit['constant_loss'])}" if fit.get("constant_loss") is not None else ""
     return [
         ["learning rate", f"{data['lr']:.3g} ({data['lr_source']})"],
         ["initial loss", _number(data["initial_loss"])],
         ["expected initial loss", expected],
-        ["fit one batch", f"{fit['verdict']}: {_number(fit['losses'][0])} -> {_number(fit['final_loss'])} in "
-                          f"{fit['steps']} steps (ratio {_number(fit['ratio'], 3)}, halved at step "
-                          f"{fit['steps_to_halve'] if fit['steps_to_halve'] is not None else '—'})"
-                          + (", stopped by the time budget" if fit["stopped_by_time_budget"] else "")],
-        ["divergence LR", _number(sweep["divergence_lr"], 3) if sweep["divergence_lr"] is not None
-         else f"none up to {_number(sweep['lrs'][-1] if sweep['lrs'] else None, 3)}"],
-        ["suggested LR", _number(sweep["suggested_lr"], 3) if sweep["suggested_lr"] is not None
-         else "none (no divergence measured)"],
+        ["fit one batch", f"{fit['verdict'].replace('_', ' ')}: {_number(fit['losses'][0])} -> "
+                          f"{_number(fit['final_loss'])} in {fit['steps']} steps{constant}"
+                          + (", cut short by the time budget" if fit["cut_short"] else "")],
+        *lr_rows(sweep),
         ["median log10(|dw|/|w|)", _number(update["median_log10"], 3)
          + f" (healthy {update['healthy_band_log10'][0]:g} to {update['healthy_band_log10'][1]:g})"],
         ["inputs", data["inputs"]],
@@ -299,6 +366,7 @@ def render_markdown(data: dict[str, Any], args: argparse.Namespace) -> str:
 
 CAPABILITY = cli.Capability(
     name="probe", version=1,
-    description="Measured training dynamics on a copy of the model: initial loss, fit one batch, the divergence LR "
-                "(curvature for SGD, LR range test for Adam), update/weight ratios.",
+    description="Measured training dynamics on a copy of the model: initial loss, fit one batch, a suggested LR and "
+                "the breakdown LR (a line search of real training runs bracketed by an LR range test), update/weight "
+                "ratios.",
     add_arguments=add_arguments, analyse=analyse, render_table=render_table, render_markdown=render_markdown)

@@ -1,9 +1,11 @@
 """The LR range test (Smith, "Cyclical Learning Rates", 2017; the fastai/Lightning LR finder): from the model's
-initial weights, one optimizer step per sampled batch while the LR grows exponentially from LR_MIN to LR_MAX;
-the loss is smoothed by an exponential moving average (bias-corrected); the run has diverged when the smoothed
-loss exceeds DIVERGE_FACTOR x its minimum so far. Suggested LR: a decade below the divergence LR (the sweep
-notices divergence late, and on a flat curve of sampled batches the minimum is noise); without divergence, the
-LR at the smoothed minimum / 10 (fastai's lr_min).
+initial weights, one optimizer step per batch (batch i mod the batch count) while the LR grows exponentially from
+LR_MIN to LR_MAX over a fixed number of steps; the loss is smoothed by a short exponential moving average
+(bias-corrected); the sweep has blown up when the smoothed loss exceeds BLOW_UP_FACTOR x its minimum so far, or a
+loss is not finite. It only brackets the search: `line_search` chooses the LR from real training runs.
+
+Two points are read off the curve: the steepest descent (most negative slope of the smoothed loss against
+log10 LR, torch-lr-finder's and Lightning's pick) and the blow-up LR.
 """
 
 from __future__ import annotations
@@ -12,11 +14,10 @@ import math
 import time
 from typing import Any, Callable
 
-LR_MIN = 1e-7
-LR_MAX = 10.0
-SMOOTHING = 0.98  # EMA weight of the previous smoothed loss (fastai's beta)
-DIVERGE_FACTOR = 4.0  # fastai's and Lightning's early-stop threshold
-SUGGESTION_DIVISOR = 10.0
+LR_MIN = 1e-6
+LR_MAX = 100.0
+SMOOTHING = 0.8  # EMA weight of the previous smoothed loss: a lag of about 4 steps, a third of a decade at 100 steps
+BLOW_UP_FACTOR = 4.0  # fastai's and Lightning's early-stop threshold
 
 
 def exponential_lrs(lr_min: float, lr_max: float, steps: int) -> list[float]:
@@ -26,45 +27,40 @@ def exponential_lrs(lr_min: float, lr_max: float, steps: int) -> list[float]:
     return [lr_min * (lr_max / lr_min) ** (i / (steps - 1)) for i in range(steps)]
 
 
-MIN_STEPS = 12  # fewer points than this cannot show where the loss turns up
-
-
-def steps_that_fit(asked: int, seconds: float, step_seconds: float | None) -> int:
-    """ASKED, or fewer (at least MIN_STEPS) when ASKED steps of STEP_SECONDS would not fit in SECONDS: the sweep
-    then covers the same LR range in larger factors rather than stopping half way."""
-    if not step_seconds or step_seconds <= 0:
-        return asked
-    return max(min(asked, MIN_STEPS), min(asked, int(seconds / step_seconds)))
+def steepest_lr(lrs: list[float], losses: list[float]) -> float | None:
+    """The LR where the smoothed loss falls fastest against log10(LR) (central differences), before the minimum's
+    blow-up; None with fewer than 3 points."""
+    if len(lrs) < 3:
+        return None
+    slopes = [(losses[i + 1] - losses[i - 1]) / (math.log10(lrs[i + 1]) - math.log10(lrs[i - 1]))
+              for i in range(1, len(lrs) - 1)]
+    return lrs[1 + min(range(len(slopes)), key=lambda i: slopes[i])]
 
 
 def method_text(steps: int) -> str:
-    return (f"LR range test: {steps} steps, LR from {LR_MIN:g} to {LR_MAX:g} growing exponentially, one sampled "
-            f"batch per step, loss smoothed by an EMA (beta {SMOOTHING:g}, bias-corrected), diverged when the "
-            f"smoothed loss > {DIVERGE_FACTOR:g} x its minimum; suggested LR = the divergence LR / "
-            f"{SUGGESTION_DIVISOR:g} (without divergence none: a minimum of a short sweep on sampled batches is "
-            f"noise, not a learning rate)")
+    return (f"LR range test: {steps} steps, LR from {LR_MIN:g} to {LR_MAX:g} growing exponentially, loss smoothed by an "
+            f"EMA (beta {SMOOTHING:g}), stopped when the smoothed loss > {BLOW_UP_FACTOR:g} x its minimum")
 
 
-def range_test(bench, optimizer_name: str, steps: int, until: float, progress: Callable[[str], None],
-               batches: int) -> dict[str, Any]:
-    """Sweep; stops at divergence, a non-finite loss, or UNTIL. BATCHES: how many distinct batches to cycle."""
+def range_test(bench, optimizer_name: str, steps: int, batches: int, until: float,
+               progress: Callable[[str], None]) -> dict[str, Any]:
+    """STEPS steps unless the sweep blows up or the clock passes UNTIL (then `cut_short`)."""
     bench.reset()
     planned = exponential_lrs(LR_MIN, LR_MAX, steps)
     optimizer = bench.optimizer(optimizer_name, planned[0])
     lrs: list[float] = []
     losses: list[float] = []
-    average, best, best_lr, divergence = 0.0, math.inf, None, None
-    stopped_by_time = False
+    average, best, blow_up, cut_short = 0.0, math.inf, None, False
     report_every = max(1, steps // 5)
     for step, lr in enumerate(planned):
-        if step >= MIN_STEPS and time.perf_counter() > until:
-            stopped_by_time = True
+        if time.perf_counter() > until:
+            cut_short = True
             break
         for group in optimizer.param_groups:
             group["lr"] = lr
         raw = bench.train_step(optimizer, seed=step % batches, dropout_seed=step)
         if not math.isfinite(raw):
-            divergence = lr
+            blow_up = lr
             break
         average = SMOOTHING * average + (1 - SMOOTHING) * raw
         smoothed = average / (1 - SMOOTHING ** (step + 1))
@@ -72,14 +68,14 @@ def range_test(bench, optimizer_name: str, steps: int, until: float, progress: C
         losses.append(smoothed)
         if step % report_every == 0:
             progress(f"LR range test: step {step}/{steps}, lr {lr:.3g}, smoothed loss {smoothed:.4g}")
-        if smoothed < best:
-            best, best_lr = smoothed, lr
-        if step and best > 0 and smoothed > DIVERGE_FACTOR * best:
-            divergence = lr
+        best = min(best, smoothed)
+        if step and best > 0 and smoothed > BLOW_UP_FACTOR * best:
+            blow_up = lr
             break
-    return {"method": method_text(steps), "lrs": lrs, "losses": losses,
-            "suggested_lr": divergence / SUGGESTION_DIVISOR if divergence is not None else None,
-            "divergence_lr": divergence, "sweep_divergence_lr": divergence, "min_loss_lr": best_lr,
-            "stopped_by_time_budget": stopped_by_time,
+    # the steepest descent before the sweep's minimum (past it the loss only rises)
+    upto = losses.index(min(losses)) + 2 if losses else 0
+    return {"method": method_text(steps), "steps": steps, "lrs": lrs, "losses": losses,
+            "steepest_lr": steepest_lr(lrs[:upto], losses[:upto]), "blow_up_lr": blow_up,
+            "min_loss_lr": lrs[losses.index(min(losses))] if losses else None, "cut_short": cut_short,
             "parameters": {"lr_min": LR_MIN, "lr_max": LR_MAX, "steps": steps, "smoothing": SMOOTHING,
-                           "diverge_factor": DIVERGE_FACTOR, "suggestion_divisor": SUGGESTION_DIVISOR}}
+                           "blow_up_factor": BLOW_UP_FACTOR}}
