@@ -14,7 +14,8 @@ improvement (truth.py's breakdown rule); "missing" when the tool gave none.
 
 Benchmark dependencies (not runtime ones): pip install torch-lr-finder==0.2.2 lightning==2.6.6 torch==2.13.0
 Usage: python bench/lr_bench.py [--tools probe,torch-lr-finder,lightning,naive] [--tasks NAME,...]
-Writes bench/results_lr.md and bench/results_lr.json.
+Writes bench/results_lr.md and bench/results_lr.json. On a shared machine, subsets in parallel, one core each:
+  taskset -c 0 python bench/lr_bench.py --tasks A,B --rows-out /tmp/a.json  (...), then --merge /tmp/a.json ...
 """
 
 from __future__ import annotations
@@ -182,10 +183,22 @@ def markdown(rows: list[dict], tools: list[str], header: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tools", default=",".join(TOOLS))
-    parser.add_argument("--tasks", default="")
+    parser.add_argument("--tasks", default="", help="comma-separated task names (default: all)")
+    parser.add_argument("--rows-out", metavar="FILE.json", help="write this run's rows there (to run subsets in parallel)")
+    parser.add_argument("--merge", nargs="+", metavar="FILE.json", help="print and write the tables of these rows files")
     options = parser.parse_args()
     tools = [t for t in options.tools.split(",") if t]
     wanted = [t for t in options.tasks.split(",") if t]
+    if options.merge:
+        order = [t["name"] for t in tasks.TASKS]
+        rows = sorted((row for path in options.merge for row in json.loads(Path(path).read_text())["rows"]),
+                      key=lambda row: order.index(row["task"]))
+        meta = [json.loads(Path(path).read_text())["meta"] for path in options.merge]
+        header = (f"LR corpus ({len(rows)} tasks, bench/lr_corpus), 200 steps per score, {len(options.merge)} processes "
+                  f"in parallel, load average {max(m['load'] for m in meta):.1f}, "
+                  f"{max(m['seconds'] for m in meta):.0f} s; `python bench/lr_bench.py`")
+        write(rows, tools, header)
+        return
     known = json.loads(truth.TRUTH.read_text())
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning").setLevel(logging.ERROR)
@@ -215,12 +228,19 @@ def main() -> None:
     load = os.getloadavg()[0]
     header = (f"LR corpus ({len(rows)} tasks, bench/lr_corpus), 200 steps per score, {os.cpu_count()} CPUs, load "
               f"average {load:.1f}, {time.perf_counter() - started:.0f} s; `python bench/lr_bench.py`")
+    if options.rows_out:
+        Path(options.rows_out).write_text(json.dumps({"rows": rows, "meta": {
+            "load": load, "seconds": time.perf_counter() - started}}, default=str))
+    if not wanted:
+        write(rows, tools, header)
+
+
+def write(rows: list[dict], tools: list[str], header: str) -> None:
     text = markdown(rows, tools, header)
     print(text)
-    if not wanted:
-        RESULTS.with_suffix(".md").write_text(text + "\n")
-        RESULTS.with_suffix(".json").write_text(json.dumps({"rows": rows, "summary": {t: summary(rows, t) for t in tools}},
-                                                           indent=1, default=str) + "\n")
+    RESULTS.with_suffix(".md").write_text(text + "\n")
+    RESULTS.with_suffix(".json").write_text(json.dumps({"rows": rows, "summary": {t: summary(rows, t) for t in tools}},
+                                                       indent=1, default=str) + "\n")
 
 
 if __name__ == "__main__":

@@ -325,6 +325,8 @@ def lr_rows(sweep: dict[str, Any]) -> list[list[str]]:
                else "not measured")],
         ["LR search steps", f"range test {steps['range_test']}, then {steps['trials']} runs of {steps['per_trial']}"
                             + (" (cut short by the time budget)" if sweep["cut_short"] else "")],
+        *([["quadratic limit", f"{sweep['curvature']['quadratic_limit_lr']:.3g} (2(1+momentum)/lambda_max at the "
+                               f"initial weights; shown, not used)"]] if sweep.get("curvature") else []),
     ]
 
 
