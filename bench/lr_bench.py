@@ -170,8 +170,15 @@ def markdown(rows: list[dict], tools: list[str], header: str) -> str:
         s = summary(rows, tool)
         lines.append(f"| {tool} | {fmt(s['median'])} | {fmt(s['worst'])} | {s['missing']} of {s['tasks']} | "
                      f"{s['diverges']} | {s['stalls']} |")
+    pairs = [(r["probe_breakdown_lr"], r["breakdown_lr"]) for r in rows if "probe_breakdown_lr" in r]
+    both = [(mine, true) for mine, true in pairs if mine is not None and true is not None]
+    if pairs:
+        lines += ["", f"probe's breakdown LR within 2x of the truth's: {sum(1 / 2 <= m / t <= 2 for m, t in both)} of "
+                      f"{len(both)} tasks where both have one; {sum(m is None and t is None for m, t in pairs)} where "
+                      f"neither does; {sum((m is None) != (t is None) for m, t in pairs)} where one does (the truth's "
+                      f"grid ends at 100)"]
     lines += ["", "| task | optimizer | best LR | breakdown LR | probe breakdown | "
-              + " | ".join(f"{t} LR (regret)" for t in tools) + " |", "|---" * (4 + len(tools)) + "|"]
+              + " | ".join(f"{t} LR (regret)" for t in tools) + " |", "|---" * (5 + len(tools)) + "|"]
     for r in rows:
         cells = [f"{fmt(r[t]['lr'])} ({fmt(r[t]['regret'])}{'' if r[t]['state'] == 'ok' else ', ' + r[t]['state']})"
                  for t in tools]
@@ -194,8 +201,8 @@ def main() -> None:
         rows = sorted((row for path in options.merge for row in json.loads(Path(path).read_text())["rows"]),
                       key=lambda row: order.index(row["task"]))
         meta = [json.loads(Path(path).read_text())["meta"] for path in options.merge]
-        header = (f"LR corpus ({len(rows)} tasks, bench/lr_corpus), 200 steps per score, {len(options.merge)} processes "
-                  f"in parallel, load average {max(m['load'] for m in meta):.1f}, "
+        header = (f"LR corpus ({len(rows)} tasks, bench/lr_corpus), 200 steps per score, {len(options.merge)} processes, one core each, "
+                  f"in parallel on a shared 2-core machine, load average {max(m['load'] for m in meta):.1f}, "
                   f"{max(m['seconds'] for m in meta):.0f} s; `python bench/lr_bench.py`")
         write(rows, tools, header)
         return
