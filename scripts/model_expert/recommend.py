@@ -589,6 +589,11 @@ def recommend(evidence: dict[str, Any], options: Options | None = None) -> dict[
 
 # ---- measured training dynamics (probe.py) ----------------------------------------------------------
 
+def lr_text(value: float) -> str:
+    """A measured LR in short_sci at 3 significant digits: 1.67373e-4 -> '1.67e-4'."""
+    return short_sci(float(f"{value:.3g}"))
+
+
 def measured_lr(probe: dict[str, Any] | None) -> dict[str, Any] | None:
     """probe.py's suggested LR with where it was measured, or None (not run, cut short, no suggestion)."""
     sweep = (probe or {}).get("lr_range") or {}
@@ -616,29 +621,29 @@ def starting_lr(entry: dict[str, Any], probe: dict[str, Any] | None) -> dict[str
         return {**entry, "lr_source": rule_source if rule_start is not None else None, "alternative": None}
     if rule_start is None:
         return {**entry, "value": {"start": measured["lr"], "measured_breakdown_lr": breakdown},
-                "text": f"{short_sci(measured['lr'])} ({measured['source']})", "rule": "lr.measured",
+                "text": f"{lr_text(measured['lr'])} ({measured['source']})", "rule": "lr.measured",
                 "rule_text": "probe.py's measured LR: no written LR rule covers this model",
                 "lr_source": measured["source"], "alternative": None,
                 "justification": f"{entry['justification']}. {measured['source']}"}
     rule_breaks = isinstance(breakdown, (int, float)) and rule_start >= breakdown
     if measured["real_data"] or rule_breaks:
         why = ("it was measured on this model's own batches" if measured["real_data"] else
-               f"the rule's start lies at or above the measured breakdown LR {short_sci(breakdown)}")
+               f"the rule's start lies at or above the measured breakdown LR {lr_text(breakdown)}")
         return {**entry, "value": {**value, "start": measured["lr"], "measured_breakdown_lr": breakdown},
-                "text": f"start at {short_sci(measured['lr'])} ({measured['source']})",
+                "text": f"start at {lr_text(measured['lr'])} ({measured['source']})",
                 "rule": "lr.measured", "rule_text": "probe.py's line search chooses the LR when measured on real "
                 "batches, or when the project rule's start breaks training",
                 "lr_source": measured["source"],
                 "alternative": {"lr": rule_start, "source": rule_source, "why_not": f"not chosen: {why}"},
                 "measured": {**entry["measured"], "probe_suggested_lr": measured["lr"], "breakdown_lr": breakdown},
-                "justification": f"{entry['justification']}. Not the rule's {short_sci(rule_start)}: {why}",
+                "justification": f"{entry['justification']}. Not the rule's {lr_text(rule_start)}: {why}",
                 "also_applicable": [entry["rule"], *entry["also_applicable"]]}
     why_not = ("not chosen: measured on synthetic inputs, which test the wiring, not the LR (pass --data for a "
                "measured LR)")
     return {**entry, "lr_source": rule_source,
             "alternative": {"lr": measured["lr"], "source": measured["source"], "why_not": why_not},
             "measured": {**entry["measured"], "probe_suggested_lr": measured["lr"], "breakdown_lr": breakdown},
-            "justification": f"{entry['justification']}. probe.py's {short_sci(measured['lr'])} {why_not}"}
+            "justification": f"{entry['justification']}. probe.py's {lr_text(measured['lr'])} {why_not}"}
 
 
 def lr_summary(entry: dict[str, Any]) -> dict[str, Any]:
@@ -916,10 +921,10 @@ def starting_lr_text(data: dict[str, Any]) -> str | None:
     """'2e-4 (source); beside it 0.0207 (source): not chosen: why' — the one starting LR, or None without one."""
     if data.get("lr") is None:
         return None
-    text = f"{short_sci(data['lr'])} ({data['lr_source']})"
+    text = f"{lr_text(data['lr'])} ({data['lr_source']})"
     other = data.get("lr_alternative")
     if other:
-        text += f"; beside it {short_sci(other['lr'])} ({other['source']}), {other['why_not']}"
+        text += f"; beside it {lr_text(other['lr'])} ({other['source']}), {other['why_not']}"
     return text
 
 
