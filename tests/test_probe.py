@@ -199,6 +199,15 @@ def test_verdict_rules():
     assert overfit.verdict([1.0, 0.5, 0.4]) == ("too_few_steps", None)  # 2 steps judge nothing but divergence
 
 
+def test_adam_at_a_small_lr_for_few_steps_is_not_called_stalled():
+    # the review's 25 steps of AdamW at recommend's 1e-4 move each weight at most 25 x 1e-4 = 0.0025 < 0.01
+    data = probe(f"{FX}:bert_mlm_tiny", "--inputs", f"{FX}:bert_mlm_batch", "--lr", "1e-4", "--steps", "25",
+                 "--sweep-steps", "12", "--search-steps", "4")
+    assert 25 * 1e-4 < overfit.ADAM_MIN_TRAVEL
+    assert data["overfit"]["verdict"] in ("too_few_steps", "learning", "fits")
+    assert not [f for f in data["findings"] if f["severity"] in ("RISK", "CAUTION") and f["check"] == "fit_one_batch"]
+
+
 def test_charts_are_mermaid_line_charts_of_what_was_measured():
     fit = {"losses": [1.0, 0.1, 0.01], "optimizer": "adamw", "lr": 0.001}
     chart = charts.line_chart(charts.overfit_series(fit))
@@ -337,7 +346,7 @@ def test_a_run_the_budget_stops_is_cut_short_and_suggests_nothing():
 
 
 @pytest.mark.parametrize("argv", [
-    [f"{FX}:bert_mlm_tiny", "--inputs", f"{FX}:bert_mlm_batch"],
+    [f"{FX}:bert_mlm_tiny", "--inputs", f"{FX}:bert_mlm_batch", "--lr", "1e-3"],
     [f"{FX}:GRUSeq2Seq", "--data", f"{FX}:reversal_batches", "--batch-inputs", f"{FX}:pick_source_and_target_in",
      "--loss", f"{FX}:seq2seq_loss", "--lr", "1e-2"],  # its training LR: at torch's 1e-3, 25 steps barely move it
 ], ids=["bert", "gru_seq2seq"])
@@ -349,3 +358,27 @@ def test_healthy_models_raise_no_training_dynamics_issue(argv):
     assert not [f for f in data["findings"] if f["severity"] in ("RISK", "CAUTION")
                 and f["check"] in ("fit_one_batch", "lr_range", "initial_loss")]
     assert data["lr_range"]["suggested_lr"] is not None
+
+
+def test_when_no_run_learns_there_is_a_reason_not_a_suggestion():
+    # a bench whose loss never moves, at any LR: the search must end with no breakdown and say nothing learned
+    from model_expert.probe import line_search
+
+    class Flat:  # a bench whose loss never moves: every trial scores the initial loss
+        loss_fn = None
+
+        def reset(self):
+            pass
+
+        def loss(self, seed, dropout_seed):
+            return torch.tensor(1.0)
+
+        def optimizer(self, name, lr):
+            return None
+
+        def train_step(self, optimizer, seed, dropout_seed):
+            return 1.0
+
+    result = line_search.search(Flat(), "adamw", 1e-3, 8, 2, math.inf, lambda message: None)
+    assert result["learned"] is False and result["breakdown_lr"] is None and result["largest_stable_lr"] is None
+    assert len(result["lrs"]) >= 3 and not result["cut_short"]

@@ -129,7 +129,10 @@ def search(bench, optimizer_name: str, start: float, steps: int, batches: int, u
     result: dict[str, Any] = {"steps": steps, "start_lr": start, "initial_score": trials.initial, "cut_short": False}
     try:
         best = climb(trials, start)
-        breakdown, stable = bracket_breakdown(trials, best)
+        if trials.initial - trials.scores[best] > 0:
+            breakdown, stable = bracket_breakdown(trials, best)
+        else:  # no run learned: nothing to break down from (the caller says so instead of suggesting)
+            breakdown = stable = None
     except Cut:
         best = breakdown = stable = None
         result["cut_short"] = True

@@ -9,7 +9,8 @@ no further), when the loss takes the model's output; else against the initial lo
   learning  final below (1 - LEARNING_MARGIN) x the constant predictor's loss (without it: below
             (1 - LEARNING_MARGIN) x the initial loss)
   stalled   otherwise: no better than a constant output (or no real decrease)
-Fewer than MIN_JUDGED_STEPS steps judge nothing but divergence ("too_few_steps").
+Fewer than MIN_JUDGED_STEPS steps judge nothing but divergence ("too_few_steps"); so do Adam-family runs whose
+steps x lr stay below ADAM_MIN_TRAVEL (each weight moves at most about lr per step: too little to call a stall).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ LEARNING_MARGIN = 0.1
 DIVERGE_FACTOR = 1.5
 BLOW_UP_FACTOR = 10.0
 MIN_JUDGED_STEPS = 20  # Adam's bias-corrected first steps move every weight by about lr: judge no fewer
+ADAM_MIN_TRAVEL = 0.01  # Adam moves each weight by at most about lr per step: steps x lr below this cannot show a stall
+ADAM_FAMILY = ("adam", "adamw")
 CONSTANT_STEPS, CONSTANT_LR = 300, 0.1  # Adam on the constant output: converges on cross-entropy and MSE
 VERDICT_RULE = (f"against the constant predictor's loss c (else the initial loss): fits: final <= {FITS_RATIO:g} x c; "
                 f"learning: final < {1 - LEARNING_MARGIN:g} x c; stalled: otherwise; diverges: non-finite, ending above "
@@ -117,6 +120,8 @@ def fit_one_batch(bench, optimizer_name: str, lr: float, steps: int, until: floa
     result, diverged_at = verdict(losses, constant)
     if stopped_by_time and result != "diverges":
         result = "cut_short"  # a verdict on the steps the clock allowed would depend on the machine
+    elif result == "stalled" and optimizer_name in ADAM_FAMILY and (len(losses) - 1) * lr < ADAM_MIN_TRAVEL:
+        result = "too_few_steps"  # e.g. 25 steps at 1e-4: each weight moved at most 0.0025
     final = losses[-1]
     return {"steps": len(losses) - 1, "steps_asked": steps, "lr": lr, "optimizer": optimizer_name, "losses": losses,
             "final_loss": final,
