@@ -86,7 +86,11 @@ def test_the_review_runs_the_checks_on_the_batch_and_steps_it_states(monkeypatch
     from model_expert.report_view import build_view
     scope = build_view(evidence)["scope"]
     assert "**Gradient sampling**: batch 2 (the traced batch is 16), 2 batches" in scope
-    assert "**Training probe**: batch 2 (the traced batch is 16), 10 fit-one-batch steps, 8 LR-range steps" in scope
+    # the LR line search's runs shrink to report.MIN_SEARCH_STEPS = 4 steps when the steps are reduced
+    searches = evidence["probe"]["lr_range"]["steps"]
+    assert searches["per_trial"] == report.MIN_SEARCH_STEPS == 4
+    assert (f"**Training probe**: batch 2 (the traced batch is 16), 10 fit-one-batch steps, 8 LR-range steps, "
+            f"LR search {searches['trials']} runs of 4 steps") in scope
     assert scope[-1] == "**Cut by the clock**: nothing"
 
 
