@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from model_expert import report
+from model_expert import recommend, report
 
 GRADS, PROBE_EXTRA = report.GRADS_DEFAULT_BATCHES, report.PROBE_EXTRA_STEPS
 ALL = frozenset(report.BEHAVIOURAL)
@@ -101,3 +101,6 @@ def test_a_spent_budget_leaves_the_checks_out_and_says_so(monkeypatch, tmp_path)
         assert key not in evidence and evidence["not_measured"][key].startswith("left out: the review's --budget-s 1e-06 s")
     assert [cut.split(":")[0] for cut in evidence["review_budget"]["cut_by_clock"]] == ["contract", "probe", "grads"]
     assert "recommend" in evidence  # the rest of the review is still written
+    # and recommend does not run the cut checks itself (that would spend the budget the clock saved)
+    sources = evidence["recommend"]["evidence_sources"]
+    assert sources["grads"] == sources["probe"] == f"{recommend.NOT_MEASURED} in the report"

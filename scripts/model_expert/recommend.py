@@ -861,6 +861,8 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
             sources["memory"] = "measured here (memory.py)" if memory else f"{NOT_MEASURED}: {why}"
     if grads is not None:
         sources["grads"] = f"--grads-json {args.grads_json}" if args.grads_json else "report.py's grads section"
+    elif "grads" in provided:  # the report skipped it or its budget cut it: not run a second time here
+        sources["grads"] = f"{NOT_MEASURED} in the report"
     else:
         grads, why = _run_capability("grads", args)
         sources["grads"] = "measured here (grads.py)" if grads is not None else f"{NOT_MEASURED}: {why}"
