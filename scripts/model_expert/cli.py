@@ -197,6 +197,9 @@ class Capability:
     analyse: Callable[[argparse.Namespace], dict[str, Any]]
     render_table: Callable[[dict[str, Any], argparse.Namespace], str]
     render_markdown: Callable[[dict[str, Any], argparse.Namespace], str] | None = None
+    # "Loss: ..." under the title line; off where stdout is only a list of files (report: "wrote ..."),
+    # whose review states the loss itself
+    loss_line: bool = True
 
     @property
     def schema(self) -> str:
@@ -270,7 +273,7 @@ def main(capability: Capability, argv: list[str] | None = None, prog: str | None
         checkpoints_loaded.clear()
         with quiet_libraries(not debug):
             data = {"schema": capability.schema, **capability.analyse(args)}
-        loss = loss_description(getattr(args, "loss", None)) if hasattr(args, "loss") else None
+        loss = loss_description(getattr(args, "loss", None)) if hasattr(args, "loss") and capability.loss_line else None
         if loss:
             data.setdefault("loss", loss)
         if checkpoints_loaded:
