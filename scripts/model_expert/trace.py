@@ -8,7 +8,9 @@ as growing quadratically, and so is every module whose FLOPs grow faster than li
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -261,6 +263,37 @@ def vary_analysis(session: cli.Session, name: str, small: int, large: int) -> di
     }
 
 
+# F.dropout / torch.dropout / F.alpha_dropout ... written in a forward: train-mode behaviour no module shows
+_FUNCTIONAL_DROPOUT = re.compile(r"\b(?:F|functional|nn\.functional|torch)\.(?:feature_alpha_|alpha_)?dropout(?:[123]d)?\s*\(")
+
+
+def train_mode_modules(model: nn.Module) -> dict[str, Any]:
+    """What model.eval() switches: dropout modules, dropout inside torch modules (nn.RNN/GRU/LSTM between layers,
+    nn.MultiheadAttention on the weights), functional dropout written in the user's forward methods (counted in
+    their source), and BatchNorm (running statistics instead of the batch's)."""
+    dropout, inner, batchnorm, functional = [], [], [], []
+    seen: set[type] = set()
+    for path, module in model.named_modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd):
+            dropout.append({"module": path, "type": type(module).__name__, "p": module.p})
+        elif isinstance(getattr(module, "dropout", None), float) and module.dropout > 0:
+            inner.append({"module": path, "type": type(module).__name__, "p": module.dropout})
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            batchnorm.append({"module": path, "type": type(module).__name__})
+        cls = type(module)
+        if cls in seen or cls.__module__.startswith("torch."):
+            continue
+        seen.add(cls)
+        try:
+            calls = len(_FUNCTIONAL_DROPOUT.findall(inspect.getsource(cls.forward)))
+        except (OSError, TypeError):
+            continue
+        if calls:
+            functional.append({"class": cls.__name__, "calls": calls})
+    return {"dropout_modules": dropout, "inner_dropout": inner, "functional_dropout": functional,
+            "batchnorm_modules": batchnorm}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     cli.add_model_arguments(parser)
     cli.add_input_arguments(parser)
@@ -281,7 +314,7 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
         calls = [c for c in calls if c["depth"] <= args.max_depth]
     data = {"target": args.target, "model": type(session.model).__name__, "device": args.device,
             "training": session.model.training, "inputs": inputs.describe(session.model.forward), "outputs": traced["outputs"],
-            "calls": calls, "call_count": len(traced["calls"])}
+            "calls": calls, "call_count": len(traced["calls"]), "train_mode": train_mode_modules(session.model)}
     if varied is not None:
         data["vary"] = varied
     return data
