@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
@@ -91,6 +92,24 @@ def assert_same_state(before: dict, after: dict) -> None:
         assert before[key] == after[key], f"{key} changed"
     assert torch.equal(before["torch_rng"], after["torch_rng"]), "torch RNG state changed"
     assert before["python_rng"] == after["python_rng"], "python RNG state changed"
+
+
+@pytest.fixture(scope="session")
+def review_cache(tmp_path_factory):
+    """report.py's review of (name, args), run once per session and shared by every test module that asks for
+    the same arguments: get(name, *args) -> (out dir, analysis.md text, analysis.json data)."""
+    made: dict = {}
+
+    def get(name: str, *args):
+        key = (name, tuple(map(str, args)))
+        if key not in made:
+            out = tmp_path_factory.mktemp(f"review-{name}") / name
+            result = run_script("report", *args, "--out", out, timeout=900)
+            assert result.returncode == 0, result.stderr[-3000:]
+            assert "report: [1/" in result.stderr  # progress goes to stderr
+            made[key] = (out, (out / "analysis.md").read_text(), json.loads((out / "analysis.json").read_text()))
+        return made[key]
+    return get
 
 
 @pytest.fixture

@@ -141,7 +141,7 @@ def test_breakdown_says_alive_at_the_peak_with_full_sizes(capsys):
     assert "Of which alive at the peak:" in out and "full size 848 B" in out
     from model_expert.report_view import _performance
     line = next(l for l in _performance({"params": {"parameter_bytes": 848}, "memory": data}, {})
-                if l.startswith("**Training step peak**"))
+                if l.startswith("**Training step peak at the traced batch"))
     assert "alive at that moment" in line and "(full size 0.0 MiB)" in line
     activations = render.mib(data["activation_bytes_end_of_forward"])
     assert f"({FULL_SIZE_LABELS['activations']} {activations})" in line and FULL_SIZE_LABELS["activations"] != "full size"
@@ -234,14 +234,22 @@ def test_epoch_time_names_its_batch_and_the_recommended_one():
     from model_expert.report_view import _performance, derive
     evidence = {"params": {"parameter_bytes": 4}, "samples_per_epoch": 1000,
                 "flops": {"batch_size": 8, "estimated_step_seconds": 0.5, "forward_flops": 1, "backward_flops": 2},
-                "recommend": {"recommendations": [{"setting": "batch_size", "role": "single_gpu", "value": 32}]}}
+                "recommend": {"recommendations": [{"setting": "batch_size", "role": "single_gpu", "value": 8}]}}
     derived = derive(evidence)
     assert derived["steps_per_epoch"] == 125  # ceil(1000 / 8)
-    line = next(l for l in _performance(evidence, derived) if l.startswith("**Estimated Training Time**"))
-    assert "125 steps at batch 8, the traced batch" in line
+    line = next(l for l in _performance(evidence, derived) if l.startswith("**Estimated Training Time"))
+    assert line.startswith("**Estimated Training Time at the recommended batch 8**: ") and "(125 steps)" in line
+    # recommend says 32 but the step was not measured there: the epoch says why instead of using batch 8's step
+    evidence["recommend"]["recommendations"][0]["value"] = 32
+    evidence["not_measured"] = {"flops_recommended_batch": "the forward failed at batch 32"}
+    derived = derive(evidence)
+    assert "epoch_seconds" not in derived
+    line = next(l for l in _performance(evidence, derived) if l.startswith("**Estimated training step at the recommended"))
+    assert line.endswith("not measured: the forward failed at batch 32")
     # report.py measured the step at the recommended batch: the epoch is counted there
     evidence["flops_recommended_batch"] = {"batch_size": 32, "estimated_step_seconds": 1.5}
     derived = derive(evidence)
     assert derived["steps_per_epoch"] == 32 and derived["epoch_seconds"] == 32 * 1.5  # ceil(1000 / 32) = 32 steps
-    line = next(l for l in _performance(evidence, derived) if l.startswith("**Estimated Training Time**"))
-    assert f"{render.seconds(48.0)} per epoch" in line and "32 steps at batch 32, the recommended batch" in line
+    line = next(l for l in _performance(evidence, derived) if l.startswith("**Estimated Training Time"))
+    assert f"{render.seconds(48.0)} per epoch" in line and line.startswith("**Estimated Training Time at the recommended batch 32**")
+    assert "(32 steps)" in line

@@ -10,6 +10,7 @@ from conftest import check_expected, run_script
 ST = ["examples/similarity_transformer.py:SimilarityTransformer", "--config", "examples/config.ini:similarity_transformer",
       "--loss", "examples/ranking_loss.py:ranking_loss", "--group", "model_path=model_proj", "--group", "dataset_path=dataset_proj",
       "--set", "max_images", "--set", "num_models"]
+HF = ["tests/fixtures/hf_models.py:gpt2_tiny", "--input", "input_ids=int64[B=2,T=16]<128", "--input", "labels=int64[B,T]<128"]
 AE = ["examples/autoencoder.py:ModelAutoEncoder", "--config", "examples/config.ini:autoencoder", "--batch-size", "16"]
 SECTIONS = ["### Architecture Overview", "### I/O Specification", "### Gradient Flow Analysis",
             "### Training Configuration Recommendation", "### Identified Issues & Recommendations",
@@ -23,11 +24,12 @@ def make_report(out, *args):
     return (out / "analysis.md").read_text(), json.loads((out / "analysis.json").read_text())
 
 
+ST_REVIEW = [*ST, "--vary", "max_images=32,64", "--steps", "20000", "--samples-per-epoch", "50000"]
+
+
 @pytest.fixture(scope="module")
-def st_report(tmp_path_factory):
-    out = tmp_path_factory.mktemp("st") / "review"
-    markdown, evidence = make_report(out, *ST, "--vary", "max_images=32,64", "--steps", "20000", "--samples-per-epoch", "50000")
-    return out, markdown, evidence
+def st_report(review_cache):
+    return review_cache("st", *ST_REVIEW)
 
 
 def normalised(markdown: str, out) -> str:
@@ -54,11 +56,10 @@ def test_every_section_for_the_similarity_transformer(st_report):
 
 
 @pytest.mark.expected_output
-def test_expected_markdown_for_the_examples(st_report, tmp_path):
+def test_expected_markdown_for_the_examples(st_report, review_cache):
     out, markdown, _ = st_report
     check_expected("analysis_similarity_transformer.md", normalised(markdown, out))
-    ae_out = tmp_path / "ae"
-    ae_markdown, _ = make_report(ae_out, *AE, "--skip", "probe")
+    ae_out, ae_markdown, _ = review_cache("ae-no-probe", *AE, "--skip", "probe")
     check_expected("analysis_autoencoder.md", normalised(ae_markdown, ae_out))
 
 
@@ -105,7 +106,10 @@ def test_findings_merge_into_issues(tmp_path, st_report):
     assert evidence["derived"]["steps_per_epoch"] == 32
     assert evidence["derived"]["epoch_seconds"] == pytest.approx(32 * at_32["estimated_step_seconds"])
     assert at_32["estimated_step_seconds"] > evidence["flops"]["estimated_step_seconds"]
-    assert "per epoch of 1,000 samples (32 steps at batch 32, the recommended batch)" in markdown
+    assert "**Estimated Training Time at the recommended batch 32**: " in markdown
+    assert "per epoch of 1,000 samples (32 steps)" in markdown
+    # memory was skipped: the summary says so rather than printing a number or "None"
+    assert "- **Training memory at the recommended batch 32**: not measured: " in markdown and "None" not in markdown
     assert "memory" in evidence["not_measured"] or "memory" not in evidence
 
 
@@ -117,16 +121,15 @@ def test_bad_findings_file_fails_before_any_work(tmp_path):
     assert not (tmp_path / "never").exists()
 
 
-def test_hugging_face_model_report(tmp_path):
-    markdown, evidence = make_report(tmp_path / "gpt2", "tests/fixtures/hf_models.py:gpt2_tiny",
-                                     "--input", "input_ids=int64[B=2,T=16]<128", "--input", "labels=int64[B,T]<128")
+def test_hugging_face_model_report(review_cache):
+    out, markdown, evidence = review_cache("hf", *HF)
     for heading in SECTIONS:
         assert heading in markdown
     assert evidence["recommend"]["architecture"]["architecture"] == "transformer"
     assert evidence["grads"]["stability"] == "STABLE"
     assert "- `input_ids`: shape `[2, 16]`, dtype `torch.int64`" in markdown
     assert not evidence["not_measured"], evidence["not_measured"]
-    result = run_script("check_grounding", tmp_path / "gpt2" / "analysis.md", tmp_path / "gpt2" / "analysis.json")
+    result = run_script("check_grounding", out / "analysis.md", out / "analysis.json")
     assert result.returncode == 0, result.stdout
 
 

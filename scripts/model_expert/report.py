@@ -244,7 +244,7 @@ def _collect(args: argparse.Namespace, on_progress: Callable[[str], None]) -> di
                                 "command": getattr(args, "command_line", None) or "python scripts/report.py "
                                 + " ".join(shlex.quote(a) for a in sys.argv[1:]),
                                 "loss": args.loss, "samples_per_epoch": args.samples_per_epoch, "not_measured": {},
-                                "profile": getattr(args, "profile_info", None)}
+                                "data": getattr(args, "data", None), "profile": getattr(args, "profile_info", None)}
     # How this run went (threads, seconds): the machine's, never rendered in the review.
     run: dict[str, Any] = {**cli.configure_threads(sys.modules.get("torch")), "section_seconds": {},
                            "section_cpu_seconds": {}}
@@ -297,10 +297,7 @@ def _collect(args: argparse.Namespace, on_progress: Callable[[str], None]) -> di
             workload["cut_by_clock"] += probe_clock_cuts(evidence[key])
         on_progress(f"[{position}/{len(plan)}] {key} done in {run['section_seconds'][key]:.1f} s"
                     + (f" (batch {workload['batch_size']})" if name in BEHAVIOURAL and workload["batch_size"] else ""))
-    epoch_section_started = time.perf_counter()
-    epoch_flops_at_recommended_batch(args, evidence, on_progress)
-    if "flops_recommended_batch" in evidence:
-        run["section_seconds"]["flops_recommended_batch"] = round(time.perf_counter() - epoch_section_started, 3)
+    at_recommended_batch(args, evidence, on_progress, run["section_seconds"])
     if workload is not None:
         evidence["review_budget"] = workload
     run["wall_seconds"] = round(time.perf_counter() - started, 3)
@@ -314,29 +311,30 @@ def _collect(args: argparse.Namespace, on_progress: Callable[[str], None]) -> di
     return evidence
 
 
-def recommended_batch(evidence: dict[str, Any]) -> int | None:
-    """recommend's single-GPU batch size, when it gave one."""
-    for entry in (evidence.get("recommend") or {}).get("recommendations", []):
-        if entry.get("setting") == "batch_size" and entry.get("role") == "single_gpu" and isinstance(entry["value"], int):
-            return entry["value"]
-    return None
-
-
-def epoch_flops_at_recommended_batch(args: argparse.Namespace, evidence: dict[str, Any],
-                                     on_progress: Callable[[str], None]) -> None:
-    """With --samples-per-epoch, the epoch time belongs to the batch the review recommends, not the traced one:
-    flops runs once more at that batch (evidence key flops_recommended_batch)."""
+def at_recommended_batch(args: argparse.Namespace, evidence: dict[str, Any],
+                         on_progress: Callable[[str], None], seconds: dict[str, float] | None = None) -> None:
+    """The review states memory, step time, epoch time and latency at the batch it recommends: where that differs
+    from the traced batch, memory (one estimate on --gpu, no largest-batch search) and flops run once more at it
+    (evidence keys memory_recommended_batch, flops_recommended_batch). --data batches keep their own size."""
+    from .report_view import recommended_batch
     batch = recommended_batch(evidence)
-    if not args.samples_per_epoch or "flops" not in evidence or batch is None \
-            or batch == evidence["flops"].get("batch_size"):
+    if batch is None or getattr(args, "data", None):
         return
-    module = registry.load("flops")
-    namespace = section_namespace(module.CAPABILITY, args, {"gpu": args.gpu, "batch_size": batch})
-    on_progress(f"flops at the recommended batch {batch} (epoch time) ...")
-    try:
-        evidence["flops_recommended_batch"] = {"schema": module.CAPABILITY.schema, **module.CAPABILITY.analyse(namespace)}
-    except UserError as error:
-        evidence["not_measured"]["flops_recommended_batch"] = str(error)
+    for key, name, traced in (("memory_recommended_batch", "memory", "memory"),
+                              ("flops_recommended_batch", "flops", "flops")):
+        if traced not in evidence or batch == evidence[traced].get("batch_size"):
+            continue
+        module = registry.load(name)
+        namespace = section_namespace(module.CAPABILITY, args, {"gpu": args.gpu, "batch_size": batch})
+        namespace.search_max_batch = False
+        on_progress(f"{name} at the recommended batch {batch} ...")
+        started = time.perf_counter()
+        try:
+            evidence[key] = {"schema": module.CAPABILITY.schema, **module.CAPABILITY.analyse(namespace)}
+        except UserError as error:
+            evidence["not_measured"][key] = str(error)
+        if seconds is not None:
+            seconds[key] = round(time.perf_counter() - started, 3)
 
 
 def analyse(args: argparse.Namespace) -> dict[str, Any]:
@@ -372,4 +370,4 @@ def render_table(data: dict[str, Any], args: argparse.Namespace) -> str:
 CAPABILITY = cli.Capability(
     name="report", version=1,
     description="Run every analysis on a model and write DIR/analysis.json, DIR/analysis.md and DIR/pr.md.",
-    add_arguments=add_arguments, analyse=analyse, render_table=render_table)
+    add_arguments=add_arguments, analyse=analyse, render_table=render_table, loss_line=False)

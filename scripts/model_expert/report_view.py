@@ -15,6 +15,7 @@ from .grads import mermaid_chart
 from .memory.cli import FULL_SIZE_LABELS
 
 NOT_MEASURED = "not measured"
+DATA_FIXED = f"{NOT_MEASURED}: --data batches have the size the data gives them (review with --input or --inputs to search it)"
 # recommend's settings -> the seed's Training Configuration headings, in the seed's order.
 TRAINING_HEADINGS = {
     "optimizer": "Optimizer", "adam_hyperparameters": "Optimizer",
@@ -63,10 +64,12 @@ def derive(evidence: dict[str, Any]) -> dict[str, Any]:
     activations = _get(evidence, "memory", "activation_bytes_end_of_forward")  # saved for backward, forward done
     if batch and activations is not None:
         derived["activation_bytes_per_sample"] = activations / batch
-    # the epoch at the recommended batch where report.py measured it, else at the traced batch
-    epoch_flops = "flops_recommended_batch" if "flops_recommended_batch" in evidence else "flops"
-    step_seconds = _get(evidence, epoch_flops, "estimated_step_seconds")
-    flops_batch = _get(evidence, epoch_flops, "batch_size")
+    if evidence.get("data") and _data_batch(evidence):
+        derived["data_batch_size"] = _data_batch(evidence)
+    # the epoch at the batch the review states its figures at (the recommended one where measured)
+    primary = batch_views(evidence)[0]
+    step_seconds = _get(evidence, primary["flops"], "estimated_step_seconds") if primary["flops"] else None
+    flops_batch = primary["batch"]
     samples = evidence.get("samples_per_epoch")
     if samples and step_seconds is not None and flops_batch:
         derived["epoch_batch_size"] = flops_batch
@@ -87,6 +90,51 @@ def derive(evidence: dict[str, Any]) -> dict[str, Any]:
     if by_op:
         derived["training_flops_by_op"] = {op: v["forward_flops"] + v["backward_flops"] for op, v in by_op.items()}
     return derived
+
+
+def recommended_batch(evidence: dict[str, Any]) -> int | None:
+    """recommend's single-GPU batch size, when it gave one."""
+    for entry in _get(evidence, "recommend", "recommendations", default=[]):
+        if entry.get("setting") == "batch_size" and entry.get("role") == "single_gpu" and isinstance(entry.get("value"), int):
+            return entry["value"]
+    return None
+
+
+def _data_batch(evidence: dict[str, Any]) -> int | None:
+    """The leading dim of the first --data batch's first input, as traced."""
+    first = next(iter(_get(evidence, "trace", "inputs", default=[])), None)
+    return first["shape"][0] if first and first.get("shape") else None
+
+
+def batch_views(evidence: dict[str, Any]) -> list[dict[str, Any]]:
+    """The batches the review states memory and time at, the one it recommends first: each {batch, label, memory,
+    flops} (evidence keys, None where not measured). With --data the batch is the data's; the traced batch follows
+    the recommended one where they differ."""
+    traced = _get(evidence, "memory", "batch_size") or _get(evidence, "flops", "batch_size")
+    memory = "memory" if evidence.get("memory") else None
+    flops = "flops" if evidence.get("flops") else None
+    if evidence.get("data"):
+        batch = traced or _data_batch(evidence)
+        return [{"batch": batch, "label": f"the --data batch {batch}" if batch else "the --data batches",
+                 "memory": memory, "flops": flops}]
+    recommended = recommended_batch(evidence)
+    if recommended is None or recommended == traced:
+        return [{"batch": traced, "label": f"{'the recommended' if recommended else 'the traced'} batch {traced}",
+                 "memory": memory, "flops": flops}]
+    return [{"batch": recommended, "label": f"the recommended batch {recommended}",
+             "memory": "memory_recommended_batch" if evidence.get("memory_recommended_batch") else None,
+             "flops": "flops_recommended_batch" if evidence.get("flops_recommended_batch") else None},
+            {"batch": traced, "label": f"the traced batch {traced}", "memory": memory, "flops": flops}]
+
+
+def why_not_measured(evidence: dict[str, Any], *keys: str) -> str:
+    """Why a value is missing, in words: the first section's recorded reason, else it was skipped."""
+    reasons = evidence.get("not_measured", {})
+    for key in keys:
+        if key in reasons:
+            return f"{NOT_MEASURED}: {reasons[key]}"
+    section = keys[-1].split("_")[0] if keys else "it"
+    return f"{NOT_MEASURED}: {section}.py did not run (--skip {section})" if keys else NOT_MEASURED
 
 
 def _tensor_rows(rows: list[dict[str, Any]], ranges: dict[str, str] | None = None) -> list[dict[str, str]]:
@@ -118,20 +166,21 @@ def _overview(evidence: dict[str, Any], derived: dict[str, Any]) -> dict[str, An
     else:
         kind = NOT_MEASURED
     if memory:
-        memory_line = (f"{render.mib(memory['peak_bytes'])} peak per training step at batch {memory.get('batch_size', '?')} "
-                       f"({memory.get('precision', 'fp32')}, {memory.get('optimizer', 'adamw')}, "
+        views = [(view, evidence[view["memory"]]) for view in batch_views(evidence) if view["memory"]]
+        memory_line = ("; ".join(f"{render.mib(at['peak_bytes'])} peak per training step at {view['label']}"
+                                 for view, at in views)
+                       + f" ({memory.get('precision', 'fp32')}, {memory.get('optimizer', 'adamw')}, "
                        f"{memory.get('target_device', 'cuda')} rules{' for ' + memory['rules_gpu'] if memory.get('rules_gpu') else ''}); "
-                       f"{render.mib(memory['inference_peak_bytes'])} for inference")
+                       + "; ".join(f"{render.mib(at['inference_peak_bytes'])} for inference at {view['label']}"
+                                   for view, at in views))
     else:
-        memory_line = NOT_MEASURED
+        memory_line = why_not_measured(evidence, "memory")
     if flops:
         complexity = (f"{render.flops(flops['forward_flops'])} forward + {render.flops(flops['backward_flops'])} backward "
-                      f"per batch (counted with the {flops.get('attention_kernels_of') or flops.get('device')} target's kernels); "
-                      f"matmul FLOPs by op: "
-                      + ", ".join(f"{op} {render.flops(total)}"
-                                  for op, total in sorted(derived.get("training_flops_by_op", {}).items())))
+                      f"per batch of {flops.get('batch_size') or _data_batch(evidence)} (counted with the "
+                      f"{flops.get('attention_kernels_of') or flops.get('device')} target's kernels)")
     else:
-        complexity = NOT_MEASURED
+        complexity = why_not_measured(evidence, "flops")
     quadratic = _get(evidence, "trace", "vary", "quadratic_intermediates") or []
     if quadratic:
         modules = sorted({item["module"] for item in quadratic})
@@ -261,8 +310,13 @@ def _training(evidence: dict[str, Any]) -> list[dict[str, Any]]:
     for item in recommendations:
         heading = TRAINING_HEADINGS.get(item["setting"], "Other")
         label = item["setting"].replace("_", " ") + (f" ({item['role'].replace('_', ' ')})" if item.get("role") else "")
+        justification = item.get("justification", "")
+        if item["setting"] == "memory_fit" and item.get("value") is None:  # recommend.py's own advice names its options
+            justification = (f"no memory evidence for this card in the review: "
+                             + why_not_measured(evidence, "memory_cluster" if item.get("role") == "cluster" else "memory",
+                                                "memory"))
         sections.setdefault(heading, []).append({"label": label, "text": item["text"],
-                                                 "justification": item.get("justification", ""),
+                                                 "justification": justification,
                                                  "rule": item.get("rule", "")})
     return [{"heading": heading, "entries": sections[heading]} for heading in HEADING_ORDER if heading in sections]
 
@@ -317,95 +371,201 @@ def loss_needs_logits(evidence: dict[str, Any]) -> bool:
     return any(word in (text or "") for word in LOGIT_LOSS_WORDS)
 
 
+# grads.py's finding kinds -> (what goes wrong in training, what to change at the finding's module).
+GRADS_ADVICE = {
+    "non_finite_activation": ("the loss becomes NaN/inf at the first step and every weight it reaches is ruined",
+                              "guard the operation at `{where}` that produces inf/NaN (a log or division of zero, an "
+                              "overflow): clamp its input or add an eps"),
+    "non_finite_gradient": ("one step writes NaN/inf into `{where}` and the optimizer state; training cannot recover",
+                            "find the inf/NaN source in the backward of `{where}` (a sqrt/log/division at 0); clamp "
+                            "it, and clip the global gradient norm"),
+    "detached": ("`{where}` never learns: its weights stay at their initial values however long you train",
+                 "remove what cuts the graph between `{where}` and the loss (a .detach(), torch.no_grad(), an "
+                 ".item()/.numpy() round trip or an integer cast)"),
+    "unused": ("`{where}` never learns and still costs memory and optimizer state",
+               "call `{where}` in forward, or delete it (or set requires_grad=False if it is kept on purpose)"),
+    "no_gradient": ("`{where}` does not learn", "check that the output of `{where}` reaches the loss"),
+    "vanishing_gradient": ("the layers near `{where}` learn orders of magnitude slower than the rest",
+                           "add a residual connection or normalisation around `{where}`, or use a non-saturating "
+                           "activation; check its initialisation"),
+    "exploding_gradient": ("updates at `{where}` are too large: the loss spikes or becomes NaN",
+                           "clip the global gradient norm (torch.nn.utils.clip_grad_norm_, value in Training "
+                           "Configuration), lower the learning rate, or normalise the input of `{where}`"),
+    "dead_units": ("dead units at `{where}` output zero for every sample and never recover, wasting capacity",
+                   "lower the learning rate, use LeakyReLU/GELU at `{where}`, or initialise its bias slightly positive"),
+    "fp16_overflow": ("in float16, values at `{where}` overflow to inf and the step is skipped or NaN",
+                      "train in bf16 (--precision bf16-autocast) or keep `{where}` in float32"),
+    "group_not_reached": ("the parameter group `{where}` never trains: its weights stay at their initial values",
+                          "set requires_grad=True on `{where}` and give it to the optimizer, or find where its path is cut"),
+    "fp16_underflow": ("in float16, small gradients at `{where}` flush to zero and stop learning",
+                       "use a gradient scaler (torch.amp.GradScaler) or bf16 (--precision bf16-autocast)"),
+}
+# probe.py's checks -> (impact, fix)
+PROBE_ADVICE = {
+    "fit_one_batch": ("if the model cannot fit one batch it will not fit the dataset: training wastes its budget",
+                      "check the loss wiring (which output, which labels) and the learning rate: rerun probe.py with "
+                      "--lr at the suggested LR"),
+    "overfit": ("if the model cannot fit one batch it will not fit the dataset: training wastes its budget",
+                "check the loss wiring (which output, which labels) and the learning rate: rerun probe.py with --lr "
+                "at the suggested LR"),
+    "lr_range": ("training at this learning rate diverges: the loss becomes NaN or jumps within the first steps",
+                 "start at the suggested LR in Training Configuration (below the measured divergence LR)"),
+    "initial_loss": ("the first steps are spent undoing a confident wrong initial prediction",
+                     "initialise the output layer's bias to the log class priors, or its weights smaller"),
+}
+# lint.py's rules -> what goes wrong in training (the rule carries its own fix)
+LINT_IMPACT = "the gradient through this line is wrong or missing: the parameters before it train incorrectly"
+
+
+def _source(script: str, path: str) -> str:
+    return f"{script}, analysis.json `{path}`"
+
+
 def _issues(evidence: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
     issues: dict[int, list[dict[str, str]]] = {1: [], 2: []}
-    for finding in evidence.get("reviewer_findings", []):
+    for finding in (evidence.get("reviewer_findings", [])):
         issues[finding["priority"]].append({"title": finding["title"], "current_state": finding["current_state"],
                                             "impact": finding["impact"], "fix": finding["fix"],
                                             "source": f"reviewer ({finding['evidence']})" if finding.get("evidence") else "reviewer"})
-    for finding in _get(evidence, "grads", "findings") or []:
+    for finding in (_get(evidence, "grads", "findings") or []):
         priority = SEVERITY_PRIORITY.get(finding["severity"])
         if priority:
-            issues[priority].append({"title": f"{finding['kind'].replace('_', ' ')} at `{finding['where']}`",
-                                     "current_state": finding["message"], "impact": "gradient flow",
-                                     "fix": finding.get("fix") or "see grads.py's finding", "source": "grads.py"})
-    for finding in _get(evidence, "lint", "findings") or []:
+            impact, fix = GRADS_ADVICE.get(finding["kind"], ("the gradient flow at `{where}`", "see the message"))
+            where = finding["where"]
+            issues[priority].append({"title": f"{finding['kind'].replace('_', ' ')} at `{where}`",
+                                     "current_state": finding["message"], "impact": impact.format(where=where),
+                                     "fix": finding.get("fix") or fix.format(where=where),
+                                     "source": _source("grads.py", "grads.findings")})
+    for finding in (_get(evidence, "lint", "findings") or []):
         priority = SEVERITY_PRIORITY.get(finding["severity"])
         if priority:
             issues[priority].append({"title": f"{finding['rule']} at {finding['file']}:{finding['line']}",
                                      "current_state": f"`{finding['code']}`: {finding['message']}",
-                                     "impact": "the autograd graph", "fix": finding.get("fix", ""), "source": "lint.py"})
+                                     "impact": LINT_IMPACT,
+                                     "fix": f"line {finding['line']} of {finding['file']}: {finding.get('fix') or 'rewrite it'}",
+                                     "source": _source("lint.py", "lint.findings")})
     needs_logits = loss_needs_logits(evidence)
-    for finding in _get(evidence, "contract", "findings") or []:
+    for finding in (_get(evidence, "contract", "findings") or []):
         priority = SEVERITY_PRIORITY.get(finding["severity"])
         if finding["check"] == "range" and finding["severity"] == "CAUTION" and not needs_logits:
             continue  # a bounded head before a loss that takes it as is (MSE, BCE): the Loss Function section says so
         if priority:
             where = finding.get("input") or finding.get("dim") or finding.get("output")
             title, impact = CONTRACT_CHECKS.get(finding["check"], (finding["check"], "the input/output contract"))
+            module = f" in `{finding['module']}`" if finding.get("module") else ""
             issues[priority].append({"title": f"{title}" + (f" (`{where}`)" if where else ""),
                                      "current_state": finding["text"], "impact": impact,
-                                     "fix": finding.get("fix") or "see contract.py's finding", "source": "contract.py"})
-    for finding in _get(evidence, "probe", "findings") or []:
+                                     "fix": finding.get("fix") or f"make the model's forward{module} respect the "
+                                                                   f"{title} contract measured here",
+                                     "source": _source("contract.py", "contract.findings")})
+    for finding in (_get(evidence, "probe", "findings") or []):
         priority = SEVERITY_PRIORITY.get(finding["severity"])
-        if priority and finding["check"] in ("fit_one_batch", "lr_range", "initial_loss"):
-            impact = {"fit_one_batch": "training does not learn or diverges (measured on one batch)",
-                      "lr_range": "training breaks down at this LR", "initial_loss": "a poor start"}[finding["check"]]
+        if priority and finding["check"] in PROBE_ADVICE:
+            impact, fix = PROBE_ADVICE[finding["check"]]
             issues[priority].append({"title": f"training dynamics: {finding['check'].replace('_', ' ')}",
-                                     "current_state": finding["text"], "impact": impact,
-                                     "fix": "see probe.py's finding", "source": "probe.py"})
+                                     "current_state": finding["text"], "impact": impact, "fix": finding.get("fix") or fix,
+                                     "source": _source("probe.py", "probe.findings")})
     memory = evidence.get("memory") or {}
     if memory.get("fits") is False:
+        fix = (f"train at batch {memory['max_batch_size']} (the largest that fits) with gradient accumulation"
+               if memory.get("max_batch_size") else "use a larger card (--gpu), bf16 (--precision bf16-autocast) "
+               "or gradient checkpointing (torch.utils.checkpoint)")
         issues[1].append({"title": f"batch {memory.get('batch_size')} does not fit {memory.get('gpu', 'the budget')}",
                           "current_state": f"peak {render.mib(memory['peak_bytes'])} > budget {render.mib(memory.get('budget_bytes'))}",
-                          "impact": "out-of-memory at the first step",
-                          "fix": f"largest batch that fits: {memory.get('max_batch_size')}", "source": "memory.py"})
+                          "impact": "out-of-memory at the first step", "fix": fix,
+                          "source": _source("memory.py", "memory.fits")})
     return {"p1": issues[1], "p2": issues[2]}
 
 
+def _breakdown_text(memory: dict[str, Any]) -> str:
+    full = memory.get("full_bytes", {})
+    return ", ".join(f"{name.replace('_', ' ')} {render.mib(value)}"
+                     + (f" ({FULL_SIZE_LABELS[name]} {render.mib(full[name])})" if name in full else "")
+                     for name, value in memory.get("breakdown", {}).items())
+
+
 def _performance(evidence: dict[str, Any], derived: dict[str, Any]) -> list[str]:
+    """Memory, step time, epoch time and latency at the recommended batch, then at the traced batch where it differs."""
     params, memory, flops = evidence.get("params", {}), evidence.get("memory"), evidence.get("flops")
+    views = batch_views(evidence)
     lines = [f"**Model Size**: {render.mib(params.get('parameter_bytes'))} of parameters "
              f"({render.count(params.get('parameter_bytes'))} bytes)"]
+    for view in views:
+        at = evidence.get(view["memory"]) if view["memory"] else None
+        if at:
+            lines.append(f"**Training step peak at {view['label']}**: {render.mib(at['peak_bytes'])}, during "
+                         f"{at.get('peak_phase', 'the step')}; alive at that moment: {_breakdown_text(at)}")
+        else:
+            lines.append(f"**Training step peak at {view['label']}**: "
+                         f"{why_not_measured(evidence, 'memory_recommended_batch' if view is not views[-1] else 'memory', 'memory')}")
     if memory:
-        breakdown = memory.get("breakdown", {})
-        full = memory.get("full_bytes", {})
-        lines.append(f"**Training step peak**: {render.mib(memory['peak_bytes'])} at batch {memory.get('batch_size')}, "
-                     f"during {memory.get('peak_phase', 'the step')}; alive at that moment: "
-                     + ", ".join(f"{name.replace('_', ' ')} {render.mib(value)}"
-                                 + (f" ({FULL_SIZE_LABELS[name]} {render.mib(full[name])})" if name in full else "")
-                                 for name, value in breakdown.items()))
         if "activation_bytes_per_sample" in derived:
             lines.append(f"**Activation Memory per Sample**: {render.human_bytes(derived['activation_bytes_per_sample'])} "
                          "(saved for backward at the end of the forward)")
-        lines.append(f"**Inference peak**: {render.mib(memory['inference_peak_bytes'])}")
+        for view in views:
+            at = evidence.get(view["memory"]) if view["memory"] else None
+            if at:
+                lines.append(f"**Inference peak at {view['label']}**: {render.mib(at['inference_peak_bytes'])}")
         for note in memory.get("unmodelled_buffers", []):
             lines.append(f"**[CAUTION]** not in these numbers: {note}")
         if memory.get("max_batch_size") is not None:
             lines.append(f"**Largest batch that fits {memory.get('gpu', 'the budget')}**: {memory['max_batch_size']} "
                          f"(budget {render.mib(memory.get('budget_bytes'))})")
-    else:
-        lines.append(f"**Training memory**: {NOT_MEASURED} ({evidence.get('not_measured', {}).get('memory', '')})")
+        elif memory.get("max_batch_size_note"):
+            lines.append(f"**Largest batch that fits {memory.get('gpu', 'the budget')}**: "
+                         + (DATA_FIXED if evidence.get("data") else f"{NOT_MEASURED}: {memory['max_batch_size_note']}"))
     gpu = _get(flops, "gpu", "description") if flops else None
-    if flops and flops.get("estimated_step_seconds") is not None:
-        how = (f"roofline, MFU {flops.get('mfu')}" if flops.get("mfu") is not None
-               else "per-kernel model: the CPU issues each op, the GPU runs it compute-, bandwidth- or floor-bound")
-        lines.append(f"**Estimated training step**: {render.seconds(flops['estimated_step_seconds'])} on {gpu} ({how})")
-    else:
-        lines.append(f"**Estimated training step**: {NOT_MEASURED}")
+    for view in views:
+        at = evidence.get(view["flops"]) if view["flops"] else None
+        if at and at.get("estimated_step_seconds") is not None:
+            how = (f"roofline, MFU {at.get('mfu')}" if at.get("mfu") is not None
+                   else "per-kernel model: the CPU issues each op, the GPU runs it compute-, bandwidth- or floor-bound")
+            lines.append(f"**Estimated training step at {view['label']}**: {render.seconds(at['estimated_step_seconds'])} "
+                         f"on {gpu} ({how})")
+        else:
+            lines.append(f"**Estimated training step at {view['label']}**: "
+                         f"{why_not_measured(evidence, 'flops_recommended_batch' if view is not views[-1] else 'flops', 'flops')}")
     if "epoch_seconds" in derived:
-        which = ("the recommended batch" if "flops_recommended_batch" in evidence else
-                 "the traced batch" + (f"; at the recommended batch: {evidence['not_measured']['flops_recommended_batch']}"
-                                       if "flops_recommended_batch" in evidence.get("not_measured", {}) else ""))
-        lines.append(f"**Estimated Training Time**: {render.seconds(derived['epoch_seconds'])} per epoch of "
-                     f"{render.count(evidence['samples_per_epoch'])} samples ({render.count(derived['steps_per_epoch'])} "
-                     f"steps at batch {derived['epoch_batch_size']}, {which}) on {gpu}")
-    else:
+        lines.append(f"**Estimated Training Time at {views[0]['label']}**: {render.seconds(derived['epoch_seconds'])} "
+                     f"per epoch of {render.count(evidence['samples_per_epoch'])} samples "
+                     f"({render.count(derived['steps_per_epoch'])} steps) on {gpu}")
+    elif not evidence.get("samples_per_epoch"):
         lines.append("**Estimated Training Time**: per epoch not measured (pass --samples-per-epoch N)")
-    if flops and flops.get("inference_seconds_per_batch") is not None:
-        lines.append(f"**Inference Latency**: {render.seconds(flops['inference_seconds_per_batch'])} per batch of "
-                     f"{flops.get('batch_size')} on {gpu}")
+    else:
+        lines.append(f"**Estimated Training Time at {views[0]['label']}**: per epoch {NOT_MEASURED}: the step time "
+                     f"at that batch is not measured")
+    for view in views:
+        at = evidence.get(view["flops"]) if view["flops"] else None
+        if at and at.get("inference_seconds_per_batch") is not None:
+            lines.append(f"**Inference Latency at {view['label']}**: {render.seconds(at['inference_seconds_per_batch'])} "
+                         f"per batch on {gpu}")
     return lines
+
+
+def _eval_item(evidence: dict[str, Any]) -> str:
+    """model.eval() before inference, with what it switches in this model (trace.py's train_mode)."""
+    modes = _get(evidence, "trace", "train_mode")
+    if not modes:
+        return "Call model.eval() before inference (what it switches was not measured: trace.py did not run)"
+    parts = []
+    if modes["dropout_modules"]:
+        names = [m["module"] for m in modes["dropout_modules"]]
+        parts.append(f"{len(names)} dropout module(s) ({', '.join('`' + n + '`' for n in names[:3])}"
+                     f"{', ...' if len(names) > 3 else ''})")
+    for m in modes["inner_dropout"]:
+        parts.append(f"the dropout inside `{m['module']}` (nn.{m['type']} dropout={m['p']:g})")
+    for m in modes["functional_dropout"]:
+        parts.append(f"{m['calls']} functional dropout call(s) in {m['class']}.forward")
+    norms = []
+    if modes["batchnorm_modules"]:
+        names = [m["module"] for m in modes["batchnorm_modules"]]
+        norms.append(f"makes {len(names)} BatchNorm module(s) ({', '.join('`' + n + '`' for n in names[:3])}"
+                     f"{', ...' if len(names) > 3 else ''}) use their running statistics instead of the batch's")
+    if not parts and not norms:
+        return ("Call model.eval() before inference (no dropout or BatchNorm found, so it changes nothing measured "
+                "here; it still matters once one is added)")
+    return "Call model.eval() before inference: it " + "; it ".join(
+        (["switches off " + ", ".join(parts)] if parts else []) + norms)
 
 
 def _checklist(evidence: dict[str, Any]) -> list[str]:
@@ -418,8 +578,7 @@ def _checklist(evidence: dict[str, Any]) -> list[str]:
                      f"architecture (and a pretrained checkpoint replaces both)")
     elif kind in INIT_ADVICE:
         items.append(f"Initialise weights: {INIT_ADVICE[kind]}")
-    dropouts = _get(evidence, "derived", "dropout_call_count", default=0)
-    items.append(f"Call model.eval() before inference ({dropouts} dropout module call(s) in the traced forward)")
+    items.append(_eval_item(evidence))
     clip = next((r for r in _get(evidence, "recommend", "recommendations", default=[]) if r["setting"] == "gradient_clipping"), None)
     if clip and isinstance(clip.get("value"), dict) and clip["value"].get("max_norm") is not None:
         items.append(f"Clip by global norm: torch.nn.utils.clip_grad_norm_(model.parameters(), {clip['text'].split(' ')[0]})")
@@ -465,10 +624,125 @@ def _scope(evidence: dict[str, Any]) -> list[str]:
     return lines
 
 
+def learning_rate(evidence: dict[str, Any]) -> tuple[float | None, str]:
+    """The one starting learning rate and where it comes from: recommend's entry (its `lr`/`lr_source` where it states
+    them, else its range's start and its rule)."""
+    entry = next((r for r in _get(evidence, "recommend", "recommendations", default=[])
+                  if r.get("setting") == "learning_rate"), None)
+    if entry is None:
+        return None, why_not_measured(evidence, "recommend")
+    if isinstance(entry.get("lr"), (int, float)):
+        return entry["lr"], entry.get("lr_source") or f"recommend.py rule {entry.get('rule')}"
+    value = entry.get("value")
+    start = value.get("start", value.get("min")) if isinstance(value, dict) else value
+    if not isinstance(start, (int, float)):
+        return None, f"{NOT_MEASURED}: {entry.get('text') or 'recommend.py gave no learning rate'}"
+    source = entry.get("lr_source") or f"recommend.py rule {entry.get('rule')}"
+    return start, source
+
+
+def summary(evidence: dict[str, Any], issues: dict[str, list[dict[str, str]]]) -> dict[str, Any]:
+    """analysis.json's `summary`: the verdict, the Priority 1 titles and the four numbers a user acts on, at one batch."""
+    view = batch_views(evidence)[0]
+    memory_at = evidence.get(view["memory"]) if view["memory"] else None
+    flops_at = evidence.get(view["flops"]) if view["flops"] else None
+    memory = evidence.get("memory") or {}
+    lr, lr_source = learning_rate(evidence)
+    stability = _get(evidence, "grads", "stability")
+    p1, p2 = [i["title"] for i in issues["p1"]], [i["title"] for i in issues["p2"]]
+    if p1:
+        verdict = f"not ready: fix {len(p1)} Priority 1 issue(s) before training"
+    elif stability in (None, NOT_MEASURED):
+        verdict = "no Priority 1 issue found, but gradient flow was not measured"
+    else:
+        verdict = f"ready to train: no Priority 1 issue; gradient flow {stability}"
+    if p2:
+        verdict += f"; {len(p2)} Priority 2 issue(s) to review"
+    not_measured = {}
+    memory_key = view["memory"] or ("memory_recommended_batch" if view["label"].startswith("the recommended") else "memory")
+    flops_key = view["flops"] or ("flops_recommended_batch" if view["label"].startswith("the recommended") else "flops")
+    if memory_at is None:
+        not_measured["peak_bytes"] = why_not_measured(evidence, memory_key, "memory")
+    if flops_at is None or flops_at.get("estimated_step_seconds") is None:
+        not_measured["step_seconds"] = why_not_measured(evidence, flops_key, "flops")
+    if memory.get("max_batch_size") is None:
+        not_measured["max_batch_size"] = (DATA_FIXED if evidence.get("data") and memory
+                                          else f"{NOT_MEASURED}: {memory['max_batch_size_note']}" if memory.get("max_batch_size_note")
+                                          else why_not_measured(evidence, "memory"))
+    if lr is None:
+        not_measured["lr"] = lr_source
+    if view["batch"] is None:
+        not_measured["batch"] = f"{NOT_MEASURED}: the batch dim could not be read from the inputs"
+    return {"verdict": verdict, "p1": p1, "p2": p2, "p1_count": len(p1), "p2_count": len(p2), "batch": view["batch"], "batch_label": view["label"],
+            "gpu": memory.get("gpu"), "gpu_description": _get(evidence, "flops", "gpu", "description"),
+            "precision": memory.get("precision"),
+            "peak_bytes": memory_at.get("peak_bytes") if memory_at else None,
+            "step_seconds": flops_at.get("estimated_step_seconds") if flops_at else None,
+            "max_batch_size": memory.get("max_batch_size"), "lr": lr, "lr_source": lr_source if lr is not None else None,
+            "not_measured": not_measured}
+
+
+def _summary_view(data: dict[str, Any]) -> dict[str, Any]:
+    """The summary block's lines, formatted; an unmeasured value says why."""
+    missing = data["not_measured"]
+    gpu = data["gpu"] or "the budget"
+    return {
+        "verdict": data["verdict"],
+        "p1": data["p1"],
+        "batch_label": data["batch_label"],
+        "memory": (f"{render.mib(data['peak_bytes'])} peak per step on {gpu} ({data['precision'] or 'fp32'})"
+                   if data["peak_bytes"] is not None else missing["peak_bytes"]),
+        "step": (f"{render.seconds(data['step_seconds'])} on {data['gpu_description'] or gpu}"
+                 if data["step_seconds"] is not None else missing["step_seconds"]),
+        "gpu": gpu,
+        "max_batch": str(data["max_batch_size"]) if data["max_batch_size"] is not None else missing["max_batch_size"],
+        "lr": (f"{data['lr']:.3g} ({data['lr_source']})"
+               if data["lr"] is not None else missing["lr"]),
+    }
+
+
+def _pr_lines(evidence: dict[str, Any], issues: dict[str, list[dict[str, str]]]) -> dict[str, str]:
+    """pr.md's one line each for the contracts and the training dynamics, in words."""
+    contract = evidence.get("contract")
+    if contract:
+        parts = []
+        for mask in contract.get("masks", []):
+            parts.append(f"padding mask `{mask.get('input')}` " + ("honoured" if mask.get("honoured") else "NOT honoured"))
+        independent = contract.get("batch_independent")
+        if independent is not None:
+            parts.append("samples independent of their batch" if independent else "samples DEPEND on their batch")
+        for perm in contract.get("permutations", []):
+            parts.append(f"{str(perm.get('property', '?')).replace('_', ' ')} in `{perm.get('dim')}`")
+        count = sum(1 for f in contract.get("findings", []) if f.get("severity") in SEVERITY_PRIORITY)
+        parts.append(f"{count} contract issue(s)" if count else "no contract issue")
+        contracts = "; ".join(parts)
+    else:
+        contracts = why_not_measured(evidence, "contract")
+    probe = evidence.get("probe")
+    parts = []
+    if probe:
+        fit = probe.get("overfit", {})
+        verdict = {"fits": "fits one batch", "slow": "fits one batch slowly", "flat": "CANNOT fit one batch",
+                   "diverges": "DIVERGES on one batch"}.get(fit.get("verdict"), f"one batch: {fit.get('verdict')}")
+        parts.append(f"{verdict} at lr {fit.get('lr', 0):.3g} in {fit.get('steps')} steps")
+        divergence = _get(probe, "lr_range", "divergence_lr")
+        parts.append(f"loss diverges from lr {divergence:.3g}" if isinstance(divergence, (int, float))
+                     else "no divergence in the LR range test")
+    else:
+        parts.append(why_not_measured(evidence, "probe"))
+    stability = _get(evidence, "grads", "stability")
+    parts.append(f"gradient flow {stability}" if stability else why_not_measured(evidence, "grads"))
+    return {"contracts": contracts, "dynamics": "; ".join(parts)}
+
+
 def build_view(evidence: dict[str, Any]) -> dict[str, Any]:
     evidence["derived"] = derive(evidence)
     trace = evidence.get("trace")
+    issues = _issues(evidence)
+    evidence["summary"] = summary(evidence, issues)
     return {
+        "summary": _summary_view(evidence["summary"]),
+        "pr": _pr_lines(evidence, issues),
         "model": _get(evidence, "params", "model") or evidence["target"],
         "target": evidence["target"],
         "command": evidence["command"],
@@ -481,7 +755,7 @@ def build_view(evidence: dict[str, Any]) -> dict[str, Any]:
         "gradient": _gradient(evidence),
         "training": _training(evidence),
         "dynamics": _dynamics(evidence),
-        "issues": _issues(evidence),
+        "issues": issues,
         "loss": _loss(evidence),
         "performance": _performance(evidence, evidence["derived"]),
         "checklist": _checklist(evidence),

@@ -186,7 +186,9 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
                 data["assumptions"].append(usable_memory_assumption(gpu))
             data["assumptions"].append(f"budget: {budget:,} B ({source}); {100 * margin_fraction:g}% is kept back for "
                                        f"the estimate's error ({margin_source}), so {usable_budget:,} B is searched")
-        if session.input_source.batch_dim_name is None:
+        if not getattr(args, "search_max_batch", True):
+            pass  # report.py's second run, at the batch it recommends: the search ran in its first
+        elif session.input_source.batch_dim_name is None:
             data["max_batch_size"] = None
             data["max_batch_size_note"] = ("the batch cannot be resized: name the batch dim B in --input "
                                            "(float32[B=32,...]) or give the --inputs factory a batch_size keyword")
