@@ -127,8 +127,78 @@ def test_cli_markdown_json_and_errors(tmp_path):
     assert cells["Gradient findings"] == ["2", "1", "+0 / -1", "—"]
     as_json = _run(base, head, "--json")
     data = json.loads(as_json.stdout)
-    assert data["schema"] == "model-expert/compare/1" and data["metrics"][0]["delta"] == 1_049_600
+    assert data["schema"] == "model-expert/compare/1" and next(m for m in data["metrics"] if m["key"] == "total")["delta"] == 1_049_600
     for args in ([base, str(tmp_path / "missing.json")], [base, _write(tmp_path, "x.json", "{oops")]):
         bad = _run(*args)
         assert bad.returncode == 2 and bad.stdout == ""
         assert len(bad.stderr.strip().splitlines()) == 1 and bad.stderr.startswith("compare.py: error: ")
+
+
+# --- compare.py --base REV: both reviews in one command ---------------------------------------------------
+
+MODEL = '''import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(8, {hidden}), nn.ReLU(), nn.Linear({hidden}, 2))
+
+    def forward(self, x):
+        return self.net(x)
+'''
+FAST = ["--input", "float32[B=4,8]", "--skip", "probe", "--skip", "contract", "--skip", "grads", "--skip", "lint"]
+
+
+def _git(repo, *args):
+    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True,
+                   env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                        "GIT_COMMITTER_EMAIL": "t@t"})
+
+
+def test_base_rev_reviews_the_revision_and_the_working_tree(tmp_path):
+    repo = tmp_path / "project"
+    (repo / "models").mkdir(parents=True)
+    _git(repo, "init", "-q")
+    for hidden in (16, 32):
+        (repo / "models" / "net.py").write_text(MODEL.format(hidden=hidden))
+        _git(repo, "add", "-A")
+        _git(repo, "commit", "-q", "-m", f"hidden {hidden}")
+    (repo / "models" / "net.py").write_text(MODEL.format(hidden=64))  # uncommitted: the working tree is the head
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    before = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True).stdout
+    done = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "compare.py"), "--base", "HEAD~1",
+                           "net.py:Net", *FAST], cwd=repo / "models", capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "TMPDIR": str(scratch)})
+    assert done.returncode == 0, done.stderr
+    cells = {line.strip("|").split("|")[0].strip(): [c.strip() for c in line.strip("|").split("|")[1:]]
+             for line in done.stdout.splitlines() if line.startswith("| ")}
+    # Linear(8, h) + Linear(h, 2) = 8h + h + 2h + 2 = 11h + 2: 178 at h = 16 (HEAD~1), 706 at h = 64 (working tree)
+    assert cells["Parameters (total)"][:3] == ["178", "706", "+528"]
+    assert cells["Priority 1 issues"][:2] == ["0", "0"]
+    assert cells["Largest batch that fits"][0] != "not measured"
+    assert "Training memory (summary's batch)" in cells and "Starting learning rate" in cells
+    assert done.stdout.startswith("### Model changes: `HEAD~1 (")
+    # the user's checkout is as it was: same status, no extra worktree, nothing left in the temporary directory
+    assert subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True).stdout == before
+    worktrees = subprocess.run(["git", "worktree", "list"], cwd=repo, capture_output=True, text=True).stdout
+    assert len(worktrees.strip().splitlines()) == 1, worktrees
+    assert [p.name for p in scratch.iterdir() if p.name.startswith("model-expert-compare-")] == []
+
+
+def test_base_rev_errors_are_one_line(tmp_path):
+    repo = tmp_path / "project"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    (repo / "net.py").write_text(MODEL.format(hidden=4))
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "one")
+    for args, message in ((["--base", "HEAD~5", "net.py:Net", *FAST], "git rev-parse"),
+                          (["--base", "HEAD", "net.py:Net", "--out", "x", *FAST], "drop --out"),
+                          (["--base", "HEAD"], "needs the TARGET")):
+        done = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "compare.py"), *args], cwd=repo,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2 and done.stdout == "", (args, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1 and message in done.stderr, (args, done.stderr)

@@ -1,4 +1,6 @@
-"""What changed between two evidence files (`compare.py BASE.json HEAD.json`), for PR descriptions.
+"""What changed between two evidence files (`compare.py BASE.json HEAD.json`), for PR descriptions; or, in one
+command, between a git revision and the working tree (`compare.py --base REV TARGET [report options]`: the review
+runs on REV in a temporary git worktree, removed afterwards, and on the working tree).
 
 Each file is either the report's `analysis.json` ({"schema": "model-expert/report/1", "params": ...,
 "memory": ..., ...}; any section may be missing) or one capability's `--json` output (its schema
@@ -10,7 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -21,7 +26,7 @@ from .errors import UserError
 
 SCHEMA = "model-expert/compare/1"
 REPORT_SCHEMA_PREFIX = "model-expert/report/"
-SECTIONS = ("params", "memory", "flops", "grads", "lint", "trace", "recommend")
+SECTIONS = ("params", "memory", "flops", "grads", "lint", "trace", "recommend", "contract", "probe", "summary")
 NOT_MEASURED = "not measured"
 
 
@@ -40,8 +45,23 @@ class Metric:
     format: Callable[[Any], str]
 
 
+def _lr(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def _whole(value: float) -> str:
+    return f"{value:+,.0f}" if value < 0 else f"{value:,.0f}"
+
+
 # The quantities compared, in table order: (section, top-level key of that section's JSON).
+# The review's summary first (at the batch each review recommends, its rows say which), then the rest.
 METRICS: tuple[Metric, ...] = (
+    Metric("Training memory (summary's batch)", "summary", "peak_bytes", render.human_bytes),
+    Metric("Training step (summary's batch)", "summary", "step_seconds", seconds),
+    Metric("Largest batch that fits", "summary", "max_batch_size", render.count),
+    Metric("Starting learning rate", "summary", "lr", _lr),
+    Metric("Priority 1 issues", "summary", "p1_count", render.count),
+    Metric("Priority 2 issues", "summary", "p2_count", render.count),
     Metric("Parameters (total)", "params", "total", render.count),
     Metric("Parameters (trainable)", "params", "trainable", render.count),
     Metric("Peak training memory", "memory", "peak_bytes", render.human_bytes),
@@ -70,11 +90,23 @@ def _describe_lint(finding: dict[str, Any]) -> str:
             f"{finding.get('message')}")
 
 
+def _finding_key_check(finding: dict[str, Any]) -> tuple:
+    return (finding.get("severity"), finding.get("check"), finding.get("input"), finding.get("dim"), finding.get("module"))
+
+
+def _describe_check(finding: dict[str, Any]) -> str:
+    return f"[{finding.get('severity')}] {finding.get('check')}: {finding.get('text')}"
+
+
 # section -> (identity of a finding, its one-line description)
 FINDING_SECTIONS: dict[str, tuple[Callable[[dict], tuple], Callable[[dict], str]]] = {
     "grads": (_finding_key_grads, _describe_grads),
     "lint": (_finding_key_lint, _describe_lint),
+    "contract": (_finding_key_check, _describe_check),
+    "probe": (_finding_key_check, _describe_check),
 }
+FINDING_TITLES = {"grads": "Gradient findings", "lint": "Lint findings", "contract": "Contract findings",
+                  "probe": "Training-dynamics findings"}
 
 
 def load_sections(path: str) -> dict[str, dict[str, Any]]:
@@ -160,7 +192,19 @@ def compare(base: dict[str, dict[str, Any]], head: dict[str, dict[str, Any]]) ->
         "grad_stability": stability,
         "findings": {name: finding_changes(name, base, head) for name in FINDING_SECTIONS},
         "sections": {"base": sorted(base), "head": sorted(head)},
+        "summary_batches": {side: (sections.get("summary") or {}).get("batch_label") or (sections.get("summary") or {}).get("batch")
+                            for side, sections in (("base", base), ("head", head))},
+        "issues": issue_changes(base, head),
     }
+
+
+def issue_changes(base: dict, head: dict) -> dict[str, list[str]]:
+    """The review's issue titles (Priority 1 and 2) new in head and resolved since base."""
+    def titles(sections):
+        summary = sections.get("summary") or {}
+        return [f"[P1] {t}" for t in summary.get("p1", [])] + [f"[P2] {t}" for t in summary.get("p2", [])]
+    before, after = Counter(titles(base)), Counter(titles(head))
+    return {"new": sorted((after - before).elements()), "resolved": sorted((before - after).elements())}
 
 
 def _signed(text: str, delta: float) -> str:
@@ -191,7 +235,9 @@ def render_markdown(result: dict[str, Any], base_name: str, head_name: str) -> s
     rows.append(["Gradient stability", stability["base"] or NOT_MEASURED, stability["head"] or NOT_MEASURED,
                  "—" if stability["base"] == stability["head"] or None in stability.values() else "changed", "—"])
     for name, changes in result["findings"].items():
-        label = f"{'Gradient' if name == 'grads' else 'Lint'} findings"
+        if changes is None and name in ("contract", "probe"):
+            continue  # an older evidence file without them: no row rather than two "not measured"
+        label = FINDING_TITLES[name]
         if changes is None or changes["base_count"] is None or changes["head_count"] is None:
             rows.append([label, NOT_MEASURED if not changes or changes["base_count"] is None else str(changes["base_count"]),
                          NOT_MEASURED if not changes or changes["head_count"] is None else str(changes["head_count"]),
@@ -199,11 +245,20 @@ def render_markdown(result: dict[str, Any], base_name: str, head_name: str) -> s
         else:
             rows.append([label, str(changes["base_count"]), str(changes["head_count"]),
                          f"+{len(changes['added'])} / -{len(changes['removed'])}", "—"])
-    parts = [f"### Model changes: `{base_name}` → `{head_name}`", "",
-             render.markdown_table(rows, ["quantity", "base", "head", "change", "relative"])]
+    parts = [f"### Model changes: `{base_name}` → `{head_name}`", ""]
+    batches = result.get("summary_batches") or {}
+    if any(batches.values()):
+        parts += [f"_The summary's rows are at each review's batch: base {batches.get('base') or NOT_MEASURED}, "
+                  f"head {batches.get('head') or NOT_MEASURED}._", ""]
+    parts.append(render.markdown_table(rows, ["quantity", "base", "head", "change", "relative"]))
+    issues = result.get("issues") or {}
+    if issues.get("new") or issues.get("resolved"):
+        parts += ["", "**Issues**", ""]
+        parts += [f"- new: {title}" for title in issues["new"]]
+        parts += [f"- resolved: {title}" for title in issues["resolved"]]
     for name, changes in result["findings"].items():
         if changes and (changes["added"] or changes["removed"]):
-            title = "Gradient findings" if name == "grads" else "Lint findings"
+            title = FINDING_TITLES[name]
             parts += ["", f"**{title}**", ""]
             parts += [f"- added: {f['text']}" for f in changes["added"]]
             parts += [f"- removed: {f['text']}" for f in changes["removed"]]
@@ -219,7 +274,82 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     return parser
 
 
+def build_base_parser(prog: str) -> argparse.ArgumentParser:
+    parser = OneLineArgumentParser(prog=prog, allow_abbrev=False, description="Review TARGET at git revision REV (in a temporary worktree, "
+                                   "removed afterwards) and in the working tree, and print what changed. Every other "
+                                   "option is report.py's, passed to both reviews.")
+    parser.add_argument("--base", required=True, metavar="REV", help="the git revision to compare against (HEAD~1, main)")
+    parser.add_argument("--keep", metavar="DIR", help="keep both reviews in DIR/base and DIR/head")
+    add_output_options(parser)
+    return parser
+
+
+def _git(args: list[str], cwd: str) -> str:
+    try:
+        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise UserError("--base needs git on PATH") from None
+    if done.returncode != 0:
+        raise UserError(f"git {' '.join(args)} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    return done.stdout.strip()
+
+
+def _review(report_args: list[str], cwd: str, out: str, side: str, debug: bool) -> dict[str, dict[str, Any]]:
+    """Run this installation's report.py on one side (cwd: that side's copy of the repository)."""
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": package_parent + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    sys.stderr.write(f"compare: reviewing {side} ...\n")
+    sys.stderr.flush()
+    done = subprocess.run([sys.executable, "-m", "model_expert", "report", *report_args, "--out", out,
+                           *(["--debug"] if debug else [])], cwd=cwd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
+        raise UserError(f"the review of {side} failed: {last}")
+    return load_sections(os.path.join(out, "analysis.json"))
+
+
+def compare_base(rev: str, report_args: list[str], keep: str | None = None, debug: bool = False) -> dict[str, Any]:
+    """Review at REV (a temporary detached worktree of the repository holding the current directory, removed
+    afterwards) and in the working tree as it is, from the same relative directory; then compare."""
+    if any(a == "--out" or a.startswith("--out=") for a in report_args):
+        raise UserError("compare.py --base writes the reviews itself; drop --out (use --keep DIR to keep them)")
+    if not report_args or report_args[0].startswith("-"):
+        raise UserError("compare.py --base REV needs the TARGET to review (FILE.py:Class) and report.py's options")
+    cwd = os.getcwd()
+    top = _git(["rev-parse", "--show-toplevel"], cwd)
+    commit = _git(["rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], top)
+    relative = os.path.relpath(cwd, top)
+    scratch = tempfile.mkdtemp(prefix="model-expert-compare-")
+    worktree = os.path.join(scratch, "base")
+    outs = {side: os.path.join(os.path.abspath(keep), side) if keep else os.path.join(scratch, side)
+            for side in ("base_review", "head_review")}
+    try:
+        _git(["worktree", "add", "--detach", "--quiet", worktree, commit], top)
+        try:
+            base = _review(report_args, os.path.normpath(os.path.join(worktree, relative)), outs["base_review"],
+                           f"{rev} ({commit[:12]})", debug)
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", worktree], cwd=top, capture_output=True)
+            subprocess.run(["git", "worktree", "prune"], cwd=top, capture_output=True)
+        head = _review(report_args, cwd, outs["head_review"], "the working tree", debug)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return {"base_rev": rev, "base_commit": commit, **compare(base, head)}
+
+
 def main(argv: list[str] | None = None, prog: str = "compare.py") -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a == "--base" or a.startswith("--base=") for a in argv):
+        base_args, report_args = build_base_parser(prog).parse_known_args(argv)
+        result, code = call_reporting_errors(prog, base_args.debug, lambda: compare_base(
+            base_args.base, report_args, base_args.keep, base_args.debug))
+        if result is None:
+            return code
+        if base_args.json:
+            sys.stdout.write(to_json({"schema": SCHEMA, "base": base_args.base, "head": "working tree", **result}))
+        else:
+            sys.stdout.write(render_markdown(result, f"{base_args.base} ({result['base_commit'][:12]})", "working tree") + "\n")
+        return 0
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     result, code = call_reporting_errors(prog, args.debug, lambda: compare(load_sections(args.base), load_sections(args.head)))
