@@ -11,21 +11,20 @@ import pytest
 
 from conftest import run_script
 from model_expert import grounding, render, vocabulary
-from test_report import AE, ST, make_report
-
-HF = ["tests/fixtures/hf_models.py:gpt2_tiny", "--input", "input_ids=int64[B=2,T=16]<128", "--input", "labels=int64[B,T]<128"]
+from test_report import AE, HF, ST_REVIEW
 
 
 @pytest.fixture(scope="module")
-def reviews(tmp_path_factory):
-    """{name: (directory, analysis.md text, evidence)} for the three reviews, each rendered once."""
-    out = tmp_path_factory.mktemp("reviews")
-    made = {}
-    for name, args in (("st", [*ST, "--vary", "max_images=32,64", "--steps", "20000", "--samples-per-epoch", "50000"]),
-                       ("ae", AE), ("hf", HF)):
-        markdown, evidence = make_report(out / name, *args)
-        made[name] = (out / name, markdown, evidence)
-    return made
+def reviews(review_cache):
+    """{name: (directory, analysis.md text, evidence)} for the three reviews, each rendered once per session."""
+    return {name: review_cache(name, *args) for name, args in (("st", ST_REVIEW), ("ae", AE), ("hf", HF))}
+
+
+def peak_line(markdown, evidence):
+    """The performance line with the training peak at the traced batch (memory.peak_bytes), as rendered."""
+    peak = render.mib(evidence["memory"]["peak_bytes"])
+    line = next(l for l in markdown.splitlines() if l.startswith("- **Training step peak at ") and f"**: {peak}," in l)
+    return line[2:line.index(",")], peak
 
 
 def check(review_dir, text):
@@ -56,9 +55,10 @@ def _plants(evidence, markdown):
     part = next(m for m in params["modules"] if m["depth"] == 1 and m["parameters"] != params["total"])
     part_path = f"params.modules[{params['modules'].index(part)}].parameters"
     start_match = re.search(r"\(start at (\S+)\)", markdown)
+    peak_text, peak = peak_line(markdown, evidence)
     plants = [
-        ("inference peak on the training line", f"**Training step peak**: {render.mib(memory['peak_bytes'])}",
-         f"**Training step peak**: {render.mib(memory['inference_peak_bytes'])}", "mismatch",
+        ("inference peak on the training line", peak_text,
+         peak_text.replace(peak, render.mib(memory['inference_peak_bytes'])), "mismatch",
          "memory.inference_peak_bytes", "memory.peak_bytes"),
         ("a module's count as the model's total", f"**Total Parameters**: {render.count(params['total'])} (",
          f"**Total Parameters**: {render.count(part['parameters'])} (", "mismatch", part_path, "params.total"),
@@ -79,7 +79,7 @@ def _plants(evidence, markdown):
                        f"activations {render.human_bytes(per_sample)}", "mismatch",
                        "derived.activation_bytes_per_sample", "memory.breakdown.activations"))
     flops_gpu, other_gpu = evidence["flops"]["gpu"]["description"], evidence["recommend"]["hardware"][1]["description"]
-    latency = next(line for line in markdown.splitlines() if line.startswith("- **Inference Latency**"))
+    latency = [line for line in markdown.splitlines() if line.startswith("- **Inference Latency at")][-1]  # traced batch
     plants.append(("a rate given for the other GPU", latency, latency.replace(flops_gpu, other_gpu), "mismatch",
                    "flops.inference_seconds_per_batch", None))
     return plants
@@ -108,15 +108,17 @@ def test_each_planted_mix_up_fails_naming_the_right_paths(reviews):
 
 def test_the_issue_example_message(reviews):
     review_dir, markdown, evidence = reviews["st"]
-    peak, inference = render.mib(evidence["memory"]["peak_bytes"]), render.mib(evidence["memory"]["inference_peak_bytes"])
-    result = check(review_dir, markdown.replace(f"**Training step peak**: {peak}", f"**Training step peak**: {inference}"))
+    peak_text, peak = peak_line(markdown, evidence)
+    inference = render.mib(evidence["memory"]["inference_peak_bytes"])
+    label = peak_text.split("**")[1]
+    result = check(review_dir, markdown.replace(peak_text, peak_text.replace(peak, inference)))
     assert [f.message for f in result.ungrounded] == [
-        f"{inference} on the 'Training step peak' line is memory.inference_peak_bytes; memory.peak_bytes is {peak}"]
+        f"{inference} on the '{label}' line is memory.inference_peak_bytes; memory.peak_bytes is {peak}"]
 
 
 def test_a_rate_for_the_other_gpu_names_both_gpus(reviews):
     review_dir, markdown, evidence = reviews["st"]
-    latency = next(line for line in markdown.splitlines() if line.startswith("- **Inference Latency**"))
+    latency = next(line for line in markdown.splitlines() if line.startswith("- **Inference Latency at the traced"))
     other = evidence["recommend"]["hardware"][1]
     result = check(review_dir, markdown.replace(latency, latency.replace(evidence["flops"]["gpu"]["description"],
                                                                          other["description"])))
@@ -163,11 +165,12 @@ def test_a_rendered_label_without_a_vocabulary_entry_fails_loudly(reviews):
 def test_explain_and_json_carry_subject_and_path(reviews, tmp_path):
     review_dir, markdown, evidence = reviews["st"]
     planted = tmp_path / "planted.md"
-    peak, inference = render.mib(evidence["memory"]["peak_bytes"]), render.mib(evidence["memory"]["inference_peak_bytes"])
-    planted.write_text(markdown.replace(f"**Training step peak**: {peak}", f"**Training step peak**: {inference}"))
+    peak_text, peak = peak_line(markdown, evidence)
+    inference = render.mib(evidence["memory"]["inference_peak_bytes"])
+    planted.write_text(markdown.replace(peak_text, peak_text.replace(peak, inference)))
     explained = run_script("check_grounding", planted, review_dir / "analysis.json", "--explain")
     assert explained.returncode == 1
-    line = planted.read_text()[:planted.read_text().index("**Training step peak**")].count("\n") + 1
+    line = planted.read_text()[:planted.read_text().index(peak_text.replace(peak, inference))].count("\n") + 1
     assert f"{planted}:{line}: {inference} [training step peak] MISMATCH: " in explained.stdout
     total_line = markdown[:markdown.index("**Total Parameters**")].count("\n") + 1
     assert f"{planted}:{total_line}: {render.count(evidence['params']['total'])} [total parameters] <- params.total" in explained.stdout
@@ -251,3 +254,45 @@ def test_gpu_names_in_prose_are_names_and_pick_the_gpus_evidence():
     assert [(f.kind, f.path, f.expected_path) for f in wrong.ungrounded] == [
         ("mismatch", "memory_cluster.max_batch_size", "memory.max_batch_size")]
     assert "measured for a100-40gb, but the line names rtx3060-12gb" in wrong.ungrounded[0].message
+
+
+def test_qualifiers_next_to_a_number_must_match_the_evidence(reviews):
+    """Batch, precision and world size written next to a number are checked; a swap inside one labelled line is
+    caught; true claims naming the batch or the method that measured them pass."""
+    review_dir, markdown, evidence = reviews["st"]
+    memory, at_rec = evidence["memory"], evidence["memory_recommended_batch"]
+    traced, recommended = memory["batch_size"], at_rec["batch_size"]
+    assert (traced, recommended) == (8, 32)
+    peak, rec_peak = render.mib(memory["peak_bytes"]), render.mib(at_rec["peak_bytes"])
+    rec_step = render.seconds(evidence["flops_recommended_batch"]["estimated_step_seconds"])
+    breakdown = memory["breakdown"]
+    params, grads = render.mib(breakdown["params"]), render.mib(breakdown["grads"])
+    assert params != grads
+    traced_line = next(l for l in markdown.splitlines() if l.startswith(f"- **Training step peak at the traced batch {traced}**"))
+    swapped = traced_line.replace(f"params {params}", "params PARAMS").replace(f"grads {grads}", f"grads {params}")
+    swapped = swapped.replace("params PARAMS", f"params {grads}")
+    summary_line = next(l for l in markdown.splitlines() if l.startswith("- **Training memory at the recommended batch"))
+    heading = "\n### First actions\n"
+    planted = {
+        "another batch, in a label": (markdown.replace(f"batch {recommended}**: {rec_peak}", f"batch {recommended}**: {peak}"),
+                                      f"measured at batch {traced}, but the text says batch {recommended}"),
+        "another batch, in prose": (markdown + heading + f"Peak memory at batch {recommended} is {peak}.\n",
+                                    f"measured at batch {traced}, but the text says batch {recommended}"),
+        "another precision": (markdown.replace(summary_line, summary_line.replace("(fp32)", "(bf16)")),
+                              "measured at precision fp32, but the text says bf16"),
+        "another world size": (markdown + heading + f"On 4 GPUs the training step peaks at {peak} per GPU.\n",
+                               "measured at world size 1, but the text says 4 GPUs"),
+        "two values swapped on one line": (markdown.replace(traced_line, swapped), "memory.breakdown."),
+    }
+    for name, (text, message) in planted.items():
+        failures = check(review_dir, text).ungrounded
+        assert failures and all(f.kind == "mismatch" for f in failures), (name, [vars(f) for f in failures])
+        assert any(message in f.message for f in failures), (name, [f.message for f in failures])
+    # the batch mix-up names both: what the text says and where the value at that batch is
+    failures = check(review_dir, planted["another batch, in prose"][0]).ungrounded
+    assert f"at batch {recommended}, memory_recommended_batch.peak_bytes is {rec_peak}" in failures[0].message
+    suggested = evidence["probe"]["lr_range"]["suggested_lr"]
+    true = (markdown + heading + f"At the recommended batch {recommended} a training step peaks at {rec_peak} and takes "
+            f"{rec_step}; at the traced batch {traced} the training step peaks at {peak}.\n"
+            f"Start below {suggested:.3g}, which the LR range test suggested.\n")
+    assert [f.message for f in check(review_dir, true).ungrounded] == []

@@ -532,7 +532,7 @@ def _gpu_of(path: str, sections: dict[str, str]) -> str | None:
 
 
 def _expected(patterns: list[str], token: NumberToken, before: str, evidence: Evidence,
-              by_words: bool = True) -> EvidenceEntry | None:
+              by_words: bool = True, accept: Callable[[EvidenceEntry], bool] | None = None) -> EvidenceEntry | None:
     """The evidence value the subject names: of the number's kind, the one whose key the nearest word
     before the number names ('activations 46.7 MiB' -> ...breakdown.activations), else the first path listed."""
     kind = UNIT_KINDS.get(token.unit or "")
@@ -540,6 +540,8 @@ def _expected(patterns: list[str], token: NumberToken, before: str, evidence: Ev
     ranked: list[tuple[int, str, set[str], EvidenceEntry]] = []
     for entry in evidence.entries:
         if "('" in entry.path or (kind is not None and evidence.kinded and entry.kind != kind):
+            continue
+        if accept is not None and not accept(entry):
             continue
         rank = next((i for i, regex in enumerate(regexes) if regex.match(entry.path)), None)
         if rank is not None:
@@ -573,6 +575,119 @@ def _has_kind(subjects: list["vocabulary_module.Subject"], token: NumberToken, e
         return True
     regex = vocabulary_module.path_regex([r for s in subjects for p in s.paths for r in vocabulary_module.resolve(p, evidence.data)])
     return regex is not None and any(regex.match(e.path) for e in evidence.by_kind.get(kind, []) if "('" not in e.path)
+
+
+# ---- qualifiers: what a number is said to be measured at (batch, precision, world size) ------------
+
+# A qualifier written next to a number; (name, regex whose group 1 is the value). A number inside a
+# qualifier's own text ("batch 32") is not qualified by it.
+QUALIFIER_PATTERNS: tuple[tuple[str, re.Pattern], ...] = (
+    ("batch", re.compile(r"\bbatch(?:[ -]size)?(?:\s+of)?\s+(\d[\d,]*)\b", re.I)),
+    ("precision", re.compile(r"(?<![\w-])((?:fp|bf|tf)(?:16|32)(?:-autocast)?)(?![\w-])", re.I)),
+    ("world_size", re.compile(r"(?:\bworld[ -]size\s+(\d+)|\b(\d+)\s+(?:GPUs|ranks)\b)", re.I)),
+)
+# Words that name no evidence key however near a number they stand.
+_KEY_STOPWORDS = {"the", "of", "by", "at", "per", "and", "for", "in", "on", "to", "a", "an", "is", "byte", "bytes",
+                  "second", "seconds", "flop", "flops", "full", "size", "saved", "end", "forward", "backward"}
+
+
+@dataclass(frozen=True)
+class Qualifier:
+    name: str
+    value: str
+    text: str  # as written ("batch 32")
+
+
+def _qualifier_matches(text: str) -> list[tuple[int, int, Qualifier]]:
+    found = []
+    for name, regex in QUALIFIER_PATTERNS:
+        for match in regex.finditer(text):
+            value = next(g for g in match.groups() if g is not None)
+            found.append((match.start(), match.end(), Qualifier(name, value.replace(",", "").lower(), match.group(0))))
+    return found
+
+
+def qualifiers_for(line: str, token: NumberToken, context: "review_context.NumberContext") -> dict[str, Qualifier]:
+    """The qualifiers that apply to a number: in its clause the nearest of each kind (not the number's own), else
+    the label's (its bold label, column header or block)."""
+    clause_start = token.start - context.position if context.source not in ("column",) else None
+    chosen: dict[str, tuple[int, Qualifier]] = {}
+    if clause_start is not None and clause_start >= 0:
+        clause = line[clause_start:clause_start + len(context.clause)]
+        for start, end, qualifier in _qualifier_matches(clause):
+            start, end = start + clause_start, end + clause_start
+            if start <= token.start and token.end <= end:
+                continue  # the number is the qualifier's own value
+            distance = token.start - end if end <= token.start else start - token.end
+            if qualifier.name not in chosen or distance < chosen[qualifier.name][0]:
+                chosen[qualifier.name] = (distance, qualifier)
+    result = {name: qualifier for name, (_, qualifier) in chosen.items()}
+    if context.label:
+        for _, _, qualifier in _qualifier_matches(context.label):
+            if qualifier.name not in result and qualifier.text not in line[token.start:token.end + 1]:
+                result[qualifier.name] = qualifier
+    return result
+
+
+def _section_of(path: str, data: Any) -> tuple[str, dict[str, Any] | None]:
+    root = re.split(r"[.\[]", path, 1)[0]
+    section = data.get(root) if isinstance(data, dict) else None
+    return root, section if isinstance(section, dict) else None
+
+
+def measured_at(path: str, data: Any) -> dict[str, str]:
+    """What the evidence at PATH was measured at: its section's batch size, precision and world size, where
+    the section states them (derived epoch figures: the epoch's batch; the summary: its batch)."""
+    root, section = _section_of(path, data)
+    if section is None:
+        return {}
+    key = vocabulary_module.bare_path(path).split(".")[1] if "." in path else ""
+    at: dict[str, str] = {}
+    if root == "summary":
+        batch = section.get("batch")
+    elif root == "derived":
+        batch = section.get("epoch_batch_size") if key in ("epoch_seconds", "steps_per_epoch", "epoch_batch_size") else None
+    else:
+        batch = section.get("batch_size")
+    if isinstance(batch, int) and not isinstance(batch, bool):
+        at["batch"] = str(batch)
+    precision = section.get("precision")
+    if isinstance(precision, str):
+        at["precision"] = precision.lower()
+    if "peak_bytes" in section and root != "summary":  # a memory section: one process unless it says otherwise
+        at["world_size"] = str(section.get("world_size") or 1)
+    return at
+
+
+def qualifier_conflict(path: str, qualifiers: dict[str, Qualifier], data: Any) -> tuple[Qualifier, str] | None:
+    """The first written qualifier the evidence at PATH contradicts, with what the evidence was measured at."""
+    if not qualifiers or "('" in path:  # a number written inside an evidence string carries that string's context
+        return None
+    at = measured_at(path, data)
+    for name, qualifier in qualifiers.items():
+        measured = at.get(name)
+        if measured is None:
+            continue
+        if name == "precision":
+            if not measured.startswith(qualifier.value.split("-")[0]):
+                return qualifier, measured
+        elif measured != qualifier.value:
+            return qualifier, measured
+    return None
+
+
+def _key_words(path: str) -> set[str]:
+    key = re.sub(r"\[\d+\]", "", vocabulary_module.bare_path(path)).rsplit(".", 1)[-1].lower()
+    return {w.rstrip("s") for w in key.split("_") if w} - _KEY_STOPWORDS
+
+
+def _named_key_words(line: str, token: NumberToken) -> set[str]:
+    """The words right before a number, back to the previous number or separator: 'grads 1.8 MiB' -> {grad}."""
+    left = line[:token.start]
+    cut = max(left.rfind(ch) for ch in ",;:(")
+    previous = max((m.end() for m in _NUMBER_RE.finditer(left)), default=0)
+    words = re.findall(r"[A-Za-z]+", left[max(cut + 1, previous):])
+    return {w.lower().rstrip("s") for w in words} - _KEY_STOPWORDS
 
 
 def _judge(line: str, token: NumberToken, info: "review_context.LineInfo", evidence: Evidence,
@@ -629,11 +744,29 @@ def _judge(line: str, token: NumberToken, info: "review_context.LineInfo", evide
     lowered = line.lower()
     named_gpus = {gpu for gpu, names in evidence.gpu_names.items() if any(name in lowered for name in names)}
 
-    def about_subject(entry: EvidenceEntry) -> bool:
+    qualifiers = qualifiers_for(line, token, context)
+    # the value of a "batch N" written in the line is a batch size, the same on every card
+    is_batch = any(q.name == "batch" and start <= token.start and token.end <= end
+                   for start, end, q in _qualifier_matches(line))
+    # A number with a unit whose own words name one of its subject's keys ('grads 1.8 MiB') is that key's value
+    kind = UNIT_KINDS.get(token.unit or "")
+    named_keys: set[str] = set()
+    if kind is not None and regex is not None:
+        words = _named_key_words(line, token)
+        keyed = {w for e in evidence.by_kind.get(kind, []) if "('" not in e.path and regex.match(vocabulary_module.bare_path(e.path))
+                 for w in _key_words(e.path)}
+        named_keys = words & keyed
+
+    def on_subject(entry: EvidenceEntry) -> bool:
         if regex is None or not all(regex.match(vocabulary_module.bare_path(p)) for p in entry.path.split(" + ")):
             return False
+        if named_keys and not (_key_words(entry.path) & named_keys):
+            return False
         gpu = _gpu_of(entry.path, sections)
-        return not named_gpus or gpu is None or gpu in named_gpus
+        return not named_gpus or gpu is None or gpu in named_gpus or is_batch
+
+    def about_subject(entry: EvidenceEntry) -> bool:
+        return on_subject(entry) and (is_batch or not any(qualifier_conflict(p, qualifiers, evidence.data) for p in entry.path.split(" + ")))
 
     if part_candidates and all(part_candidates):  # "32,200,512" read as a list: each part by itself
         parts = [next((c for c in part if about_subject(c)), part[0]) for part in part_candidates]
@@ -641,7 +774,19 @@ def _judge(line: str, token: NumberToken, info: "review_context.LineInfo", evide
     good = [entry for entry in candidates if about_subject(entry)]
     if good:
         return {"subject": read_as, "evidence_path": good[0].path}
-    expected = _expected(resolved, token, context.before, evidence, by_words=not named)
+    expected = _expected(resolved, token, context.before, evidence, by_words=not named,
+                         accept=lambda entry: not qualifier_conflict(entry.path, qualifiers, evidence.data)
+                         and (not named_keys or bool(_key_words(entry.path) & named_keys)))
+    off_qualifier = [entry for entry in candidates if on_subject(entry)]
+    if off_qualifier:  # the value is the subject's, but measured at another batch / precision / world size
+        found = off_qualifier[0]
+        qualifier, measured = qualifier_conflict(found.path, qualifiers, evidence.data)
+        expected_text = (f"; at {qualifier.text}, {expected.path} is {_format_like(expected.value, token)}"
+                         if expected and expected.path != found.path else "")
+        return Finding(0, number, "", kind="mismatch", subject=read_as, path=found.path,
+                       expected_path=expected.path if expected else None,
+                       message=f"{number} {where} is {found.path}, measured at {qualifier.name.replace('_', ' ')} "
+                               f"{measured}, but the text says {qualifier.text}{expected_text}")
     if candidates:
         found = candidates[0]
         expected_text = (f"; {expected.path} is {_format_like(expected.value, token)}"
