@@ -248,8 +248,9 @@ def render_markdown(result: dict[str, Any], base_name: str, head_name: str) -> s
     parts = [f"### Model changes: `{base_name}` → `{head_name}`", ""]
     batches = result.get("summary_batches") or {}
     if any(batches.values()):
-        parts += [f"_The summary's rows are at each review's batch: base {batches.get('base') or NOT_MEASURED}, "
-                  f"head {batches.get('head') or NOT_MEASURED}._", ""]
+        parts += [f"_The summary's rows are at each review's batch (base: {batches.get('base') or NOT_MEASURED}; "
+                  f"head: {batches.get('head') or NOT_MEASURED}); memory, FLOPs and step time below the parameters "
+                  f"are at the traced batch._", ""]
     parts.append(render.markdown_table(rows, ["quantity", "base", "head", "change", "relative"]))
     issues = result.get("issues") or {}
     if issues.get("new") or issues.get("resolved"):

@@ -86,6 +86,12 @@ def derive(evidence: dict[str, Any]) -> dict[str, Any]:
         derived["gradient_layer_count"] = len(profile)
     if evidence.get("trace"):
         derived["dropout_call_count"] = sum(1 for c in evidence["trace"]["calls"] if "Dropout" in c["type"])
+    modes = _get(evidence, "trace", "train_mode")
+    if modes:  # the counts the model.eval() checklist item states
+        counts = {"dropout_modules": len(modes["dropout_modules"]), "batchnorm_modules": len(modes["batchnorm_modules"])}
+        for m in modes["inner_dropout"]:
+            counts[f"inner_dropout_{m['type']}"] = counts.get(f"inner_dropout_{m['type']}", 0) + 1
+        derived["train_mode_counts"] = counts
     by_op = _get(evidence, "flops", "flops_by_op") or {}
     if by_op:
         derived["training_flops_by_op"] = {op: v["forward_flops"] + v["backward_flops"] for op, v in by_op.items()}
@@ -552,8 +558,13 @@ def _eval_item(evidence: dict[str, Any]) -> str:
         names = [m["module"] for m in modes["dropout_modules"]]
         parts.append(f"{len(names)} dropout module(s) ({', '.join('`' + n + '`' for n in names[:3])}"
                      f"{', ...' if len(names) > 3 else ''})")
+    inner: dict[tuple[str, float], list[str]] = {}
     for m in modes["inner_dropout"]:
-        parts.append(f"the dropout inside `{m['module']}` (nn.{m['type']} dropout={m['p']:g})")
+        inner.setdefault((m["type"], m["p"]), []).append(m["module"])
+    for (kind, p), names in inner.items():
+        parts.append(f"the dropout inside `{names[0]}` (nn.{kind} dropout={p:g})" if len(names) == 1 else
+                     f"the dropout inside {len(names)} nn.{kind} modules ({', '.join('`' + n + '`' for n in names[:2])}, "
+                     f"...; dropout={p:g})")
     for m in modes["functional_dropout"]:
         parts.append(f"{m['calls']} functional dropout call(s) in {m['class']}.forward")
     norms = []
