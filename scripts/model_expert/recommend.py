@@ -873,9 +873,11 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
     elif "probe" in provided:
         sources["probe"] = f"{NOT_MEASURED} in the report"
     else:
+        # the review's fixed workload (recommend's own --steps is the training run's length, not probe's)
         probe_module = registry.load("probe")
-        probe_steps = probe_module.CAPABILITY.parser().get_default("steps") if probe_module else None
-        probe, why = _run_capability("probe", args, {"steps": probe_steps})  # recommend's --steps is the run's length
+        workload = {"steps": probe_module.REVIEW_STEPS, "sweep_steps": probe_module.REVIEW_SWEEP_STEPS,
+                    "search_steps": probe_module.REVIEW_SEARCH_STEPS} if probe_module else None
+        probe, why = _run_capability("probe", args, workload)
         sources["probe"] = "measured here (probe.py)" if probe is not None else f"{NOT_MEASURED}: {why}"
     options = Options(kinds=None, steps=args.steps, global_batch=args.global_batch, gpu=args.gpu,
                       cluster_gpu=args.cluster_gpu, gpus_per_node=args.gpus_per_node, nodes=args.nodes,

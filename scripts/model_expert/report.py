@@ -17,6 +17,7 @@ from typing import Any, Callable
 from . import cli, registry, render
 from .errors import UserError
 from .gpus import DEFAULT_CLUSTER_GPU, DEFAULT_CONSUMER_GPU
+from .probe.cli import REVIEW_SEARCH_STEPS, REVIEW_STEPS, REVIEW_SWEEP_STEPS
 from .runner import default_losses_used, loss_description
 
 # Order matters: trace first (a broken forward stops the report there, with the module that failed); the resource
@@ -31,10 +32,10 @@ REPORT_ONLY = {"out", "findings", "skip", "json", "markdown", "debug", "target",
 # Per-section options that differ from the section's own default when it runs inside the report.
 SECTION_DEFAULTS = {"params": {"depth": 2}, "flops": {"depth": 2}}
 # probe's workload inside the review: fixed, so its figures do not depend on the machine's speed.
-REPORT_PROBE_STEPS, REPORT_PROBE_SWEEP_STEPS = 25, 20
+REPORT_PROBE_STEPS, REPORT_PROBE_SWEEP_STEPS = REVIEW_STEPS, REVIEW_SWEEP_STEPS
 # probe's LR line search inside the review: runs of this many steps (MIN_SEARCH_STEPS when the steps are reduced).
 # Not yet in the FLOPs plan below (about 11 runs: 88 more steps), which still sizes the fit and the range test only.
-REPORT_PROBE_SEARCH_STEPS, MIN_SEARCH_STEPS = 8, 4
+REPORT_PROBE_SEARCH_STEPS, MIN_SEARCH_STEPS = REVIEW_SEARCH_STEPS, 4
 DEFAULT_BUDGET_S = 60.0
 NO_CLOCK_ENV = "MODEL_EXPERT_NO_CLOCK"
 NO_CLOCK_PROBE_S = 3600.0  # probe's own safety net when the clock is off

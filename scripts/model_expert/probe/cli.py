@@ -23,6 +23,9 @@ DEFAULT_STEPS = 200
 DEFAULT_SWEEP_STEPS = 100
 DEFAULT_SEARCH_STEPS = 100
 DEFAULT_TIME_BUDGET_S = 300.0
+# The fixed workload a review (report.py, and recommend.py when it probes by itself) runs: fit one batch, the LR
+# range test and each line-search run, in steps. Fixed, so the figures do not depend on the machine's speed.
+REVIEW_STEPS, REVIEW_SWEEP_STEPS, REVIEW_SEARCH_STEPS = 25, 20, 8
 SYNTHETIC_BATCHES = 8  # synthetic inputs: the range test and the line search cycle batches 0..7 (as --data cycles its own)
 CONFIG_LR_KEYS = ("lr", "learning_rate")
 # --precision -> autocast dtype: probe trains fp32 parameters (casting them would be another model).
