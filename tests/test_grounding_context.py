@@ -54,7 +54,8 @@ def _plants(evidence, markdown):
     recommendations = evidence["recommend"]["recommendations"]
     part = next(m for m in params["modules"] if m["depth"] == 1 and m["parameters"] != params["total"])
     part_path = f"params.modules[{params['modules'].index(part)}].parameters"
-    start_match = re.search(r"\(start at (\S+)\)", markdown)
+    # the recommendation table's own line (the summary and Training dynamics quote the rule's text too)
+    start_match = re.search(r"\*\*learning rate\*\*: [^\n]*?\(start at ([0-9.e+-]+)\)", markdown)
     peak_text, peak = peak_line(markdown, evidence)
     plants = [
         ("inference peak on the training line", peak_text,
@@ -70,8 +71,9 @@ def _plants(evidence, markdown):
     ]
     if start_match:  # 3e-4 is 1.5 x the 2e-4 start: in no recommendation, wherever else it may occur
         start = start_match.group(1)
-        plants.append(("another learning rate", f"(start at {start})",
-                       f"(start at {float(start) * 1.5:.0e}".replace("e-0", "e-") + ")", ("mismatch", "ungrounded"), None,
+        moved = f"(start at {float(start) * 1.5:.0e}".replace("e-0", "e-") + ")"
+        plants.append(("another learning rate", start_match.group(0),
+                       start_match.group(0).replace(f"(start at {start})", moved), ("mismatch", "ungrounded"), None,
                        f"recommend.recommendations[{index_of(recommendations, setting='learning_rate')}].value.start"))
     per_sample = evidence["derived"].get("activation_bytes_per_sample")
     if per_sample and memory["breakdown"].get("activations", 0) >= 2**20:
