@@ -178,16 +178,8 @@ class AllocationTracker(TorchDispatchMode):
 
     def _run_on_real_values(self, func, args, kwargs):
         """An op that reads an input's values (a copy to CPU for pack_padded_sequence, .tolist()): run on the real values."""
-        moved = tree_map(lambda t: real_value(t).clone() if isinstance(t, torch.Tensor) and t.device.type == "meta"
-                         else t, (args, kwargs))
-        with torch.utils._python_dispatch._disable_current_modes():
-            result = func(*moved[0], **moved[1])
-        wants_cpu = func in (aten._to_copy.default, aten.copy_.default) and any(
-            isinstance(v, torch.device) and v.type == "cpu" or v == "cpu" for v in list(kwargs.values()))
-        if wants_cpu:
-            return result
-        return tree_map(lambda t: torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
-                        if isinstance(t, torch.Tensor) else t, result)
+        return _run_on_cpu(func, tree_map(lambda t: real_value(t).clone() if isinstance(t, torch.Tensor)
+                                          and t.device.type == "meta" else t, (args, kwargs)), kwargs)
 
     def _run_on_cpu_standins(self, func, args, kwargs):
         """An op with no meta kernel (data-dependent output): run it on CPU stand-ins, return meta results."""
@@ -199,14 +191,18 @@ class AllocationTracker(TorchDispatchMode):
             raise
         name = str(func.overloadpacket.__name__) if hasattr(func, "overloadpacket") else str(func)
         self.cpu_standin_ops[name] += 1
-        moved = tree_map(lambda t: _standin(t) if isinstance(t, torch.Tensor) and t.device.type == "meta" else t,
-                         (args, kwargs))
-        with torch.utils._python_dispatch._disable_current_modes():
-            result = func(*moved[0], **moved[1])
-        # A copy to CPU (tolist, .cpu()) keeps its CPU result; everything else goes back to meta.
-        wants_cpu = func in (aten._to_copy.default, aten.copy_.default) and any(
-            isinstance(v, torch.device) and v.type == "cpu" or v == "cpu" for v in list(kwargs.values()))
-        if wants_cpu:
-            return result
-        return tree_map(lambda t: torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
-                        if isinstance(t, torch.Tensor) else t, result)
+        return _run_on_cpu(func, tree_map(lambda t: _standin(t) if isinstance(t, torch.Tensor)
+                                          and t.device.type == "meta" else t, (args, kwargs)), kwargs)
+
+
+def _run_on_cpu(func, moved, kwargs):
+    """Run FUNC on MOVED (args, kwargs) of CPU tensors outside every mode. A copy to CPU (tolist, .cpu()) keeps its CPU
+    result; everything else goes back to meta tensors of the same shape, stride and dtype."""
+    with torch.utils._python_dispatch._disable_current_modes():
+        result = func(*moved[0], **moved[1])
+    wants_cpu = func in (aten._to_copy.default, aten.copy_.default) and any(
+        isinstance(v, torch.device) and v.type == "cpu" or v == "cpu" for v in list(kwargs.values()))
+    if wants_cpu:
+        return result
+    return tree_map(lambda t: torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
+                    if isinstance(t, torch.Tensor) else t, result)
