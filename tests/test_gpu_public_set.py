@@ -25,7 +25,13 @@ sys.path.insert(0, os.path.join(REPO, "scripts"))
 sys.path.insert(0, FIXTURES)
 sys.path.insert(0, os.path.join(REPO, "bench"))
 
-import cases  # noqa: E402
+import importlib.util  # noqa: E402
+
+# Loaded by path under its own name: the contract corpus (bench/contract_corpus) has a `cases` module of its own,
+# which a plain `import cases` returns when both tests run in one session.
+_spec = importlib.util.spec_from_file_location("gpu_measurement_cases", os.path.join(FIXTURES, "cases.py"))
+cases = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(cases)
 from vision_import import torchvision_status  # noqa: E402
 from model_expert.flops import kernel_time  # noqa: E402
 from model_expert.gpus import CUDA_CONTEXT_BYTES, find_gpu  # noqa: E402
